@@ -1,0 +1,137 @@
+"""Configuration base class.
+
+Every method, model and experiment in genprov is configured by a frozen, keyword-only dataclass that
+derives from :class:`Config`. A config validates itself on construction, round-trips through plain JSON
+(``to_dict`` / ``from_dict``), and answers an unknown key with a "did you mean" suggestion. The CLI, the
+web form and the on-disk manifests are all generated from these classes, so each parameter is declared
+exactly once.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True, kw_only=True)
+    ... class LassoConfig(Config):
+    ...     alpha: float = 5e-4
+    ...     def validate(self) -> None:
+    ...         require(self.alpha > 0, "alpha", "a positive number", self.alpha)
+    >>> LassoConfig.from_dict({"alpha": 1e-3}).alpha
+    0.001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+from genprov.exceptions import ConfigError
+
+__all__ = ["Config", "did_you_mean", "require"]
+
+C = TypeVar("C", bound="Config")
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return a ``" Did you mean 'x'?"`` hint for ``name`` among ``choices`` (empty if none is close)."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def require(condition: bool, name: str, expected: str, got: object) -> None:
+    """Raise :class:`ConfigError` naming ``name``, what was ``expected`` and what was ``got``.
+
+    Args:
+        condition: The check; nothing happens when it is true.
+        name: The parameter's name as the user types it.
+        expected: What a valid value looks like, e.g. ``"a positive integer"``.
+        got: The value that was given.
+    """
+    if not condition:
+        raise ConfigError(f"{name} must be {expected}; got {got!r}.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Frozen keyword-only configuration; subclasses add fields and override :meth:`validate`."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check field values; raise :class:`ConfigError` naming the field and the fix."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (tuples become lists, nested configs become dicts)."""
+        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Build a config from a dict such as ``to_dict`` returns.
+
+        Raises:
+            ConfigError: On an unknown key (with a "did you mean" hint) or an invalid value.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
+        names = cls.field_names()
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(
+                f"{cls.__name__} has no parameter {key!r}.{did_you_mean(key, names)} "
+                f"Valid parameters: {', '.join(sorted(names))}."
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _from_plain(v, hints.get(k, Any)) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as err:  # e.g. a wrong type passed to a comparison in validate()
+            raise ConfigError(f"{cls.__name__}: {err}") from err
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the config's parameters, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self: C, **changes: Any) -> C:
+        """Return a copy with ``changes`` applied (validated, with "did you mean" on unknown names)."""
+        names = self.field_names()
+        for key in changes:
+            if key not in names:
+                raise ConfigError(f"{type(self).__name__} has no parameter {key!r}.{did_you_mean(key, names)}")
+        return dataclasses.replace(self, **changes)
+
+    def diff(self, other: Config) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ between ``self`` and ``other``: ``{name: (mine, theirs)}``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {
+            k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
+        }
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _from_plain(value: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None or len(options) != 1:
+            return value
+        return _from_plain(value, options[0])
+    if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, Mapping):
+        return hint.from_dict(value)
+    if origin is tuple and isinstance(value, list):
+        args = get_args(hint)
+        inner = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else Any
+        return tuple(_from_plain(v, inner) for v in value)
+    return value

@@ -1,0 +1,130 @@
+"""Result objects returned by genprov's methods.
+
+Results are frozen dataclasses holding numpy arrays plus the method name and its config. ``save(path)``
+writes ``path`` (an ``.npz`` with the arrays) and a JSON sidecar ``path.with_suffix(".json")`` with
+everything else, both atomically; ``load(path)`` reads them back without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from genprov.exceptions import DataError
+from genprov.utils.io import atomic_save_npz, atomic_write_json, read_json
+
+__all__ = ["DataAttributionResult", "ModelAttributionResult", "ReconstructionResult"]
+
+R = TypeVar("R", bound="_Result")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Result:
+    """Shared save/load: array fields go to ``.npz``, the rest to a JSON sidecar."""
+
+    _arrays: ClassVar[tuple[str, ...]] = ()
+
+    method: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (``.npz``, suffix added if missing) and its ``.json`` sidecar; return the ``.npz`` path."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        arrays = {name: getattr(self, name) for name in self._arrays if getattr(self, name) is not None}
+        meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._arrays}
+        meta["type"] = type(self).__name__
+        atomic_save_npz(path, arrays)
+        atomic_write_json(path.with_suffix(".json"), meta)
+        return path
+
+    @classmethod
+    def load(cls: type[R], path: str | Path) -> R:
+        """Read a result written by :meth:`save`."""
+        path = Path(path).with_suffix(".npz")
+        sidecar = path.with_suffix(".json")
+        for p in (path, sidecar):
+            if not p.is_file():
+                raise DataError(
+                    f"Cannot load {cls.__name__}: {p} does not exist. Save it with result.save(path) first."
+                )
+        meta = read_json(sidecar)
+        if meta.pop("type", cls.__name__) != cls.__name__:
+            raise DataError(f"{sidecar} holds a different result type; expected {cls.__name__}.")
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in cls._arrays if name in npz.files}
+        return cls(**meta, **arrays)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataAttributionResult(_Result):
+    """Top-k training examples per query.
+
+    Attributes:
+        indices: (n_queries, k) int64 training indices, sorted by descending score.
+        scores: (n_queries, k) float scores; higher = more positive influence on the query.
+        soft: optional (n_queries, k) share of influence of each listed example (rows sum to <= 1).
+        method: Name of the method that produced it (e.g. ``"d-trak"``).
+        config: The method's config as a dict.
+    """
+
+    _arrays: ClassVar[tuple[str, ...]] = ("indices", "scores", "soft")
+
+    indices: np.ndarray
+    scores: np.ndarray
+    soft: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.indices.shape != self.scores.shape or self.indices.ndim != 2:
+            raise DataError(
+                f"indices and scores must both have shape (n_queries, k); got {self.indices.shape} and {self.scores.shape}."
+            )
+        if self.soft is not None and self.soft.shape != self.scores.shape:
+            raise DataError(f"soft must have the shape of scores {self.scores.shape}; got {self.soft.shape}.")
+
+    @property
+    def k(self) -> int:
+        """Number of examples listed per query."""
+        return int(self.indices.shape[1])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelAttributionResult(_Result):
+    """Per-sample verdicts of a model attributor.
+
+    Attributes:
+        scores: (n,) float; higher = more likely made by the model studied.
+        verdicts: (n,) bool; ``scores >= threshold``.
+        threshold: The decision threshold.
+    """
+
+    _arrays: ClassVar[tuple[str, ...]] = ("scores", "verdicts")
+
+    scores: np.ndarray
+    verdicts: np.ndarray
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.scores.ndim != 1 or self.scores.shape != self.verdicts.shape:
+            raise DataError(
+                f"scores and verdicts must both have shape (n,); got {self.scores.shape} and {self.verdicts.shape}."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReconstructionResult(_Result):
+    """Inputs reconstructed by an inversion attack, with per-image metrics.
+
+    Attributes:
+        reconstructions: (n, C, H, W) float in [-1, 1].
+        metrics: Mean metrics over the batch, e.g. ``{"mse": ..., "ssim": ...}``.
+    """
+
+    _arrays: ClassVar[tuple[str, ...]] = ("reconstructions",)
+
+    reconstructions: np.ndarray
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
