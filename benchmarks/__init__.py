@@ -1,0 +1,1 @@
+"""genprov benchmarks: speed and memory against peer libraries (run with ``make bench``)."""
