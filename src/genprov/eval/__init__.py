@@ -1,1 +1,63 @@
-"""genprov.eval."""
+"""Metrics for every genprov capability: pure functions on tensors and arrays (no training, no I/O).
+
+- :mod:`~genprov.eval.model_attribution`: ROC AUC, ROC curves, thresholds at a false-negative rate,
+  balanced accuracy, TPR at a fixed FPR, attributability of keyed generators.
+- :mod:`~genprov.eval.data_attribution`: linear datamodeling score (LDS) and its summary.
+- :mod:`~genprov.eval.retrieval`: Recall@K, (mean) average precision, k-occurrence and hubness.
+- :mod:`~genprov.eval.reconstruction`: per-image MSE, PSNR and SSIM.
+- :mod:`~genprov.eval.generation`: Fréchet distance in a pluggable feature space.
+- :mod:`~genprov.eval.stats`: means with seeded bootstrap confidence intervals.
+
+Every function documents what "higher" means and raises :class:`~genprov.exceptions.DataError` with a
+clear message on empty, mismatched or non-finite input.
+"""
+
+from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
+from genprov.eval.generation import FrechetDistance, frechet_distance, frechet_distance_from_stats, gaussian_stats
+from genprov.eval.model_attribution import (
+    RocCurve,
+    accuracy_at_threshold,
+    attributability,
+    roc_auc,
+    roc_curve,
+    threshold_at_fnr,
+    tpr_at_fpr,
+)
+from genprov.eval.reconstruction import mse, psnr, ssim
+from genprov.eval.retrieval import (
+    average_precision,
+    k_occurrence,
+    k_occurrence_skewness,
+    mean_average_precision,
+    recall_at_k,
+    recall_per_query,
+)
+from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
+
+__all__ = [
+    "FrechetDistance",
+    "MeanCI",
+    "RocCurve",
+    "accuracy_at_threshold",
+    "attributability",
+    "average_precision",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+    "gaussian_stats",
+    "k_occurrence",
+    "k_occurrence_skewness",
+    "lds_summary",
+    "linear_datamodeling_score",
+    "mean_average_precision",
+    "mse",
+    "paired_difference_ci",
+    "psnr",
+    "recall_at_k",
+    "recall_per_query",
+    "roc_auc",
+    "roc_curve",
+    "ssim",
+    "summarize",
+    "threshold_at_fnr",
+    "tpr_at_fpr",
+]

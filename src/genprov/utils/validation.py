@@ -13,8 +13,15 @@ __all__ = ["check_finite", "check_images", "check_matrix", "check_range"]
 
 
 def check_finite(x: Tensor, name: str) -> None:
-    """Raise :class:`DataError` if ``x`` has NaN or infinite values."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    """Raise :class:`DataError` if ``x`` has NaN or infinite values.
+
+    One ``aminmax`` pass (NaN and inf propagate to the extremes) is several times faster than
+    ``isfinite(x).all()`` on large single-threaded tensors; the slow count runs only on failure.
+    """
+    if not x.is_floating_point() or x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
         n_bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"{name} contains {n_bad} NaN or infinite values; clean or drop those entries first.")
 
@@ -23,7 +30,8 @@ def check_range(x: Tensor, name: str, low: float = -1.0, high: float = 1.0, *, t
     """Raise :class:`DataError` unless every value of ``x`` lies in ``[low, high]`` (up to ``tol``)."""
     if x.numel() == 0:
         return
-    lo, hi = float(x.min()), float(x.max())
+    lo_t, hi_t = torch.aminmax(x.detach())
+    lo, hi = float(lo_t), float(hi_t)
     if lo < low - tol or hi > high + tol:
         raise DataError(
             f"{name} must have values in [{low}, {high}]; got values in [{lo:.4g}, {hi:.4g}]. "
