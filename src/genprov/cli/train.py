@@ -1,0 +1,173 @@
+"""``genprov train``: train a GAN, a DDPM or a classifier on a dataset into a checkpoint folder.
+
+Runs are resumable: re-running the same command continues from ``OUT/state`` (or returns at once when
+the run is finished). Flags only choose the config; the configs themselves live in ``genprov.models``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.data import ImageDataset, load_dataset
+from genprov.exceptions import DataError
+from genprov.models.classifiers import ClassifierConfig
+from genprov.models.diffusion import DDPM_PRESETS, DDPMConfig
+from genprov.models.gans import GAN_OBJECTIVES, GANConfig
+from genprov.models.training import (
+    LOG_FILE,
+    TrainResult,
+    default_train_config,
+    train_classifier,
+    train_ddpm,
+    train_gan,
+)
+
+app = typer.Typer(
+    help="Train generative models and classifiers into checkpoint folders (resumable).\n\n"
+    "Example: genprov train gan --data digits --arch dcgan --steps 2000 --out runs/dcgan",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DATA_OPTION = typer.Option(
+    "digits", "--data", help="Dataset name (digits, mnist, fashion-mnist, cifar10, ...) or path (folder, .npz)."
+)
+RESIZE_OPTION = typer.Option(None, "--resize", help="Resize images to RESIZE x RESIZE pixels (e.g. 16 or 32).")
+BATCH_OPTION = typer.Option(None, "--batch-size", help="Examples per step (default 64).")
+LR_OPTION = typer.Option(None, "--lr", help="Learning rate (default: the model's recommended one).")
+OUT_OPTION = typer.Option(..., "--out", help="Checkpoint folder (created; holds config.json, model.safetensors).")
+CHECKPOINT_EVERY_OPTION = typer.Option(
+    None, "--checkpoint-every", help="Save a resumable checkpoint every N steps (default 500)."
+)
+
+
+def _load(data: str, data_root: Path | None, resize: int | None) -> ImageDataset:
+    dataset = load_dataset(data, split="train", data_root=data_root, resize=resize)
+    return dataset
+
+
+def _train_config(
+    model_config: Any, steps: int, batch_size: int | None, lr: float | None, seed: int, every: int | None
+) -> Any:
+    overrides: dict[str, Any] = {"n_steps": steps, "seed": seed}
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    if lr is not None:
+        overrides["lr"] = lr
+    if every is not None:
+        overrides["checkpoint_every"] = every
+    return default_train_config(model_config, **overrides)
+
+
+def _report(result: TrainResult, dataset: ImageDataset, as_json: bool) -> None:
+    last = result.log[-1] if result.log else {}
+    summary: dict[str, Any] = {
+        "kind": result.kind,
+        "checkpoint": str(result.checkpoint),
+        "data": dataset.name,
+        "image_size": dataset.image_size,
+        "steps": result.step,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 2),
+        "log": str(result.checkpoint / LOG_FILE),
+        **{k: v for k, v in last.items() if k not in ("step", "time")},
+    }
+    if not as_json and result.resumed_from == result.step and result.step > 0:
+        console.print(f"{result.checkpoint} is already trained for {result.step} steps; reusing it.")
+    emit(summary, as_json=as_json, title=f"trained {result.kind}")
+
+
+@app.command("gan")
+@handle_errors
+def gan(
+    data: str = DATA_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
+    resize: int | None = RESIZE_OPTION,
+    arch: str = typer.Option("dcgan", "--arch", help=f"GAN variant: {', '.join(GAN_OBJECTIVES.names())}."),
+    width: int = typer.Option(32, "--width", help="Feature maps of the generator's penultimate layer."),
+    latent_dim: int = typer.Option(32, "--latent-dim", help="Dimension of the latent vector z."),
+    steps: int = typer.Option(2000, "--steps", help="Generator updates."),
+    batch_size: int | None = BATCH_OPTION,
+    lr: float | None = LR_OPTION,
+    checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
+    seed: int = SEED_OPTION,
+    out: Path = OUT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train an image GAN (DCGAN, WGAN-GP, LSGAN or EBGAN).
+
+    Example: genprov train gan --data digits --arch dcgan --steps 2000 --out runs/dcgan
+    """
+    dataset = _load(data, data_root, resize)
+    config = GANConfig(
+        arch=arch,
+        image_size=dataset.image_size,
+        channels=dataset.n_channels,
+        latent_dim=latent_dim,
+        width=width,
+    )
+    result = train_gan(config, _train_config(config, steps, batch_size, lr, seed, checkpoint_every), dataset, out)
+    _report(result, dataset, as_json)
+
+
+@app.command("ddpm")
+@handle_errors
+def ddpm(
+    data: str = DATA_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
+    resize: int | None = RESIZE_OPTION,
+    preset: str = typer.Option("small", "--preset", help=f"U-Net size: {', '.join(DDPM_PRESETS)}."),
+    steps: int = typer.Option(3000, "--steps", help="Training steps."),
+    batch_size: int | None = BATCH_OPTION,
+    lr: float | None = LR_OPTION,
+    checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
+    seed: int = SEED_OPTION,
+    out: Path = OUT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a DDPM (diffusers UNet2DModel, 1000-step linear schedule).
+
+    Example: genprov train ddpm --data digits --preset small --steps 3000 --out runs/ddpm
+    """
+    dataset = _load(data, data_root, resize)
+    config = DDPMConfig.preset(preset, image_size=dataset.image_size, channels=dataset.n_channels)
+    result = train_ddpm(config, _train_config(config, steps, batch_size, lr, seed, checkpoint_every), dataset, out)
+    _report(result, dataset, as_json)
+
+
+@app.command("classifier")
+@handle_errors
+def classifier(
+    data: str = DATA_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
+    resize: int | None = RESIZE_OPTION,
+    width: int = typer.Option(32, "--width", help="Feature maps of the first conv layer."),
+    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    batch_size: int | None = BATCH_OPTION,
+    lr: float | None = LR_OPTION,
+    checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
+    seed: int = SEED_OPTION,
+    out: Path = OUT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a small CNN classifier (needs a labelled dataset).
+
+    Example: genprov train classifier --data digits --steps 1000 --out runs/classifier
+    """
+    dataset = _load(data, data_root, resize)
+    if dataset.labels is None or dataset.n_classes is None:
+        raise DataError(f"{dataset.name} has no labels; a classifier needs a labelled dataset.")
+    config = ClassifierConfig(
+        image_size=dataset.image_size,
+        channels=dataset.n_channels,
+        n_classes=max(int(dataset.n_classes), 2),
+        width=width,
+    )
+    result = train_classifier(
+        config, _train_config(config, steps, batch_size, lr, seed, checkpoint_every), dataset, out
+    )
+    _report(result, dataset, as_json)
