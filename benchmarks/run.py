@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller problems (a smoke run)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("GENPROV_BENCH_THREADS", "1")))
-    command = "python -m benchmarks.run" + (f" --only {args.only}" if args.only else "") + (" --quick" if args.quick else "")
+    command = (
+        "python -m benchmarks.run" + (f" --only {args.only}" if args.only else "") + (" --quick" if args.quick else "")
+    )
     header = (
         f"\n## Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
         f"Command: `{command}` (via `make bench`). Machine: {platform.machine()}, {os.cpu_count()} cores, "

@@ -24,7 +24,9 @@ def test_data_attribution_result_round_trip(tmp_path) -> None:
 
 
 def test_model_and_reconstruction_results_round_trip(tmp_path) -> None:
-    res = ModelAttributionResult(scores=np.array([1.0, -1.0]), verdicts=np.array([True, False]), threshold=0.0, method="flipad")
+    res = ModelAttributionResult(
+        scores=np.array([1.0, -1.0]), verdicts=np.array([True, False]), threshold=0.0, method="flipad"
+    )
     back = ModelAttributionResult.load(res.save(tmp_path / "m.npz"))
     np.testing.assert_array_equal(back.verdicts, res.verdicts)
     assert back.threshold == 0.0
