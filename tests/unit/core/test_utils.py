@@ -25,9 +25,14 @@ def test_atomic_write_replaces_and_failure_keeps_old_file(tmp_path) -> None:
     target = tmp_path / "sub" / "out.json"
     atomic_write_json(target, {"a": 1})
     assert read_json(target) == {"a": 1}
-    with pytest.raises(RuntimeError), atomic_open(target, "w") as handle:
-        handle.write('{"half": ')
-        raise RuntimeError("crash midway")
+
+    def crash_midway() -> None:
+        with atomic_open(target, "w") as handle:
+            handle.write('{"half": ')
+            raise RuntimeError("crash midway")
+
+    with pytest.raises(RuntimeError):
+        crash_midway()
     assert read_json(target) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # no temp file left behind
 
