@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from matplotlib.figure import Figure
 from PIL import Image as PILImage
 from torch import Tensor
 
+from genprov.data.images import make_grid
 from genprov.eval.stats import MeanCI
 from genprov.exceptions import DataError
 
@@ -112,37 +112,6 @@ def to_png_bytes(
     return buffer.getvalue()
 
 
-def make_grid(images: Tensor, nrow: int = 8, *, padding: int = 1, pad_value: float = 1.0) -> Tensor:
-    """Tile a batch into one image, ``nrow`` images per row, separated by ``padding`` pixels.
-
-    Args:
-        images: (n, C, H, W), n >= 1.
-        nrow: Images per row.
-        padding: Pixels between (and around) images.
-        pad_value: Value of the separating pixels (1 = white for [-1, 1] images).
-
-    Returns:
-        (C, rows * (H + padding) + padding, ncol * (W + padding) + padding).
-    """
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise DataError(f"images must be a non-empty tensor (n, C, H, W); got {shape}.")
-    if nrow < 1 or padding < 0:
-        raise DataError(f"nrow must be >= 1 and padding >= 0; got nrow={nrow!r}, padding={padding!r}.")
-    n, c, h, w = images.shape
-    ncol = min(nrow, n)
-    rows = math.ceil(n / ncol)
-    grid = torch.full(
-        (c, rows * (h + padding) + padding, ncol * (w + padding) + padding),
-        float(pad_value),
-        dtype=images.dtype,
-    )
-    for i in range(n):
-        top, left = padding + (i // ncol) * (h + padding), padding + (i % ncol) * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[i].detach().to("cpu")
-    return grid
-
-
 def _new_figure(width: float = 6.4, height: float = 3.8) -> Figure:
     return Figure(figsize=(width, height), layout="constrained", facecolor="white")
 
@@ -191,7 +160,7 @@ def image_grid(
         padding: Pixels between images.
         value_range: The values shown as black and white.
     """
-    grid = make_grid(images, nrow, padding=padding, pad_value=value_range[1])
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=value_range[1])
     pixels = to_uint8(grid, value_range=value_range)
     height, width = pixels.shape[:2]
     side = 6.0

@@ -71,7 +71,7 @@ def _full_report(tmp_path: Path) -> Report:
             caption="Query <0>",
         ),
         Gallery([GalleryRow("mixed", [GalleryItem(png_file, "file"), GalleryItem(to_png_bytes(images[1]), "bytes")])]),
-        Image(make_grid(images, 3), caption="Samples"),
+        Image(make_grid(images, nrow=3), caption="Samples"),
         Image(png_file, caption="From a file", width=64),
     )
     return (

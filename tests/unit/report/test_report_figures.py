@@ -61,7 +61,7 @@ def test_make_grid_places_images() -> None:
     assert float(grid[0, 7, 1]) == pytest.approx(0.4)
     assert float(grid[0, 0, 0]) == -1.0
     assert float(grid[0, 7, 5]) == -1.0  # empty slot
-    with pytest.raises(DataError, match="non-empty"):
+    with pytest.raises(DataError, match="empty batch"):
         make_grid(torch.zeros(0, 1, 2, 2))
 
 
