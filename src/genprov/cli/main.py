@@ -8,6 +8,7 @@ import typer
 from genprov import __version__
 from genprov.cli import data as data_cmd
 from genprov.cli import demo as demo_cmd
+from genprov.cli import flipad as flipad_cmd
 from genprov.cli import reproduce as reproduce_cmd
 from genprov.cli import sample as sample_cmd
 from genprov.cli import train as train_cmd
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(flipad_cmd.app, name="flipad")
 app.command("sample")(sample_cmd.sample)
 app.command("demo")(demo_cmd.demo)
 app.command("reproduce")(reproduce_cmd.reproduce)

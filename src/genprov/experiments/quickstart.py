@@ -106,6 +106,7 @@ class DemoConfig(Config):
 
 _TRAINERS: dict[str, tuple[Callable[..., TrainResult], str]] = {
     "dcgan": (train_gan, "gan"),
+    "lsgan": (train_gan, "gan"),
     "ddpm": (train_ddpm, "ddpm"),
     "classifier": (train_classifier, "classifier"),
 }
@@ -162,8 +163,8 @@ class DemoContext:
 
     def _model_config(self, name: str) -> Config:
         cfg, size, channels = self.config, self.image_size(name), self.train.n_channels
-        if name == "dcgan":
-            return GANConfig(arch="dcgan", image_size=size, channels=channels)
+        if name in ("dcgan", "lsgan"):
+            return GANConfig(arch=name, image_size=size, channels=channels)
         if name == "ddpm":
             return DDPMConfig.preset(cfg.ddpm_preset, image_size=size, channels=channels)
         if self.train.labels is None:
@@ -171,7 +172,10 @@ class DemoContext:
         return ClassifierConfig(image_size=size, channels=channels, n_classes=int(self.train.labels.max()) + 1)
 
     def model(self, name: str) -> TrainResult:
-        """The demo's ``name`` model in {"dcgan", "ddpm", "classifier"}: trained on first use, then cached on disk."""
+        """The demo's ``name`` model in {"dcgan", "lsgan", "ddpm", "classifier"}: trained on first use, then cached.
+
+        The LSGAN is the "other generator" of the model-attribution sections.
+        """
         if name not in self._models:
             trainer, steps = _TRAINERS[name]
             model_cfg = self._model_config(name)
@@ -287,7 +291,7 @@ def models_section(ctx: DemoContext) -> Section:
     ctx.results["models"] = {
         "frechet_distance": {r["samples"]: r["Fréchet distance"] for r in rows},
         "classifier_test_accuracy": accuracy,
-        "checkpoints": {name: str(ctx.model(name).checkpoint) for name in _TRAINERS},
+        "checkpoints": {name: str(ctx.model(name).checkpoint) for name in ("dcgan", "ddpm", "classifier")},
     }
     return section
 
@@ -339,6 +343,7 @@ def run_demo(
         if not isinstance(section, Section):
             raise ConfigError(f"demo section {name!r} must return a report Section; got {type(section).__name__}.")
         report.add(section)
+        ctx.results.setdefault(name, section.to_dict())
         ctx.timings[f"section {name}"] = time.perf_counter() - t0
     ctx.timings["total"] = time.perf_counter() - start
     index = report.write(out)
