@@ -9,9 +9,11 @@ from genprov import __version__
 from genprov.cli import data as data_cmd
 from genprov.cli import demo as demo_cmd
 from genprov.cli import flipad as flipad_cmd
+from genprov.cli import keyed as keyed_cmd
 from genprov.cli import reproduce as reproduce_cmd
 from genprov.cli import sample as sample_cmd
 from genprov.cli import train as train_cmd
+from genprov.cli import trak as trak_cmd
 from genprov.cli.common import configure_logging
 
 app = typer.Typer(
@@ -25,6 +27,8 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(flipad_cmd.app, name="flipad")
+app.add_typer(keyed_cmd.app, name="keyed")
+app.add_typer(trak_cmd.app, name="trak")
 app.command("sample")(sample_cmd.sample)
 app.command("demo")(demo_cmd.demo)
 app.command("reproduce")(reproduce_cmd.reproduce)

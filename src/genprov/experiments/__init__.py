@@ -4,10 +4,9 @@ Importing this package registers every experiment in :data:`EXPERIMENTS` and eve
 ``genprov.experiments.quickstart.DEMO_SECTIONS``.
 """
 
-from genprov.experiments import (
-    flipad,
-    quickstart,
-)
+from genprov.experiments import dtrak, flipad, keyed, quickstart
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, run_experiment
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "flipad", "quickstart", "run_experiment"]
+quickstart.DEMO_SECTIONS.register("keyed")(keyed.keyed_section)
+
+__all__ = ["EXPERIMENTS", "ExperimentConfig", "dtrak", "flipad", "keyed", "quickstart", "run_experiment"]

@@ -1,0 +1,1190 @@
+"""``genprov reproduce dtrak``: D-TRAK vs TRAK on a small DDPM, with LDS and counterfactual evaluation.
+
+Reproduces the key experiment of Zheng et al., "Intriguing properties of data attribution on diffusion
+models" (ICLR 2024): attribution with the D-TRAK output (``squared-l2-norm``) against TRAK (``loss``),
+measured by the linear datamodeling score (LDS, sec. 4 / app. B of the paper; Park et al., 2023, def. 2.3)
+and by counterfactual retraining (sec. 5.2).
+
+What a run does (every model, store and measurement is cached under ``--out``; a re-run reuses them):
+
+1. Trains the DDPM on ``n_train`` images and draws generated queries from it; real queries are held-out
+   test images.
+2. Featurizes the training set with TRAK and D-TRAK (:class:`~genprov.attribution.data.TRAKAttributor`,
+   stores under ``stores/``) and computes the scores of every query over the lambda grid
+   ``{1, 2, 5} x 10^j`` (relative to ``trace(Phi^T Phi) / k``), plus TracIn / Grad-Dot, relative and
+   renormalized influence, raw-pixel similarity (``-||x_q - x_i||^2``) and classifier-feature cosine.
+3. LDS benchmark: trains ``n_seeds`` models on each of ``n_subsets`` random halves of the training set
+   (the same recipe and step count as the full model), and measures every query's diffusion loss
+   averaged over ``eval_draws`` fixed (timestep, noise) pairs. The model output is ``-loss`` (positive
+   influence lowers the loss), averaged over seeds; LDS is the Spearman correlation across subsets of the
+   subset-summed scores with it, per query.
+4. lambda is chosen on a validation half of each query set (real, generated) and every reported LDS is
+   measured on the other half, with bootstrap 95% intervals over queries and over subsets, paired
+   differences, and the noise ceiling (the LDS one training seed's losses reach against another's).
+5. Counterfactual: for a few generated images, remove each method's top-k positive influencers (or k
+   random images), retrain with the same recipe, regenerate from the same noise, and measure the pixel
+   l2 distance and classifier-feature cosine to the original.
+
+Writes ``results.json``, ``report.html`` and ``lds_benchmark.npz`` (masks, losses and queries, readable by
+``genprov trak lds``). The demo section :func:`trak_section` lives here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure as MplFigure
+from torch import Tensor
+
+from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
+from genprov.config import require
+from genprov.data import ImageDataset, load_dataset, random_subsets, split_indices
+from genprov.data.dataset import fingerprint_arrays
+from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
+from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
+from genprov.exceptions import ConfigError, DataError
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
+from genprov.experiments.quickstart import DEMO_SECTIONS, DemoContext, grid_image
+from genprov.models.checkpoints import load_checkpoint
+from genprov.models.classifiers import ClassifierConfig, CNNClassifier
+from genprov.models.diffusion import DDPM, DDPM_PRESETS, DDPMConfig, ddpm_sample
+from genprov.models.training import default_train_config, train_classifier, train_ddpm
+from genprov.report import Figure, Gallery, KeyValue, Report, Section, Table, Text
+from genprov.report.figures import metric_bars
+from genprov.utils.io import atomic_save_npz, atomic_write_json
+from genprov.utils.progress import progress
+from genprov.utils.seeding import derive_seed, numpy_rng, torch_generator
+
+__all__ = [
+    "BENCHMARK_FILE",
+    "DTRAKExperimentConfig",
+    "LDSBenchmark",
+    "evaluate_lds",
+    "influence_gallery",
+    "lds_vs_benchmark_size",
+    "measure_losses",
+    "noise_ceiling",
+    "pixel_similarity",
+    "run_dtrak",
+    "trak_section",
+]
+
+log = logging.getLogger(__name__)
+
+BENCHMARK_FILE = "lds_benchmark.npz"
+QUERY_KINDS = ("real", "generated")
+_LOSS_CACHE = "query_losses.npz"
+#: Per-dataset field values (CPU-sized: MNIST and CIFAR-2 are resized to 16x16).
+_DATA_PRESETS: dict[str, dict[str, Any]] = {
+    "digits": {"image_size": 8, "preset": "small"},
+    "mnist": {"image_size": 16, "preset": "base"},
+    "fashion-mnist": {"image_size": 16, "preset": "base"},
+    "cifar2": {"image_size": 16, "preset": "base"},
+}
+_QUICK: dict[str, Any] = {
+    "preset": "tiny",
+    "n_train": 100,
+    "train_steps": 150,
+    "n_subsets": 8,
+    "n_seeds": 2,
+    "n_real_queries": 16,
+    "n_gen_queries": 16,
+    "eval_draws": 16,
+    "proj_dim": 256,
+    "counterfactual_queries": 2,
+    "counterfactual_k": 10,
+    "classifier_steps": 100,
+    "n_boot": 200,
+    "gallery_queries": 2,
+    "n_workers": 1,
+    "study": [],
+}
+
+_C = TypeVar("_C", bound="DTRAKExperimentConfig")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DTRAKExperimentConfig(ExperimentConfig):
+    """What ``run_dtrak`` trains and measures.
+
+    The constructor's defaults are the full digits run (about 30 minutes on 2 cores); :meth:`from_dict`
+    (what ``genprov reproduce`` uses) starts from the dataset's preset and, with ``quick``, the
+    few-minute sizes, then applies the keys given.
+
+    Attributes:
+        data: ``"digits"`` (built in), ``"mnist"``, ``"fashion-mnist"`` or ``"cifar2"`` (need ``data_root``).
+        data_root: Folder of the dataset files (``None``: ``$GENPROV_DATA``).
+        seed: Seed of the data choice, every model, the noise and the projections.
+        quick: A few-minute smoke run.
+        image_size: Side the images are resized to.
+        preset: DDPM size (``DDPMConfig.preset``).
+        n_train: Training images (a seeded random subset of the train split).
+        train_steps: Training steps of every DDPM (full model, subset models, counterfactual retrains).
+        batch_size: Training batch size.
+        n_subsets: LDS subsets (random halves).
+        subset_fraction: Fraction of the training set in each subset (alpha).
+        n_seeds: Training seeds per subset; outputs are averaged over them, and two or more give the
+            noise ceiling.
+        n_real_queries: Held-out real query images (half choose lambda, half are reported).
+        n_gen_queries: Generated query images (same split).
+        eval_draws: (timestep, noise) pairs per query for the measured loss.
+        n_timesteps: K, timesteps per example in the features.
+        proj_dim: Projection dimension k.
+        projector: Projector (``sjlt`` default; ``gaussian`` for TRAK's reference).
+        relative_dampings: lambda grid, relative to ``trace(Phi^T Phi) / k``.
+        counterfactual_queries: Generated images tested by retraining.
+        counterfactual_k: Training images removed per counterfactual retrain.
+        classifier_steps: Steps of the classifier whose features give the feature similarity baseline
+            and the counterfactual cosine.
+        gallery_queries: Queries shown with their top influencers.
+        study: Attribution variants measured on the same benchmark, each a dict of ``TRAKConfig`` changes
+            (e.g. ``{"proj_dim": 4096}``); TRAK and D-TRAK are run with each.
+        n_workers: Processes training the subset models (each single-threaded).
+        n_boot: Bootstrap resamples of the confidence intervals.
+    """
+
+    data: str = "digits"
+    data_root: str | None = None
+    image_size: int = 8
+    preset: str = "small"
+    n_train: int = 400
+    train_steps: int = 600
+    batch_size: int = 32
+    n_subsets: int = 32
+    subset_fraction: float = 0.5
+    n_seeds: int = 2
+    n_real_queries: int = 64
+    n_gen_queries: int = 64
+    eval_draws: int = 48
+    n_timesteps: int = 10
+    proj_dim: int = 1024
+    projector: str = "sjlt"
+    relative_dampings: tuple[float, ...] = DAMPING_GRID
+    counterfactual_queries: int = 4
+    counterfactual_k: int = 40
+    classifier_steps: int = 400
+    gallery_queries: int = 4
+    study: tuple[dict[str, Any], ...] = ({"proj_dim": 4096}, {"n_timesteps": 50}, {"projector": "gaussian"})
+    n_workers: int = 2
+    n_boot: int = 1000
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.data in _DATA_PRESETS, "data", f"one of {', '.join(_DATA_PRESETS)}", self.data)
+        require(self.preset in DDPM_PRESETS, "preset", f"one of {', '.join(DDPM_PRESETS)}", self.preset)
+        for name in (
+            "image_size",
+            "n_train",
+            "train_steps",
+            "batch_size",
+            "n_subsets",
+            "n_seeds",
+            "eval_draws",
+            "n_timesteps",
+            "proj_dim",
+            "counterfactual_k",
+            "classifier_steps",
+            "n_workers",
+            "n_boot",
+        ):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 1, name, "a positive integer", value)
+        for name in ("n_real_queries", "n_gen_queries", "counterfactual_queries", "gallery_queries"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 0, name, "a non-negative integer", value)
+        require(self.n_real_queries + self.n_gen_queries >= 4, "n_real_queries + n_gen_queries", "at least 4", 0)
+        require(self.n_subsets >= 3, "n_subsets", "at least 3 (LDS ranks subsets)", self.n_subsets)
+        require(0 < self.subset_fraction < 1, "subset_fraction", "a number in (0, 1)", self.subset_fraction)
+        require(self.counterfactual_k < self.n_train, "counterfactual_k", f"less than n_train={self.n_train}", 0)
+        require(self.counterfactual_queries <= self.n_gen_queries, "counterfactual_queries", "<= n_gen_queries", 0)
+        for change in self.study:
+            require(
+                isinstance(change, Mapping) and bool(change), "study", "non-empty dicts of TRAKConfig changes", change
+            )
+            TRAKConfig().replace(**change)  # raises with a suggestion on an unknown field
+        require(
+            len(self.relative_dampings) >= 1 and all(d > 0 for d in self.relative_dampings),
+            "relative_dampings",
+            "positive numbers",
+            self.relative_dampings,
+        )
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """Build from a dict, starting from the dataset's preset and (``quick``) the quick sizes."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
+        base = dict(_DATA_PRESETS.get(str(data.get("data", "digits")), {}))
+        if data.get("quick", False):
+            base.update(_QUICK)
+        return super().from_dict({**base, **data})
+
+    @classmethod
+    def preset_for(cls, data: str = "digits", *, seed: int = 0, quick: bool = False) -> DTRAKExperimentConfig:
+        """The full run on ``data`` or, with ``quick``, the few-minute smoke run."""
+        return cls.from_dict({"data": data, "seed": seed, "quick": quick})
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalDraws:
+    """Fixed (timestep, noise) pairs per query: the LDS model output is the mean loss over them.
+
+    Attributes:
+        queries: (n_q, C, H, W) query images.
+        t: (n_q, J) int64 timesteps (stratified over [0, T)).
+        noise: (n_q, J, C, H, W) standard normal noise.
+    """
+
+    queries: Tensor
+    t: Tensor
+    noise: Tensor
+
+    @classmethod
+    def make(cls, queries: Tensor, draws: int, n_timesteps: int, seed: int) -> EvalDraws:
+        """Draws for ``queries``: draw j of query q at ``t = (j + u) T / J`` (u uniform), noise from ``(seed, q, j)``."""
+        n_q = len(queries)
+        gen = torch_generator(seed, "lds-eval-t")
+        offsets = torch.rand(n_q, draws, generator=gen)
+        t = ((torch.arange(draws).unsqueeze(0) + offsets) * n_timesteps / draws).long().clamp_(0, n_timesteps - 1)
+        noise = torch.empty(n_q, draws, *queries.shape[1:])
+        for q in range(n_q):
+            noise[q] = torch.randn(draws, *queries.shape[1:], generator=torch_generator(seed, "lds-eval", q))
+        return cls(queries, t, noise)
+
+    def fingerprint(self) -> str:
+        """Hash of the queries and draws (keys the per-model loss cache)."""
+        return fingerprint_arrays(self.queries.numpy(), self.t.numpy(), self.noise.numpy())
+
+
+@torch.no_grad()
+def measure_losses(model: DDPM, draws: EvalDraws, *, batch_size: int = 1024) -> np.ndarray:
+    """Per-query diffusion loss ``mean_j ||eps_theta(x_{t_j}, t_j) - eps_j||^2 / d`` over fixed draws.
+
+    Args:
+        model: The DDPM.
+        draws: Queries and their fixed (timestep, noise) pairs.
+        batch_size: Images per forward pass (does not change the numbers beyond rounding).
+
+    Returns:
+        (n_q,) float64 mean losses; lower = the model fits the query better.
+    """
+    model.eval()
+    n_q, n_draws = draws.t.shape
+    x0 = draws.queries.unsqueeze(1).expand(-1, n_draws, *draws.queries.shape[1:]).reshape(-1, *draws.queries.shape[1:])
+    t = draws.t.reshape(-1)
+    noise = draws.noise.reshape(-1, *draws.queries.shape[1:])
+    losses = torch.empty(len(t))
+    for start in range(0, len(t), batch_size):
+        sl = slice(start, start + batch_size)
+        eps = model(model.add_noise(x0[sl], noise[sl], t[sl]), t[sl])
+        losses[sl] = (eps - noise[sl]).pow(2).flatten(1).mean(1)
+    return losses.reshape(n_q, n_draws).mean(1).double().numpy()
+
+
+def pixel_similarity(queries: Tensor, train: Tensor) -> np.ndarray:
+    """Raw-pixel baseline scores ``-||x_q - x_i||^2``: (n_q, n_train) float64, higher = more similar."""
+    q = queries.reshape(len(queries), -1).double()
+    x = train.reshape(len(train), -1).double()
+    return (-torch.cdist(q, x).pow(2)).numpy()
+
+
+def _feature_cosine(features: Callable[[Tensor], Tensor], queries: Tensor, train: Tensor) -> np.ndarray:
+    with torch.no_grad():
+        fq = torch.nn.functional.normalize(features(queries).flatten(1).double(), dim=1)
+        ft = torch.nn.functional.normalize(features(train).flatten(1).double(), dim=1)
+    return (fq @ ft.T).numpy()
+
+
+# ------------------------------------------------------------------------------------------ training jobs
+
+
+@dataclasses.dataclass
+class _Job:
+    """One DDPM to train (cached in ``out_dir``), then measure and/or sample."""
+
+    out_dir: str
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    images: Tensor
+    draws: EvalDraws | None = None
+    sample_indices: tuple[int, ...] = ()
+    sample_seed: int = 0
+
+
+def _run_job(job: _Job) -> dict[str, Any]:
+    """Train (or reuse) the job's model; return its query losses and requested samples."""
+    torch.set_num_threads(1)
+    from genprov.models.train_config import TrainConfig
+
+    model_cfg = DDPMConfig.from_dict(job.model_config)
+    result = train_ddpm(
+        model_cfg, TrainConfig.from_dict(job.train_config), job.images, job.out_dir, show_progress=False
+    )
+    model = result.model
+    assert isinstance(model, DDPM)
+    out: dict[str, Any] = {"losses": None, "samples": None}
+    if job.draws is not None:
+        cache = Path(job.out_dir) / _LOSS_CACHE
+        key = job.draws.fingerprint()
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as npz:
+                if str(npz["key"]) == key:
+                    out["losses"] = npz["losses"]
+        if out["losses"] is None:
+            losses = measure_losses(model, job.draws)
+            atomic_save_npz(cache, {"losses": losses, "key": np.array(key)})
+            out["losses"] = losses
+    if job.sample_indices:
+        out["samples"] = torch.cat(
+            [ddpm_sample(model, 1, seed=job.sample_seed, start=i, show_progress=False) for i in job.sample_indices]
+        )
+    return out
+
+
+def _run_jobs(jobs: Sequence[_Job], n_workers: int, desc: str, show: bool | None) -> list[dict[str, Any]]:
+    """Run jobs in order (``n_workers`` spawned single-threaded processes when > 1)."""
+    if n_workers <= 1 or len(jobs) <= 1:
+        return [_run_job(job) for job in progress(jobs, desc=desc, total=len(jobs), show=show)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        return list(progress(pool.map(_run_job, jobs), desc=desc, total=len(jobs), show=show))
+
+
+# ------------------------------------------------------------------------------------------ LDS
+
+
+@dataclasses.dataclass(frozen=True)
+class LDSBenchmark:
+    """The ground truth of an LDS evaluation.
+
+    Attributes:
+        masks: (n_subsets, n_train) bool, True where a training example is in the subset.
+        losses: (n_subsets, n_seeds, n_q) measured diffusion losses of the subset models on the queries.
+        queries: (n_q, C, H, W) query images.
+        kinds: (n_q,) query kind per query (``"real"`` or ``"generated"``).
+        val: (n_q,) bool, True for queries that choose lambda (the others are reported).
+    """
+
+    masks: np.ndarray
+    losses: np.ndarray
+    queries: np.ndarray
+    kinds: np.ndarray
+    val: np.ndarray
+
+    @classmethod
+    def empty(cls, queries: np.ndarray, kinds: np.ndarray) -> LDSBenchmark:
+        """A benchmark of queries without subsets yet (to draw the validation split)."""
+        n_q = len(queries)
+        return cls(np.zeros((0, 0), dtype=bool), np.zeros((0, 1, n_q)), queries, kinds, np.zeros(n_q, dtype=bool))
+
+    def outputs(self) -> np.ndarray:
+        """The LDS model output per subset and query, ``-mean over seeds of the loss``: (n_subsets, n_q)."""
+        return np.asarray(-self.losses.mean(axis=1))
+
+    def with_validation_split(self, seed: int) -> LDSBenchmark:
+        """This benchmark, with half of each query kind marked for choosing lambda if none is marked yet."""
+        if self.val.any():
+            return self
+        val = np.zeros(len(self.kinds), dtype=bool)
+        for kind in sorted(set(self.kinds.tolist())):
+            cols = np.flatnonzero(self.kinds == kind)
+            val[cols[split_indices(len(cols), [0.5, 0.5], seed=seed)[0]]] = True
+        return dataclasses.replace(self, val=val)
+
+    def save(self, path: str | Path) -> None:
+        """Write an ``.npz`` (atomically)."""
+        atomic_save_npz(
+            path,
+            {
+                "masks": self.masks,
+                "losses": self.losses,
+                "queries": self.queries,
+                "kinds": self.kinds.astype("U16"),
+                "val": self.val,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> LDSBenchmark:
+        """Read :meth:`save` output (no pickles).
+
+        Raises:
+            DataError: If the file is missing or lacks a key, or the shapes disagree.
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"{file} does not exist; build a benchmark with 'genprov reproduce dtrak' first.")
+        with np.load(file, allow_pickle=False) as npz:
+            missing = [k for k in ("masks", "losses", "queries") if k not in npz.files]
+            if missing:
+                raise DataError(f"{file} is not an LDS benchmark: it lacks {missing}.")
+            n_q = npz["queries"].shape[0]
+            kinds = npz["kinds"] if "kinds" in npz.files else np.array(["real"] * n_q)
+            val = npz["val"] if "val" in npz.files else np.zeros(n_q, dtype=bool)
+            bench = cls(npz["masks"].astype(bool), npz["losses"], npz["queries"], kinds, val.astype(bool))
+        if bench.losses.ndim == 2:
+            bench = dataclasses.replace(bench, losses=bench.losses[:, None, :])
+        if bench.losses.shape[0] != bench.masks.shape[0] or bench.losses.shape[2] != n_q:
+            raise DataError(
+                f"{file}: losses {bench.losses.shape} must be (n_subsets={bench.masks.shape[0]}, n_seeds, n_q={n_q})."
+            )
+        return bench
+
+
+def noise_ceiling(losses: np.ndarray, columns: np.ndarray, *, seed: int, n_boot: int) -> MeanCI | None:
+    """Mean over queries of the Spearman correlation, across subsets, of seed 0's and seed 1's losses.
+
+    Args:
+        losses: (n_subsets, n_seeds, n_q).
+        columns: Queries to use.
+        seed: Bootstrap seed.
+        n_boot: Bootstrap resamples.
+
+    Returns:
+        The ceiling with a CI over queries, or ``None`` with fewer than two seeds.
+    """
+    if losses.shape[1] < 2 or len(columns) == 0:
+        return None
+    masks = np.eye(losses.shape[0], dtype=bool)  # "scores" = seed 0's outputs; each subset holds one item
+    per_query = linear_datamodeling_score(-losses[:, 0, columns].T, masks, -losses[:, 1, columns])
+    return lds_summary(per_query, seed=seed, n_boot=n_boot, ignore_nan=True)
+
+
+def _subset_ci(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *, seed: int, n_boot: int) -> list[float]:
+    """95% bootstrap interval of the mean LDS when the subsets (rows) are resampled."""
+    rng = numpy_rng(seed, "lds-subsets")
+    means = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, masks.shape[0], size=masks.shape[0])
+        per_query = linear_datamodeling_score(scores, masks[rows], outputs[rows])
+        if np.isfinite(per_query).any():
+            means.append(float(np.nanmean(per_query)))
+    return [float(v) for v in np.quantile(means, [0.025, 0.975])] if means else [float("nan")] * 2
+
+
+def evaluate_lds(
+    method_scores: Mapping[str, np.ndarray],
+    bench: LDSBenchmark,
+    *,
+    dampings: Sequence[float] | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """LDS of each method per query kind, lambda chosen on the validation queries, reported on the rest.
+
+    Args:
+        method_scores: ``{method: (n_lambda, n_q, n_train)}`` scores (``n_lambda = 1`` for methods without
+            a lambda); higher = more positive influence.
+        bench: The benchmark (masks, losses, kinds, validation split).
+        dampings: The lambda values of the sweeps (labels in the output; relative values).
+        seed: Bootstrap seed.
+        n_boot: Bootstrap resamples.
+
+    Returns:
+        ``{"methods": {kind: {method: {...}}}, "paired": ..., "noise_ceiling": ..., "sweep": ...}``; every
+        reported LDS uses only lambda chosen on validation queries.
+    """
+    outputs = bench.outputs()
+    results: dict[str, Any] = {"methods": {}, "paired": {}, "noise_ceiling": {}, "sweep": {}}
+    per_query_best: dict[str, dict[str, np.ndarray]] = {}
+    for kind in sorted(set(bench.kinds.tolist()), key=lambda k: (k not in QUERY_KINDS, k)):
+        in_kind = bench.kinds == kind
+        val_cols, test_cols = np.flatnonzero(in_kind & bench.val), np.flatnonzero(in_kind & ~bench.val)
+        if len(test_cols) == 0:
+            continue
+        rows: dict[str, Any] = {}
+        sweeps: dict[str, Any] = {}
+        per_query_best[kind] = {}
+        for method, scores in method_scores.items():
+            scores = np.asarray(scores)
+            if scores.ndim == 2:
+                scores = scores[None]
+            val_curve = [
+                float(np.nanmean(linear_datamodeling_score(s[val_cols], bench.masks, outputs[:, val_cols])))
+                if len(val_cols)
+                else float("nan")
+                for s in scores
+            ]
+            test_curve = [
+                float(np.nanmean(linear_datamodeling_score(s[test_cols], bench.masks, outputs[:, test_cols])))
+                for s in scores
+            ]
+            best = int(np.nanargmax(val_curve)) if np.isfinite(val_curve).any() else 0
+            per_query = linear_datamodeling_score(scores[best][test_cols], bench.masks, outputs[:, test_cols])
+            per_query_best[kind][method] = per_query
+            summary = lds_summary(per_query, seed=seed, n_boot=n_boot, ignore_nan=True)
+            rows[method] = {
+                "lds": summary.to_dict(),
+                "ci_over_subsets": _subset_ci(
+                    scores[best][test_cols], bench.masks, outputs[:, test_cols], seed=seed, n_boot=max(50, n_boot // 10)
+                ),
+                "val_lds": val_curve[best],
+                "lambda_index": best,
+                "relative_damping": None if len(scores) == 1 or dampings is None else float(dampings[best]),
+            }
+            if len(scores) > 1:
+                sweeps[method] = {"relative_damping": list(dampings or []), "val": val_curve, "test": test_curve}
+        results["methods"][kind] = rows
+        results["sweep"][kind] = sweeps
+        ceiling = noise_ceiling(bench.losses, test_cols, seed=seed, n_boot=n_boot)
+        results["noise_ceiling"][kind] = ceiling.to_dict() if ceiling is not None else None
+        results["paired"][kind] = _paired(per_query_best[kind], seed=seed, n_boot=n_boot)
+    return results
+
+
+def _paired(per_query: Mapping[str, np.ndarray], *, seed: int, n_boot: int) -> dict[str, Any]:
+    pairs = [("D-TRAK", "TRAK"), ("D-TRAK", "pixel similarity"), ("TRAK", "pixel similarity")]
+    out = {}
+    for a, b in pairs:
+        if a in per_query and b in per_query:
+            ok = np.isfinite(per_query[a]) & np.isfinite(per_query[b])
+            if ok.sum() >= 2:
+                diff = paired_difference_ci(per_query[a][ok], per_query[b][ok], seed=seed, n_boot=n_boot)
+                out[f"{a} - {b}"] = diff.to_dict()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ galleries
+
+
+def influence_gallery(
+    query: Tensor,
+    train_images: Tensor,
+    scores: Tensor | np.ndarray,
+    *,
+    k_positive: int = 5,
+    k_negative: int = 3,
+    caption: str = "",
+    query_caption: str = "query",
+) -> Gallery:
+    """A query beside its ``k_positive`` most positive and ``k_negative`` most negative training examples.
+
+    Args:
+        query: (C, H, W) the query image.
+        train_images: (n_train, C, H, W) the training set.
+        scores: (n_train,) the query's scores; higher = more positive influence.
+        k_positive: Examples in the first row.
+        k_negative: Examples in the second row (0: none).
+        caption: Shown under the gallery.
+        query_caption: Label under the query image.
+    """
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    order = torch.sort(s, descending=True, stable=True).indices
+    pos = order[: min(k_positive, len(s))]
+    neg = order.flip(0)[: min(k_negative, len(s))] if k_negative else None
+    return Gallery.top_k(
+        query,
+        train_images,
+        pos,
+        s[pos],
+        negative_indices=neg,
+        negative_scores=s[neg] if neg is not None else None,
+        caption=caption,
+        query_caption=query_caption,
+        positive_label="Most positive (proponents)",
+        negative_label="Most negative (opponents)",
+    )
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def _train_recipe(cfg: DTRAKExperimentConfig, channels: int, seed: int) -> tuple[DDPMConfig, dict[str, Any]]:
+    model_cfg = DDPMConfig.preset(cfg.preset, image_size=cfg.image_size, channels=channels)
+    train_cfg = default_train_config(
+        model_cfg, n_steps=cfg.train_steps, batch_size=cfg.batch_size, seed=seed, checkpoint_every=0
+    )
+    return model_cfg, train_cfg.to_dict()
+
+
+def _load(cfg: DTRAKExperimentConfig, data_root: str | Path | None) -> tuple[ImageDataset, ImageDataset]:
+    root = data_root if data_root is not None else cfg.data_root
+    train = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_train, seed=cfg.seed)
+    test_all = load_dataset(cfg.data, split="test", data_root=root, resize=cfg.image_size)
+    n_real = min(cfg.n_real_queries, len(test_all))
+    test = test_all.subset(np.sort(numpy_rng(cfg.seed, "real-queries").choice(len(test_all), n_real, replace=False)))
+    return train, test
+
+
+def _seed_of(cfg: DTRAKExperimentConfig, j: int) -> int:
+    return int(derive_seed(cfg.seed, "lds-seed", j) % (2**31))
+
+
+@EXPERIMENTS.register("dtrak", config=DTRAKExperimentConfig)
+def run_dtrak(
+    config: DTRAKExperimentConfig,
+    out_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run the D-TRAK reproduction; write ``results.json``, ``report.html`` and ``lds_benchmark.npz``.
+
+    Args:
+        config: What to run (see :class:`DTRAKExperimentConfig`).
+        out_dir: Output folder (models, stores and measurements are cached there).
+        data_root: Folder of dataset files (overrides ``config.data_root``).
+        show_progress: Progress bars.
+
+    Returns:
+        The ``results.json`` content.
+    """
+    cfg = config
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    train, test = _load(cfg, data_root)
+    channels = train.n_channels
+    model_cfg, train_cfg = _train_recipe(cfg, channels, cfg.seed)
+    _run_job(_Job(str(out / "models" / "main"), model_cfg.to_dict(), train_cfg, train.images))  # trains or reuses
+    model = load_checkpoint(out / "models" / "main").model
+    assert isinstance(model, DDPM)
+    n_gen = cfg.n_gen_queries
+    generated = ddpm_sample(model, n_gen, seed=cfg.seed, show_progress=show_progress) if n_gen else train.images[:0]
+    lap("train model + sample")
+
+    # queries: real (held-out) then generated; half of each kind chooses lambda
+    queries = torch.cat([test.images, generated])
+    kinds = np.array(["real"] * len(test) + ["generated"] * n_gen)
+    val = LDSBenchmark.empty(queries.numpy(), kinds).with_validation_split(cfg.seed).val
+
+    # classifier (feature-similarity baseline, counterfactual cosine)
+    classifier = _classifier(cfg, train, out, show_progress)
+    lap("classifier")
+
+    # features and scores
+    base = TRAKConfig(n_timesteps=cfg.n_timesteps, proj_dim=cfg.proj_dim, projector=cfg.projector, seed=cfg.seed)
+    method_scores: dict[str, np.ndarray] = {}
+    feature_seconds = {}
+    for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
+        t0 = time.perf_counter()
+        attributor = TRAKAttributor(model, config=base.replace(output_function=output_function))
+        attributor.fit(train, store=out / "stores" / _store_name(attributor.config), show_progress=show_progress)
+        phi_q = attributor.featurize_queries(queries)
+        feature_seconds[label] = round(time.perf_counter() - t0, 2)
+        dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
+        method_scores[label] = attributor.scores_sweep(phi_q, dampings)
+        assert attributor.train_features_ is not None
+        if output_function == "loss":
+            for name, scoring in (
+                ("TracIn / Grad-Dot", "grad-dot"),
+                ("Relative IF", "relative-if"),
+                ("Renormalized IF", "renormalized-if"),
+            ):
+                variant = TRAKAttributor(model, config=attributor.config.replace(scoring=scoring))
+                variant.fit_features(attributor.train_features_)
+                method_scores[name] = variant.scores_sweep(phi_q, dampings if scoring.endswith("if") else [0.0])
+    method_scores["pixel similarity"] = pixel_similarity(queries, train.images)[None]
+    method_scores["feature similarity"] = _feature_cosine(classifier.features, queries, train.images)[None]
+    lap("features + scores")
+
+    # LDS benchmark
+    draws = EvalDraws.make(queries, cfg.eval_draws, model_cfg.num_train_timesteps, cfg.seed)
+    subsets = random_subsets(len(train), cfg.n_subsets, cfg.subset_fraction, seed=cfg.seed)
+    masks = np.zeros((cfg.n_subsets, len(train)), dtype=bool)
+    for s, rows in enumerate(subsets):
+        masks[s, rows] = True
+    jobs = [
+        _Job(
+            str(out / "models" / f"subset-{s:03d}-seed-{j}"),
+            model_cfg.to_dict(),
+            _train_recipe(cfg, channels, _seed_of(cfg, j))[1],
+            train.images[torch.as_tensor(subsets[s])],
+            draws=draws,
+        )
+        for s in range(cfg.n_subsets)
+        for j in range(cfg.n_seeds)
+    ]
+    measured = _run_jobs(jobs, cfg.n_workers, "LDS models", show_progress)
+    losses = np.stack([m["losses"] for m in measured]).reshape(cfg.n_subsets, cfg.n_seeds, len(queries))
+    bench = LDSBenchmark(masks, losses, queries.numpy(), kinds, val)
+    bench.save(out / BENCHMARK_FILE)
+    lap("LDS models")
+    lds = evaluate_lds(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
+    size_curve = lds_vs_benchmark_size(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed)
+    lap("LDS evaluation")
+    study = _variant_study(cfg, model, base, train, queries, bench, out, show_progress)
+    lap("variant study")
+
+    # counterfactual
+    chosen = {m: _best_scores(method_scores[m], lds, m) for m in ("TRAK", "D-TRAK")}
+    counterfactual = _counterfactual(
+        cfg, train, generated, chosen, kinds, model_cfg, train_cfg, classifier, out, show_progress
+    )
+    lap("counterfactual")
+
+    results = {
+        "experiment": "dtrak",
+        "config": cfg.to_dict(),
+        "data": {
+            "name": train.name,
+            "n_train": len(train),
+            "image_size": cfg.image_size,
+            "fingerprint": train.fingerprint(),
+        },
+        "model": {"preset": cfg.preset, "n_params": int(sum(p.numel() for p in model.parameters()))},
+        "lds": lds,
+        "counterfactual": {k: v for k, v in counterfactual.items() if k != "images"},
+        "featurization_seconds": feature_seconds,
+        "claim": _claim(lds),
+        "lds_vs_benchmark_size": size_curve,
+        "variant_study": study,
+        "timings_seconds": timings,
+        "benchmark": str(out / BENCHMARK_FILE),
+    }
+    report = _report(cfg, results, queries, kinds, val, train, method_scores, lds, counterfactual)
+    report.add(_study_section(size_curve, study), before="influencers")
+    report.write(out, filename="report.html")
+    atomic_write_json(out / "results.json", results)
+    return results
+
+
+def _store_name(config: TRAKConfig) -> str:
+    """Folder name of a feature store: output function, projector, k and K (one store per feature setting)."""
+    k = "all" if config.projector == "identity" else str(config.proj_dim)
+    steps = f"t{len(config.timesteps)}" if config.timesteps else f"K{config.n_timesteps}-{config.schedule}"
+    return f"{config.output_function}-{config.projector}-k{k}-{steps}"
+
+
+def lds_vs_benchmark_size(
+    method_scores: Mapping[str, np.ndarray],
+    bench: LDSBenchmark,
+    *,
+    dampings: Sequence[float],
+    seed: int = 0,
+    methods: Sequence[str] = ("TRAK", "D-TRAK", "pixel similarity"),
+) -> list[dict[str, Any]]:
+    """Mean test LDS when only the first m subsets and s seeds of the benchmark are used.
+
+    Shows how much of the gap between methods is ground-truth noise: with few subsets or one seed per
+    subset the measured outputs are noisier and every LDS (and the noise ceiling) is lower.
+
+    Returns:
+        Rows ``{"subsets", "seeds", "<kind> <method>": mean LDS, "<kind> ceiling": ...}``.
+    """
+    n_subsets, n_seeds = bench.masks.shape[0], bench.losses.shape[1]
+    sizes = sorted({m for m in (8, 16, 32, 64, 128, n_subsets) if 3 <= m <= n_subsets})
+    rows = []
+    for m in sizes:
+        for s in sorted({1, n_seeds}):
+            part = dataclasses.replace(bench, masks=bench.masks[:m], losses=bench.losses[:m, :s])
+            scores = {k: method_scores[k] for k in methods if k in method_scores}
+            ev = evaluate_lds(scores, part, dampings=dampings, seed=seed, n_boot=100)
+            row: dict[str, Any] = {"subsets": m, "seeds": s}
+            for kind, per_method in ev["methods"].items():
+                for method, r in per_method.items():
+                    row[f"{kind} {method}"] = r["lds"]["mean"]
+                ceiling = ev["noise_ceiling"].get(kind)
+                row[f"{kind} ceiling"] = ceiling["mean"] if ceiling else None
+            rows.append(row)
+    return rows
+
+
+def _variant_study(
+    cfg: DTRAKExperimentConfig,
+    model: DDPM,
+    base: TRAKConfig,
+    train: ImageDataset,
+    queries: Tensor,
+    bench: LDSBenchmark,
+    out: Path,
+    show: bool | None,
+) -> list[dict[str, Any]]:
+    """TRAK and D-TRAK with each ``cfg.study`` change, on the same benchmark (lambda chosen on validation)."""
+    rows = []
+    for change in cfg.study:
+        for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
+            config = base.replace(output_function=output_function, **change)
+            attributor = TRAKAttributor(model, config=config)
+            start = time.perf_counter()
+            attributor.fit(train, store=out / "stores" / _store_name(config), show_progress=show)
+            phi_q = attributor.featurize_queries(queries)
+            seconds = time.perf_counter() - start
+            sweep = attributor.scores_sweep(phi_q, [attributor.absolute_damping(r) for r in cfg.relative_dampings])
+            ev = evaluate_lds({label: sweep}, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
+            row: dict[str, Any] = {
+                "setting": ", ".join(f"{k}={v}" for k, v in change.items()),
+                "method": label,
+                "featurize seconds": round(seconds, 1),
+            }
+            for kind, per_method in ev["methods"].items():
+                row[f"LDS {kind}"] = per_method[label]["lds"]
+            rows.append(row)
+    return rows
+
+
+def _study_section(size_curve: Sequence[Mapping[str, Any]], study: Sequence[Mapping[str, Any]]) -> Section:
+    section = Section(
+        "scale",
+        "How the comparison depends on the benchmark and the features",
+        intro="Left out of the headline table: the same LDS with fewer subsets or one training seed per subset "
+        "(ground truth noise), and TRAK / D-TRAK with other feature settings (k, K, projector) on the same "
+        "benchmark.",
+    )
+    section.add(Table(list(size_curve), caption="Mean test LDS vs benchmark size (subsets x seeds averaged)."))
+    if study:
+        rows = [{k: (_fmt(v) if isinstance(v, Mapping) else v) for k, v in row.items()} for row in study]
+        section.add(Table(rows, caption="Feature variants (lambda chosen on validation queries)."))
+    return section
+
+
+def _classifier(cfg: DTRAKExperimentConfig, train: ImageDataset, out: Path, show: bool | None) -> CNNClassifier:
+    if train.labels is None:
+        raise DataError(f"{train.name} has no labels; the feature-similarity baseline needs a classifier.")
+    clf_cfg = ClassifierConfig(
+        image_size=cfg.image_size, channels=train.n_channels, n_classes=int(train.labels.max()) + 1
+    )
+    clf_train = default_train_config(clf_cfg, n_steps=cfg.classifier_steps, seed=cfg.seed, checkpoint_every=0)
+    result = train_classifier(clf_cfg, clf_train, train, out / "models" / "classifier", show_progress=show)
+    assert isinstance(result.model, CNNClassifier)
+    return result.model.eval()
+
+
+def _best_scores(sweep: np.ndarray, lds: Mapping[str, Any], method: str) -> np.ndarray:
+    """The method's scores at the lambda chosen on the generated validation queries (else the real ones)."""
+    for kind in ("generated", "real"):
+        row = lds["methods"].get(kind, {}).get(method)
+        if row is not None:
+            return np.asarray(sweep[int(row["lambda_index"])])
+    return np.asarray(sweep[0])
+
+
+def _counterfactual(
+    cfg: DTRAKExperimentConfig,
+    train: ImageDataset,
+    generated: Tensor,
+    chosen: Mapping[str, np.ndarray],
+    kinds: np.ndarray,
+    model_cfg: DDPMConfig,
+    train_cfg: dict[str, Any],
+    classifier: CNNClassifier,
+    out: Path,
+    show: bool | None,
+) -> dict[str, Any]:
+    """Remove the top-k influencers (or k random images) of a few generated images, retrain, regenerate."""
+    n_cf = cfg.counterfactual_queries
+    if n_cf == 0:
+        return {"n_queries": 0}
+    gen_cols = np.flatnonzero(kinds == "generated")
+    picked = list(range(n_cf))  # generated image g is query column gen_cols[g]
+    removals: dict[str, list[np.ndarray]] = {"random": []}
+    for g in picked:
+        for method, scores in chosen.items():
+            order = np.argsort(-scores[gen_cols[g]], kind="stable")
+            removals.setdefault(method, []).append(order[: cfg.counterfactual_k])
+        rng = numpy_rng(cfg.seed, "counterfactual-random", g)
+        removals["random"].append(rng.choice(len(train), cfg.counterfactual_k, replace=False))
+    jobs, keys = [], []
+    for method, per_query in removals.items():
+        for g, removed in zip(picked, per_query, strict=True):
+            keep = np.setdiff1d(np.arange(len(train)), removed)
+            slug = method.lower().replace(" ", "-")
+            jobs.append(
+                _Job(
+                    str(out / "models" / f"counterfactual-{slug}-{g:03d}"),
+                    model_cfg.to_dict(),
+                    train_cfg,
+                    train.images[torch.as_tensor(keep)],
+                    sample_indices=(g,),
+                    sample_seed=cfg.seed,
+                )
+            )
+            keys.append((method, g))
+    done = _run_jobs(jobs, cfg.n_workers, "counterfactual models", show)
+    regenerated = {key: d["samples"][0] for key, d in zip(keys, done, strict=True)}
+    metrics: dict[str, Any] = {"n_queries": n_cf, "k_removed": cfg.counterfactual_k, "methods": {}}
+    with torch.no_grad():
+        for method in removals:
+            originals = generated[picked]
+            new = torch.stack([regenerated[(method, g)] for g in picked])
+            l2 = (new - originals).flatten(1).norm(dim=1).double().numpy()
+            cos = torch.nn.functional.cosine_similarity(
+                classifier.features(new).flatten(1), classifier.features(originals).flatten(1), dim=1
+            )
+            metrics["methods"][method] = {
+                "pixel_l2": summarize(l2, seed=cfg.seed, n_boot=cfg.n_boot).to_dict(),
+                "feature_cosine": summarize(cos.double().numpy(), seed=cfg.seed, n_boot=cfg.n_boot).to_dict(),
+                "per_query_l2": l2.tolist(),
+            }
+    shown = ["TRAK", "D-TRAK", "random"]
+    metrics["images"] = torch.stack(
+        [img for g in picked for img in (generated[g], *(regenerated[(m, g)] for m in shown))]
+    )
+    metrics["columns"] = ["original", *[f"without top-{cfg.counterfactual_k} {m}" for m in shown[:2]], "without random"]
+    return metrics
+
+
+def _claim(lds: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether D-TRAK beats TRAK and pixel similarity (paired 95% intervals above 0), per query kind."""
+    out = {}
+    for kind, pairs in lds["paired"].items():
+        out[kind] = {name: bool(ci["low"] > 0) for name, ci in pairs.items()}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _fmt(ci: Mapping[str, Any] | None) -> str:
+    return "n/a" if ci is None else MeanCI(**ci).format(".3f")
+
+
+def _lds_rows(lds: Mapping[str, Any]) -> list[dict[str, Any]]:
+    kinds = list(lds["methods"])
+    methods = list(next(iter(lds["methods"].values()))) if kinds else []
+    rows = []
+    for method in methods:
+        row: dict[str, Any] = {"method": method}
+        for kind in kinds:
+            r = lds["methods"][kind][method]
+            row[f"LDS {kind} [95% CI queries]"] = _fmt(r["lds"])
+            lo, hi = r["ci_over_subsets"]
+            row[f"{kind}: CI over subsets"] = f"[{lo:.3f}, {hi:.3f}]"
+            if r["relative_damping"] is not None:
+                row[f"{kind}: lambda / (tr/k)"] = f"{r['relative_damping']:g}"
+        rows.append(row)
+    rows.append(
+        {
+            "method": "noise ceiling (seed vs seed)",
+            **{f"LDS {k} [95% CI queries]": _fmt(lds["noise_ceiling"][k]) for k in kinds},
+        }
+    )
+    return rows
+
+
+def _sweep_figure(lds: Mapping[str, Any]) -> MplFigure:
+    fig = MplFigure(figsize=(4.2 * max(1, len(lds["sweep"])), 3.4))
+    kinds = list(lds["sweep"])
+    axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
+    for ax, kind in zip(axes, kinds, strict=False):
+        for i, (method, curve) in enumerate(lds["sweep"][kind].items()):
+            color = f"C{i}"
+            ax.plot(curve["relative_damping"], curve["val"], color=color, label=f"{method} (val)")
+            ax.plot(curve["relative_damping"], curve["test"], color=color, linestyle="--", label=f"{method} (test)")
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda / (trace(Phi^T Phi) / k)")
+        ax.set_ylabel("mean LDS")
+        ax.set_title(f"{kind} queries", loc="left", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _report(
+    cfg: DTRAKExperimentConfig,
+    results: Mapping[str, Any],
+    queries: Tensor,
+    kinds: np.ndarray,
+    val: np.ndarray,
+    train: ImageDataset,
+    method_scores: Mapping[str, np.ndarray],
+    lds: Mapping[str, Any],
+    counterfactual: Mapping[str, Any],
+) -> Report:
+    report = Report(
+        "D-TRAK vs TRAK: data attribution for a diffusion model",
+        subtitle="Zheng et al., ICLR 2024, at small scale on a CPU",
+        meta={"data": cfg.data, "seed": cfg.seed, "run": "quick" if cfg.quick else "full", "n_train": len(train)},
+    )
+    headline: dict[str, Any] = {}
+    for kind in lds["methods"]:
+        for method in ("TRAK", "D-TRAK", "pixel similarity"):
+            if method in lds["methods"][kind]:
+                headline[f"LDS {method} ({kind})"] = lds["methods"][kind][method]["lds"]["mean"]
+        if lds["noise_ceiling"].get(kind):
+            headline[f"noise ceiling ({kind})"] = lds["noise_ceiling"][kind]["mean"]
+    summary = Section(
+        "summary",
+        "Summary",
+        intro=f"{len(train)} {cfg.data} images ({cfg.image_size}x{cfg.image_size}), DDPM preset `{cfg.preset}` "
+        f"({results['model']['n_params']:,} parameters), K={cfg.n_timesteps} timesteps, k={cfg.proj_dim} "
+        f"({cfg.projector}), {cfg.n_subsets} subsets x {cfg.n_seeds} seeds. lambda is chosen on half of each "
+        "query set; every LDS shown is on the other half.",
+    )
+    if cfg.quick:
+        summary.add(Text("Quick mode: tiny models and few subsets; the numbers are a smoke test.", tone="note"))
+    summary.add(KeyValue(headline))
+    report.add(summary)
+    lds_section = Section(
+        "lds",
+        "Linear datamodeling score",
+        intro="Spearman correlation, across retrained subset models, between the summed scores of a subset and "
+        "the model output (minus the query's diffusion loss), per query; mean over test queries with 95% "
+        "bootstrap intervals over queries and over subsets. The noise ceiling is the LDS that one training "
+        "seed's measured losses reach against another seed's.",
+    )
+    lds_section.add(Table(_lds_rows(lds), caption="LDS (test queries, lambda chosen on validation queries)."))
+    paired_rows = [
+        {"query kind": kind, "difference": name, "mean [95% CI]": _fmt(ci)}
+        for kind, pairs in lds["paired"].items()
+        for name, ci in pairs.items()
+    ]
+    if paired_rows:
+        lds_section.add(
+            Table(paired_rows, caption="Paired differences of per-query LDS (CI above 0: the first is better).")
+        )
+    for kind in lds["methods"]:
+        bars = {m: MeanCI(**r["lds"]) for m, r in lds["methods"][kind].items()}
+        lds_section.add(
+            Figure(metric_bars(bars, ylabel="LDS", title=f"{kind} queries"), caption=f"LDS, {kind} queries.")
+        )
+    lds_section.add(Figure(_sweep_figure(lds), caption="lambda sweeps: validation (solid) and test (dashed) LDS."))
+    report.add(lds_section)
+    report.add(_gallery_section(cfg, queries, kinds, val, train, method_scores, lds))
+    if counterfactual.get("n_queries"):
+        report.add(_counterfactual_section(counterfactual))
+    setup = Section("setup", "Setup and timings")
+    setup.add(
+        Text(
+            f"Command: `genprov reproduce dtrak --data {cfg.data} --seed {cfg.seed}{' --quick' if cfg.quick else ''} "
+            "--out DIR`. The LDS benchmark (masks, losses, queries) is in `lds_benchmark.npz`; score any method "
+            "against it with `genprov trak lds`."
+        ),
+        KeyValue({k: v for k, v in results["timings_seconds"].items()}, caption="seconds per stage"),
+        Table([{"field": k, "value": str(v)} for k, v in cfg.to_dict().items()], caption="configuration"),
+    )
+    report.add(setup)
+    return report
+
+
+def _gallery_section(
+    cfg: DTRAKExperimentConfig,
+    queries: Tensor,
+    kinds: np.ndarray,
+    val: np.ndarray,
+    train: ImageDataset,
+    method_scores: Mapping[str, np.ndarray],
+    lds: Mapping[str, Any],
+) -> Section:
+    section = Section(
+        "influencers",
+        "Top influencers",
+        intro="For generated test queries: the 5 most positive and 3 most negative training images under TRAK and "
+        "D-TRAK (at the lambda chosen on validation queries), with their scores.",
+    )
+    cols = np.flatnonzero((kinds == "generated") & ~val)[: cfg.gallery_queries]
+    if len(cols) == 0:
+        cols = np.flatnonzero(~val)[: cfg.gallery_queries]
+    for col in cols:
+        for method in ("TRAK", "D-TRAK"):
+            scores = _best_scores(method_scores[method], lds, method)[col]
+            section.add(
+                influence_gallery(
+                    queries[col],
+                    train.images,
+                    scores,
+                    caption=f"{method}, {kinds[col]} query #{col}",
+                    query_caption=f"query #{col}",
+                )
+            )
+    return section
+
+
+def _counterfactual_section(cf: Mapping[str, Any]) -> Section:
+    rows = [
+        {
+            "removed": method,
+            "pixel l2 [95% CI]": _fmt(m["pixel_l2"]),
+            "feature cosine [95% CI]": _fmt(m["feature_cosine"]),
+        }
+        for method, m in cf["methods"].items()
+    ]
+    columns = " | ".join(cf["columns"])
+    return Section(
+        "counterfactual",
+        "Counterfactual retraining",
+        intro=f"Remove the top-{cf['k_removed']} positive influencers of a generated image (or as many random "
+        "images), retrain with the same recipe and regenerate from the same noise. A larger change (pixel l2 up, "
+        "classifier-feature cosine down) than random removal means the attribution found images the generation "
+        "depends on.",
+    ).add(
+        Table(rows, caption="Change of the regenerated image (mean over queries)."),
+        grid_image(cf["images"], f"Each row: {columns}.", nrow=len(cf["columns"]), width_px=360),
+    )
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+#: Training images the demo section attributes to (a prefix of the demo's training split).
+DEMO_TRAIN_IMAGES = 300
+DEMO_QUERIES = 3
+
+
+@DEMO_SECTIONS.register("trak")
+def trak_section(ctx: DemoContext) -> Section:
+    """Demo: for a few generated digits, the top training influencers under TRAK and D-TRAK."""
+    t0 = time.perf_counter()
+    ddpm = ctx.ddpm().model
+    assert isinstance(ddpm, DDPM)
+    size = ctx.image_size("ddpm")
+    train = ctx.dataset("train", size).images[:DEMO_TRAIN_IMAGES]
+    queries = ctx.samples("ddpm")[:DEMO_QUERIES]
+    seed = ctx.config.seed
+    section = Section(
+        "trak",
+        "Which training images shaped a generated digit?",
+        intro=f"Data attribution with TRAK (gradient of the denoising loss) and D-TRAK (gradient of the squared norm "
+        f"of the predicted noise; Zheng et al., ICLR 2024) for the DDPM, against the first {len(train)} training "
+        "images: the most positive (proponents) and most negative (opponents) influencers of each sample, beside "
+        "the nearest training images in pixels. `genprov reproduce dtrak` measures which method predicts "
+        "retraining better (LDS).",
+    )
+    results: dict[str, Any] = {"n_train": len(train), "queries": len(queries)}
+    scores_by_method = {}
+    for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
+        config = TRAKConfig(output_function=output_function, proj_dim=512, seed=seed)
+        attributor = TRAKAttributor(ddpm, config=config)
+        attributor.fit(train, store=ctx.out / "trak-store" / output_function, show_progress=ctx.show_progress)
+        scores_by_method[label] = attributor.scores(queries)
+    scores_by_method["nearest pixels"] = torch.from_numpy(pixel_similarity(queries, train))
+    for q in range(len(queries)):
+        for label, scores in scores_by_method.items():
+            k_negative = 0 if label == "nearest pixels" else 3
+            section.add(
+                influence_gallery(
+                    queries[q],
+                    train,
+                    scores[q],
+                    k_negative=k_negative,
+                    caption=f"{label}, sample {q}",
+                    query_caption=f"sample {q}",
+                )
+            )
+        results[f"sample {q}"] = {
+            label: torch.argsort(s[q], descending=True, stable=True)[:5].tolist()
+            for label, s in scores_by_method.items()
+        }
+    overlap = [
+        len(set(results[f"sample {q}"]["TRAK"]) & set(results[f"sample {q}"]["D-TRAK"])) / 5
+        for q in range(len(queries))
+    ]
+    results["top5_overlap_trak_dtrak"] = float(np.mean(overlap)) if overlap else None
+    results["seconds"] = round(time.perf_counter() - t0, 2)
+    ctx.results["trak"] = results
+    section.add(grid_image(queries, "The samples explained.", nrow=len(queries), width_px=240))
+    return section
