@@ -14,9 +14,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from genprov.exceptions import GenprovError
+from genprov.exceptions import ConfigError, GenprovError
 
-__all__ = ["DATA_ROOT_OPTION", "JSON_OPTION", "SEED_OPTION", "console", "emit", "handle_errors", "print_table"]
+__all__ = [
+    "DATA_ROOT_OPTION",
+    "JSON_OPTION",
+    "SEED_OPTION",
+    "console",
+    "emit",
+    "handle_errors",
+    "merge_dicts",
+    "parse_sets",
+    "print_table",
+]
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,3 +92,30 @@ def _fmt(value: Any) -> str:
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``--set`` values: ``["alpha=0.001", "detector.n_epochs=10"]`` -> a nested dict (JSON values when they parse)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE (e.g. --set alpha=0.001); got {pair!r}.")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return values
+
+
+def merge_dicts(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``changes``, recursing into nested dicts (for ``--set detector.n_epochs=10``)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -8,7 +8,6 @@ a score and the threshold for every image. The method's parameters come from its
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,16 @@ import torch
 import typer
 
 from genprov.attribution.model import MODEL_ATTRIBUTORS, ModelAttributor
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    console,
+    emit,
+    handle_errors,
+    merge_dicts,
+    parse_sets,
+)
 from genprov.config import Config
 from genprov.data import load_dataset, load_images, png_roundtrip
 from genprov.data.images import IMAGE_EXTENSIONS
@@ -40,38 +48,12 @@ CLI_FILE = "cli.json"
 _CLI_DEFAULTS: dict[str, dict[str, Any]] = {"flipad": {"saturation": "censor", "max_iter": 300}}
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    """``["alpha=0.001", "detector.n_epochs=10"]`` -> nested dict (values parsed as JSON when possible)."""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE (e.g. --set alpha=0.001); got {pair!r}.")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return values
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _method_config(method: str, seed: int, sets: list[str]) -> Config | None:
     config_type = MODEL_ATTRIBUTORS.config_type(method)
     if config_type is None:  # pragma: no cover - every attributor has a config
         return None
-    base = _merge({**config_type().to_dict(), "seed": seed}, _CLI_DEFAULTS.get(method, {}))
-    return config_type.from_dict(_merge(base, _parse_sets(sets)))
+    base = merge_dicts({**config_type().to_dict(), "seed": seed}, _CLI_DEFAULTS.get(method, {}))
+    return config_type.from_dict(merge_dicts(base, parse_sets(sets)))
 
 
 def _image_generator(path: Path) -> LoadedCheckpoint:

@@ -15,9 +15,8 @@ import numpy as np
 import typer
 
 from genprov.attribution.model.keyed import KeyedGenerators, KeyedGeneratorsConfig, attribution_rule
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
 from genprov.cli.flipad import _image_files
-from genprov.cli.reproduce import _parse_sets
 from genprov.data import load_images, png_roundtrip
 
 app = typer.Typer(
@@ -36,7 +35,7 @@ def _config(seed: int, data: str, robust: str, sets: list[str]) -> KeyedGenerato
     values: dict[str, Any] = {"seed": seed, "data": data}
     if robust:
         values["robust"] = [name.strip() for name in robust.split(",") if name.strip()]
-    return KeyedGeneratorsConfig.from_dict({**values, **_parse_sets(sets)})
+    return KeyedGeneratorsConfig.from_dict({**values, **parse_sets(sets)})
 
 
 @app.command("create")

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
-from genprov.exceptions import ConfigError
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
 from genprov.experiments import EXPERIMENTS, run_experiment
-
-
-def _parse_sets(pairs: list[str]) -> dict[str, object]:
-    values: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE (e.g. --set alpha=0.001); got {pair!r}.")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
 
 
 @handle_errors
@@ -42,7 +27,7 @@ def reproduce(
 
     Example: genprov reproduce flipad --data digits --seed 0 --quick --out runs/flipad
     """
-    config = {"data": data, "seed": seed, "quick": quick, **_parse_sets(sets)}
+    config = {"data": data, "seed": seed, "quick": quick, **parse_sets(sets)}
     results = run_experiment(name, config, out, data_root=data_root)
     if as_json:
         emit(results, as_json=True)

@@ -9,7 +9,6 @@ the flags set the common ones, ``--set KEY=VALUE`` any other.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ import torch
 import typer
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
 from genprov.data import load_dataset, load_images
 from genprov.data.images import IMAGE_EXTENSIONS
-from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.exceptions import CheckpointError, DataError
 from genprov.experiments.dtrak import (
     LDSBenchmark,
     evaluate_lds,
@@ -47,19 +46,6 @@ app = typer.Typer(
 SETS_OPTION = typer.Option(
     [], "--set", help="Any TRAKConfig parameter, KEY=VALUE (JSON values), e.g. --set 'include=[\"unet.up_blocks.*\"]'."
 )
-
-
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE (e.g. --set relative_damping=0.01); got {pair!r}.")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
 
 
 def _ddpm(path: Path) -> DDPM:
@@ -88,7 +74,7 @@ def _attributor(store: Path, sets: list[str]) -> tuple[TRAKAttributor, Any, dict
     _, info = _open_store(store)
     model = _ddpm(Path(info["model"]))
     train = load_dataset(**info["data"])
-    config = TRAKConfig.from_dict({**info["trak_config"], **_parse_sets(sets)})
+    config = TRAKConfig.from_dict({**info["trak_config"], **parse_sets(sets)})
     attributor = TRAKAttributor(model, config=config).fit(train, store=store, show_progress=False)
     return attributor, train, info
 
@@ -142,7 +128,7 @@ def featurize_cmd(
         "proj_dim": proj_dim,
         "seed": seed,
     }
-    config = TRAKConfig.from_dict({**base, **_parse_sets(sets)})
+    config = TRAKConfig.from_dict({**base, **parse_sets(sets)})
     attributor = TRAKAttributor(ddpm, config=config)
     attributor.fit(train, store=store)
     assert attributor.store_ is not None
