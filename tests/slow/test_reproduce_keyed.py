@@ -21,7 +21,7 @@ def test_quick_reproduction(tmp_path: Path) -> None:
     assert saved["conditions"] == ["clean", "blur", "crop", "noise", "jpeg", "combination"]
     families = set(saved["metrics"])
     assert {"plain", "robust-blur", "robust-crop", "robust-noise", "robust-jpeg", "robust-combination"} <= families
-    assert {"alternating", "robust-keys", "noise-margin"} <= families
+    assert {"alternating", "robust-keys", "noise-margin", "compliance-margin"} <= families
     clean = results["metrics"]["plain"]["clean"]
     assert clean["attributability"] >= 0.95 and clean["distinguishability"] >= 0.95
     assert clean["real_attributed_none"] >= 0.95

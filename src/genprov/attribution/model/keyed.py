@@ -195,6 +195,12 @@ class KeyedGeneratorsConfig(Config):
             constraint (:func:`train_key_and_user`), which lets each key adapt to directions its user
             model can reach cheaply (our variant; see the experiment's report).
         margin: Hinge margin of keys and plain user models (paper: 1).
+        compliance_distance: Extra data-compliance margin of the keys in image-space distance: authentic
+            and ``G0`` samples must satisfy ``phi^T x >= margin + compliance_distance * |phi|``, i.e. lie at
+            least ``compliance_distance`` (L2, [-1, 1] pixels) inside every key's positive side. The paper's
+            margin is in response units only, so a key with a large norm keeps the data a tiny distance
+            from its hyperplane, and additive noise of std ``sigma`` then flips its response on other users'
+            samples (ambiguous attributions); ``3 * sigma`` guards against that. 0 = the paper.
         target_angle: Angle in degrees every new key should make with every earlier key (paper: 90).
         angle_weight: Weight of the angle penalty ``sum_j |cos(phi_j, phi) - cos(target)|``.
         project: For a 90-degree target, project keys onto the orthogonal complement of earlier keys
@@ -235,6 +241,7 @@ class KeyedGeneratorsConfig(Config):
     key_init_scale: float = 1.0
     key_training: str = "paper"
     margin: float = 1.0
+    compliance_distance: float = 0.0
     target_angle: float = 90.0
     angle_weight: float = 10.0
     project: bool = True
@@ -261,6 +268,7 @@ class KeyedGeneratorsConfig(Config):
         for name in ("batch_size", "n_compliance"):
             value = getattr(self, name)
             require(_is_int(value) and value > 0, name, "a positive integer", value)
+        require(self.compliance_distance >= 0, "compliance_distance", "a non-negative number", self.compliance_distance)
         for name in ("lr", "key_lr", "key_init_scale", "margin", "robust_margin"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
@@ -530,7 +538,8 @@ def train_key(
     steps = 0
     for step in progress(range(1, config.key_steps + 1), desc=f"key {index}", show=show_progress):
         steps = step
-        loss = _hinge(config.margin - real @ phi) + _hinge(config.margin - g0 @ phi)
+        comply = config.margin + config.compliance_distance * phi.norm()
+        loss = _hinge(comply - real @ phi) + _hinge(comply - g0 @ phi)
         penalty = angle.penalty(phi)
         if penalty is not None:
             loss = loss + penalty
@@ -614,13 +623,14 @@ def fine_tune_user(
             transform = draw_post_process(name, config.post_process, tuple(x0.shape), gen)
         if key_opt is not None:
             idx = batch_indices(len(real_images), config.batch_size, config.seed, step).to(phi.device)
+            comply = config.margin + config.compliance_distance * phi.norm()
             with torch.no_grad():
                 batches = [real_images[idx], x0, user(z)]
                 if transform is not None:
                     batches = [transform(b) for b in batches]
             key_loss = (
-                _hinge(margin - _flat(batches[0]) @ phi)
-                + _hinge(margin - _flat(batches[1]) @ phi)
+                _hinge(comply - _flat(batches[0]) @ phi)
+                + _hinge(comply - _flat(batches[1]) @ phi)
                 + _hinge(margin + _flat(batches[2]) @ phi)
             )
             penalty = angle.penalty(phi)

@@ -81,6 +81,15 @@ def test_further_keys_are_compliant_and_orthogonal() -> None:
     assert float((cos - torch.eye(4, dtype=cos.dtype)).abs().max()) < 1e-6
 
 
+def test_compliance_distance_keeps_the_data_inside() -> None:
+    gen = torch.Generator().manual_seed(2)
+    real = torch.rand(200, 16, generator=gen) + 0.5
+    cfg = KeyedGeneratorsConfig(key_steps=2000, compliance_distance=0.5)
+    key, info = train_key(torch.empty(0, 16), real, real, cfg, 0)
+    assert info["loss"] == 0.0
+    assert float((real @ key).min() / key.norm()) >= 0.5  # distance of every point from the hyperplane
+
+
 def test_penalty_reaches_a_non_right_target_angle() -> None:
     gen = torch.Generator().manual_seed(1)
     real = torch.rand(100, 16, generator=gen) + 0.5
