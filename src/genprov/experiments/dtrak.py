@@ -177,7 +177,12 @@ class DTRAKExperimentConfig(ExperimentConfig):
     counterfactual_k: int = 40
     classifier_steps: int = 400
     gallery_queries: int = 4
-    study: tuple[dict[str, Any], ...] = ({"proj_dim": 4096}, {"n_timesteps": 50}, {"projector": "gaussian"})
+    study: tuple[dict[str, Any], ...] = (
+        {"proj_dim": 4096},
+        {"n_timesteps": 50},
+        {"n_timesteps": 100},
+        {"projector": "gaussian"},
+    )
     n_workers: int = 2
     n_boot: int = 1000
 
@@ -726,7 +731,9 @@ def run_dtrak(
     lds = evaluate_lds(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
     size_curve = lds_vs_benchmark_size(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed)
     lap("LDS evaluation")
-    study = _variant_study(cfg, model, base, train, queries, bench, out, show_progress)
+    study = _variant_study(
+        cfg, model, base, train, queries, bench, method_scores["pixel similarity"], out, show_progress
+    )
     lap("variant study")
 
     # counterfactual
@@ -810,29 +817,35 @@ def _variant_study(
     train: ImageDataset,
     queries: Tensor,
     bench: LDSBenchmark,
+    pixel: np.ndarray,
     out: Path,
     show: bool | None,
 ) -> list[dict[str, Any]]:
-    """TRAK and D-TRAK with each ``cfg.study`` change, on the same benchmark (lambda chosen on validation)."""
+    """TRAK and D-TRAK with each ``cfg.study`` change, on the same benchmark (lambda chosen on validation),
+    with paired differences against each other and against pixel similarity."""
     rows = []
     for change in cfg.study:
+        setting = ", ".join(f"{k}={v}" for k, v in change.items())
+        scores: dict[str, np.ndarray] = {"pixel similarity": pixel}
+        seconds = {}
         for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
             config = base.replace(output_function=output_function, **change)
             attributor = TRAKAttributor(model, config=config)
             start = time.perf_counter()
             attributor.fit(train, store=out / "stores" / _store_name(config), show_progress=show)
             phi_q = attributor.featurize_queries(queries)
-            seconds = time.perf_counter() - start
-            sweep = attributor.scores_sweep(phi_q, [attributor.absolute_damping(r) for r in cfg.relative_dampings])
-            ev = evaluate_lds({label: sweep}, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
-            row: dict[str, Any] = {
-                "setting": ", ".join(f"{k}={v}" for k, v in change.items()),
-                "method": label,
-                "featurize seconds": round(seconds, 1),
-            }
+            seconds[label] = round(time.perf_counter() - start, 1)
+            dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
+            scores[label] = attributor.scores_sweep(phi_q, dampings)
+        ev = evaluate_lds(scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
+        for label in ("TRAK", "D-TRAK"):
+            row: dict[str, Any] = {"setting": setting, "method": label, "featurize seconds": seconds[label]}
             for kind, per_method in ev["methods"].items():
                 row[f"LDS {kind}"] = per_method[label]["lds"]
             rows.append(row)
+        for kind, pairs in ev["paired"].items():
+            for name, ci in pairs.items():
+                rows.append({"setting": setting, "method": f"{name} ({kind})", "paired difference": ci})
     return rows
 
 
@@ -976,7 +989,7 @@ def _lds_rows(lds: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _sweep_figure(lds: Mapping[str, Any]) -> MplFigure:
-    fig = MplFigure(figsize=(4.2 * max(1, len(lds["sweep"])), 3.4))
+    fig = MplFigure(figsize=(4.2 * max(1, len(lds["sweep"])), 4.2))
     kinds = list(lds["sweep"])
     axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
     for ax, kind in zip(axes, kinds, strict=False):
@@ -989,8 +1002,9 @@ def _sweep_figure(lds: Mapping[str, Any]) -> MplFigure:
         ax.set_ylabel("mean LDS")
         ax.set_title(f"{kind} queries", loc="left", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
     return fig
 
 
