@@ -28,7 +28,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 from genprov.exceptions import ConfigError
 
-__all__ = ["Config", "did_you_mean", "require"]
+__all__ = ["Config", "did_you_mean", "is_int", "is_positive_int", "require"]
 
 C = TypeVar("C", bound="Config")
 
@@ -37,6 +37,16 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return a ``" Did you mean 'x'?"`` hint for ``name`` among ``choices`` (empty if none is close)."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def is_int(value: object, *, minimum: int | None = None) -> bool:
+    """Whether ``value`` is an ``int`` (``bool`` excluded), at least ``minimum`` when given (for config checks)."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def is_positive_int(value: object) -> bool:
+    """Whether ``value`` is an ``int`` (``bool`` excluded) greater than 0."""
+    return is_int(value, minimum=1)
 
 
 def require(condition: bool, name: str, expected: str, got: object) -> None:

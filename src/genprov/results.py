@@ -16,14 +16,18 @@ import numpy as np
 from genprov.exceptions import DataError
 from genprov.utils.io import atomic_save_npz, atomic_write_json, read_json
 
-__all__ = ["DataAttributionResult", "ModelAttributionResult", "ReconstructionResult"]
+__all__ = ["DataAttributionResult", "ModelAttributionResult", "ReconstructionResult", "Result"]
 
-R = TypeVar("R", bound="_Result")
+R = TypeVar("R", bound="Result")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Result:
-    """Shared save/load: array fields go to ``.npz``, the rest to a JSON sidecar."""
+class Result:
+    """Base of every result: array fields go to ``.npz``, the rest to a JSON sidecar.
+
+    Subclass it (a frozen, kw-only dataclass naming its array fields in ``_arrays``) to give a new method's
+    result the same ``save`` / ``load``.
+    """
 
     _arrays: ClassVar[tuple[str, ...]] = ()
 
@@ -61,7 +65,7 @@ class _Result:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DataAttributionResult(_Result):
+class DataAttributionResult(Result):
     """Top-k training examples per query.
 
     Attributes:
@@ -93,7 +97,7 @@ class DataAttributionResult(_Result):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelAttributionResult(_Result):
+class ModelAttributionResult(Result):
     """Per-sample verdicts of a model attributor.
 
     Attributes:
@@ -116,7 +120,7 @@ class ModelAttributionResult(_Result):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ReconstructionResult(_Result):
+class ReconstructionResult(Result):
     """Inputs reconstructed by an inversion attack, with per-image metrics.
 
     Attributes:

@@ -26,8 +26,7 @@ from genprov.cli.common import (
     parse_sets,
 )
 from genprov.config import Config
-from genprov.data import load_dataset, load_images, png_roundtrip
-from genprov.data.images import IMAGE_EXTENSIONS
+from genprov.data import expand_image_paths, load_dataset, load_images, png_roundtrip
 from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from genprov.models.gans import GANConfig
@@ -65,23 +64,6 @@ def _image_generator(path: Path) -> LoadedCheckpoint:
             "(genprov.attribution.model.FinalLayerInversionAttributor)."
         )
     return ckpt
-
-
-def _image_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not found:
-                raise DataError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"{path} does not exist; pass image files or folders of images.")
-    if not files:
-        raise DataError("No images given; pass image files or folders, e.g. 'suspect/*.png'.")
-    return files
 
 
 @app.command("fit")
@@ -179,7 +161,7 @@ def score_cmd(
     Example: genprov flipad score --detector runs/det suspect/*.png --json
     """
     attributor, info = _load_detector(detector)
-    files = _image_files(images)
+    files = expand_image_paths(images)
     x = load_images(files, size=int(info["image_size"]), channels=int(info["channels"]))
     result = attributor.attribute(x)
     rows = [

@@ -16,8 +16,7 @@ import typer
 
 from genprov.attribution.model.keyed import KeyedGenerators, KeyedGeneratorsConfig, attribution_rule
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
-from genprov.cli.flipad import _image_files
-from genprov.data import load_images, png_roundtrip
+from genprov.data import expand_image_paths, load_images, png_roundtrip
 
 app = typer.Typer(
     help="Decentralized attribution with keyed generators: give each user a keyed copy of your GAN, then tell "
@@ -105,7 +104,7 @@ def attribute_cmd(
     Example: genprov keyed attribute --family runs/family suspect/*.png --json
     """
     fam = KeyedGenerators.load(family)
-    files = _image_files(images)
+    files = expand_image_paths(images)
     result = fam.attribute(load_images(files))
     if out is not None:
         result.save(out)

@@ -19,6 +19,7 @@ from genprov.data.dataset import ImageDataset
 from genprov.data.download import DOWNLOADABLE, download
 from genprov.data.idx import read_idx
 from genprov.data.images import (
+    expand_image_paths,
     load_image,
     load_images,
     make_grid,
@@ -29,6 +30,7 @@ from genprov.data.images import (
     to_model_range,
     to_uint8,
 )
+from genprov.data.perturb import PERTURBATIONS, gaussian_blur, jpeg_roundtrip, perturb
 from genprov.data.sources import (
     DatasetInfo,
     dataset_info,
@@ -42,12 +44,16 @@ from genprov.data.tabular import TABULAR_DATASETS, TabularDataset, load_tabular
 
 __all__ = [
     "DOWNLOADABLE",
+    "PERTURBATIONS",
     "TABULAR_DATASETS",
     "DatasetInfo",
     "ImageDataset",
     "TabularDataset",
     "dataset_info",
     "download",
+    "expand_image_paths",
+    "gaussian_blur",
+    "jpeg_roundtrip",
     "list_datasets",
     "load_dataset",
     "load_image",
@@ -55,6 +61,7 @@ __all__ = [
     "load_tabular",
     "make_grid",
     "missing_files",
+    "perturb",
     "png_roundtrip",
     "random_subsets",
     "read_idx",

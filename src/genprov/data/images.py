@@ -33,6 +33,7 @@ from genprov.utils.validation import check_images
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "expand_image_paths",
     "load_image",
     "load_images",
     "make_grid",
@@ -206,6 +207,34 @@ def _to_tensor(image: Image.Image, channels: int) -> Tensor:
 def _check_channels(channels: int | None) -> None:
     if channels is not None and channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grayscale), 3 (RGB) or None (as stored); got {channels!r}.")
+
+
+def expand_image_paths(paths: Sequence[PathLike]) -> list[Path]:
+    """Expand image files and folders (their image files, sorted, not recursive) into a list of files.
+
+    Args:
+        paths: Image files and folders of images.
+
+    Returns:
+        The image files, in the order given (each folder's files sorted by name).
+
+    Raises:
+        DataError: A path does not exist, a folder holds no images, or nothing was given.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise DataError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path} does not exist; pass image files or folders of images.")
+    if not files:
+        raise DataError("No images given; pass image files or folders, e.g. 'suspect/*.png'.")
+    return files
 
 
 def load_image(path: PathLike, *, size: int | None = None, channels: int | None = None) -> Tensor:

@@ -27,6 +27,7 @@ __all__ = [
     "RocCurve",
     "accuracy_at_threshold",
     "attributability",
+    "distinguishability",
     "roc_auc",
     "roc_curve",
     "threshold_at_fnr",
@@ -188,3 +189,20 @@ def attributability(scores: ArrayLike, source: ArrayLike, *, threshold: float = 
     correct = own & (n_claims == 1)
     per_model = [correct[idx == m].mean() for m in np.unique(idx)]
     return float(np.mean(per_model))
+
+
+def distinguishability(real_responses: np.ndarray, user_responses: np.ndarray) -> float:
+    """Distinguishability of one keyed user model (Kim et al., 2021, def. 1).
+
+    Args:
+        real_responses: (n_real,) ``phi_i^T x`` of authentic images.
+        user_responses: (n_user,) ``phi_i^T x`` of the user model's samples.
+
+    Returns:
+        ``1/2 [P_real(phi^T x > 0) + P_user(phi^T x < 0)]`` in [0, 1]; 1 = perfectly separated, 0.5 = chance.
+    """
+    real = np.asarray(real_responses, dtype=np.float64)
+    user = np.asarray(user_responses, dtype=np.float64)
+    if real.ndim != 1 or user.ndim != 1 or real.size == 0 or user.size == 0:
+        raise DataError(f"distinguishability needs two non-empty 1-D response arrays; got {real.shape}, {user.shape}.")
+    return 0.5 * (float((real > 0).mean()) + float((user < 0).mean()))

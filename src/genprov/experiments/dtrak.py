@@ -46,7 +46,7 @@ from matplotlib.figure import Figure as MplFigure
 from torch import Tensor
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
-from genprov.config import require
+from genprov.config import is_int, require
 from genprov.data import ImageDataset, load_dataset, random_subsets, split_indices
 from genprov.data.dataset import fingerprint_arrays
 from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
@@ -110,10 +110,6 @@ _QUICK: dict[str, Any] = {
 }
 
 _C = TypeVar("_C", bound="DTRAKExperimentConfig")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -206,10 +202,10 @@ class DTRAKExperimentConfig(ExperimentConfig):
             "n_boot",
         ):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 1, name, "a positive integer", value)
+            require(is_int(value) and value >= 1, name, "a positive integer", value)
         for name in ("n_real_queries", "n_gen_queries", "counterfactual_queries", "gallery_queries"):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 0, name, "a non-negative integer", value)
+            require(is_int(value) and value >= 0, name, "a non-negative integer", value)
         require(self.n_real_queries + self.n_gen_queries >= 4, "n_real_queries + n_gen_queries", "at least 4", 0)
         require(self.n_subsets >= 3, "n_subsets", "at least 3 (LDS ranks subsets)", self.n_subsets)
         require(0 < self.subset_fraction < 1, "subset_fraction", "a number in (0, 1)", self.subset_fraction)

@@ -30,7 +30,6 @@ table. Trained models are cached in ``out_dir/models``.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 import time
@@ -40,7 +39,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
 from genprov.attribution.model import (
@@ -54,10 +52,8 @@ from genprov.attribution.model import (
     PRNUAttributorConfig,
     RawPixelAttributorConfig,
 )
-from genprov.attribution.model.base import is_int
-from genprov.attribution.model.baselines import gaussian_blur
-from genprov.config import Config, require
-from genprov.data import load_dataset, load_tabular, png_roundtrip, resize_images, to_uint8
+from genprov.config import Config, is_positive_int, require
+from genprov.data import PERTURBATIONS, load_dataset, load_tabular, perturb, png_roundtrip
 from genprov.eval import accuracy_at_threshold, roc_auc, roc_curve
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
@@ -70,13 +66,11 @@ from genprov.report import Figure, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import roc_curves, score_histograms
 from genprov.utils.io import atomic_write_json
 from genprov.utils.progress import progress
-from genprov.utils.seeding import derive_seed, numpy_rng, torch_generator
+from genprov.utils.seeding import derive_seed, numpy_rng
 
 __all__ = [
-    "PERTURBATIONS",
     "FlipadExperimentConfig",
     "flipad_demo_section",
-    "perturb",
     "reproduce_flipad",
     "run_flipad",
 ]
@@ -85,16 +79,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("flipad", "raw-pixels", "dct", "prnu", "latent-inversion")
 _DATA_SIZES = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
-#: Table 3 perturbations, ``name -> (kind, parameter)``.
-PERTURBATIONS: dict[str, tuple[str, float]] = {
-    "noise-0.05": ("noise", 0.05),
-    "noise-0.1": ("noise", 0.1),
-    "blur": ("blur", 1.0),
-    "crop-0.94": ("crop", 0.94),
-    "crop-0.86": ("crop", 0.86),
-    "jpeg-90": ("jpeg", 90.0),
-    "jpeg-80": ("jpeg", 80.0),
-}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -191,8 +175,8 @@ class FlipadExperimentConfig(ExperimentConfig):
         for name in self.perturbations:
             require(name in PERTURBATIONS, "perturbations", f"names among {list(PERTURBATIONS)}", name)
         for field in ("gan_width", "latent_dim", "gan_steps", "wgan_steps", "n_train", "n_holdout", "n_test"):
-            require(is_int(getattr(self, field)), field, "a positive integer", getattr(self, field))
-        require(is_int(self.n_resamples), "n_resamples", "a positive integer", self.n_resamples)
+            require(is_positive_int(getattr(self, field)), field, "a positive integer", getattr(self, field))
+        require(is_positive_int(self.n_resamples), "n_resamples", "a positive integer", self.n_resamples)
         require(self.n_train >= 2, "n_train", "at least 2", self.n_train)
         for label in self.study_grid:
             require(isinstance(label, Mapping) and "label" in label, "study_grid", "dicts with a 'label'", label)
@@ -245,50 +229,6 @@ def _preset_values(data: str, quick: bool) -> dict[str, Any]:
             ],
         )
     return values
-
-
-# ------------------------------------------------------------------------------------------ perturbations
-
-
-def perturb(x: Tensor, name: str, *, seed: int) -> Tensor:
-    """Apply a Table 3 perturbation to (n, C, H, W) images in [-1, 1] (result clipped to [-1, 1]).
-
-    Args:
-        x: Images.
-        name: A key of :data:`PERTURBATIONS`: ``noise-s`` (Gaussian noise, sigma ``s`` times the value range
-            of 2), ``blur`` (Gaussian blur, sigma 1 pixel), ``crop-f`` (centre crop to ``round(f H)`` pixels,
-            resized back bilinearly), ``jpeg-q`` (JPEG at quality ``q``).
-        seed: Seed of the noise.
-
-    Returns:
-        Perturbed images (not yet quantised).
-    """
-    if name not in PERTURBATIONS:
-        raise ConfigError(f"Unknown perturbation {name!r}; choose one of {', '.join(PERTURBATIONS)}.")
-    kind, value = PERTURBATIONS[name]
-    if kind == "noise":
-        noise = torch.randn(x.shape, generator=torch_generator(seed, "perturb", name))
-        return (x + 2.0 * value * noise).clamp(-1, 1)
-    if kind == "blur":
-        return gaussian_blur(x, value).clamp(-1, 1)
-    if kind == "crop":
-        size = x.shape[-1]
-        side = max(1, round(value * size))
-        top = (size - side) // 2
-        return resize_images(x[..., top : top + side, top : top + side], size).clamp(-1, 1)
-    return _jpeg(x, int(value))
-
-
-def _jpeg(x: Tensor, quality: int) -> Tensor:
-    pixels = to_uint8(x)
-    out = np.empty_like(pixels)
-    for i, image in enumerate(pixels):
-        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        buffer = io.BytesIO()
-        pil.save(buffer, format="JPEG", quality=quality)
-        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert(pil.mode))
-        out[i] = decoded.reshape(image.shape)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------------------------- scoring

@@ -62,11 +62,10 @@ from genprov.attribution.model.keyed_postprocess import (
     check_post_process_names,
 )
 from genprov.config import require
-from genprov.data import ImageDataset, load_dataset, png_roundtrip
-from genprov.eval import FrechetDistance, attributability, psnr, ssim
+from genprov.data import ImageDataset, jpeg_roundtrip, load_dataset, png_roundtrip
+from genprov.eval import FrechetDistance, attributability, distinguishability, psnr, ssim
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
-from genprov.experiments.flipad import PERTURBATIONS, perturb
 from genprov.experiments.quickstart import DemoContext, grid_image
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.gans import GANConfig
@@ -120,7 +119,7 @@ class KeyedExperimentConfig(ExperimentConfig):
         test_blur_sigma: Blur sigma of the blur test condition (kernel capped at 9 taps).
         test_crop_ratio: Crop ratio of the crop test condition.
         test_noise_sigma: Noise sigma of the noise test condition ([-1, 1] images).
-        test_jpeg_quality: Quality of the real JPEG test condition (80 or 90).
+        test_jpeg_quality: Quality of the real JPEG test condition, in [1, 95].
         test_combination: Strengths of the combination test condition (blur, crop, noise, jpeg).
         n_grid: Samples per row in the G0-vs-G_i grids.
     """
@@ -160,12 +159,7 @@ class KeyedExperimentConfig(ExperimentConfig):
         check_post_process_names(self.post_processes)
         for variant in self.variants:
             require(variant in VARIANTS, "variants", f"names among {VARIANTS}", variant)
-        require(
-            f"jpeg-{self.test_jpeg_quality}" in PERTURBATIONS,
-            "test_jpeg_quality",
-            "80 or 90 (the real-JPEG qualities of genprov.experiments.flipad.perturb)",
-            self.test_jpeg_quality,
-        )
+        require(1 <= self.test_jpeg_quality <= 95, "test_jpeg_quality", "an integer in [1, 95]", self.test_jpeg_quality)
         require(0 < self.test_crop_ratio <= 1, "test_crop_ratio", "a fraction in (0, 1]", self.test_crop_ratio)
         require(self.test_blur_sigma >= 0 and self.test_noise_sigma >= 0, "test strengths", "non-negative", self)
         check_post_process_names(tuple(k for k, _ in self.test_combination), allow_combination=False)
@@ -225,7 +219,7 @@ def test_post_process(x: Tensor, name: str, config: KeyedExperimentConfig, *, se
     """Apply the test condition ``name`` (``"clean"`` or a post-process) and save as 8-bit PNG.
 
     Blur, crop and noise use the differentiable post-processes at test strength; JPEG is a real Pillow
-    JPEG (``genprov.experiments.flipad.perturb``). Noise for image ``k`` of a batch is drawn from
+    JPEG (``genprov.data.perturb``). Noise for image ``k`` of a batch is drawn from
     ``(seed, name)``, so every model sees the same noise.
 
     Args:
@@ -244,32 +238,13 @@ def test_post_process(x: Tensor, name: str, config: KeyedExperimentConfig, *, se
                 continue
             value = strengths[step]
             if step == "jpeg":
-                x = perturb(x, f"jpeg-{round(value)}", seed=seed)
+                x = jpeg_roundtrip(x, round(value))
             elif step == "noise":
                 noise = torch.randn(x.shape, generator=torch_generator(seed, "test-noise", name))
                 x = apply_post_process(x, "noise", value, noise=noise)
             else:
                 x = apply_post_process(x, step, value)
     return png_roundtrip(x.detach())
-
-
-def distinguishability(real_responses: np.ndarray, user_responses: np.ndarray) -> float:
-    """Distinguishability of one keyed user model (Kim et al., 2021, def. 1).
-
-    Args:
-        real_responses: (n_real,) ``phi_i^T x`` of authentic images.
-        user_responses: (n_user,) ``phi_i^T x`` of the user model's samples.
-
-    Returns:
-        ``1/2 [P_real(phi^T x > 0) + P_user(phi^T x < 0)]`` in [0, 1]; 1 = perfectly separated, 0.5 = chance.
-    """
-    real = np.asarray(real_responses, dtype=np.float64)
-    user = np.asarray(user_responses, dtype=np.float64)
-    if real.ndim != 1 or user.ndim != 1 or real.size == 0 or user.size == 0:
-        raise ConfigError(
-            f"distinguishability needs two non-empty 1-D response arrays; got {real.shape}, {user.shape}."
-        )
-    return 0.5 * (float((real > 0).mean()) + float((user < 0).mean()))
 
 
 def _finite_mean(values: Tensor) -> float:

@@ -14,8 +14,7 @@ from typing import cast
 
 from torch import Tensor, nn
 
-from genprov.config import Config, require
-from genprov.models._checks import is_int, is_positive_int
+from genprov.config import Config, is_int, is_positive_int, require
 
 __all__ = ["CNNClassifier", "ClassifierConfig", "build_classifier"]
 

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from genprov.config import Config, did_you_mean, require
+from genprov.config import Config, did_you_mean, is_positive_int, require
 from genprov.exceptions import ConfigError
-from genprov.models._checks import is_positive_int
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
 

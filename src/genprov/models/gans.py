@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genprov.config import Config, did_you_mean, require
+from genprov.config import Config, did_you_mean, is_positive_int, require
 from genprov.exceptions import ConfigError
-from genprov.models._checks import is_positive_int
 from genprov.registry import Registry
 from genprov.utils.seeding import torch_generator
 

@@ -13,9 +13,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from genprov.config import Config, did_you_mean, require
+from genprov.config import Config, did_you_mean, is_positive_int, require
 from genprov.exceptions import ConfigError
-from genprov.models._checks import is_positive_int
 from genprov.models.gans import GANObjective, latent_vectors, make_objective
 
 __all__ = ["TabularDiscriminator", "TabularGANConfig", "TabularGenerator", "build_tabular_gan"]

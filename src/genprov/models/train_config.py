@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from genprov.config import Config, require
-from genprov.models._checks import is_int
+from genprov.config import Config, is_int, require
 
 __all__ = ["TrainConfig"]
 

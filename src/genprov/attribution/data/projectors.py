@@ -40,7 +40,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
-from genprov.config import Config, require
+from genprov.config import Config, is_int, require
 from genprov.exceptions import DataError
 from genprov.registry import Registry
 from genprov.utils.seeding import torch_generator
@@ -65,10 +65,6 @@ logger = logging.getLogger(__name__)
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ProjectorConfig(Config):
     """Settings every random projector takes.
@@ -82,8 +78,8 @@ class ProjectorConfig(Config):
     seed: int = 0
 
     def validate(self) -> None:
-        require(_is_int(self.dim) and self.dim >= 1, "dim", "a positive integer", self.dim)
-        require(_is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
+        require(is_int(self.dim) and self.dim >= 1, "dim", "a positive integer", self.dim)
+        require(is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,7 +110,7 @@ class SJLTConfig(ProjectorConfig):
     def validate(self) -> None:
         super().validate()
         require(
-            _is_int(self.nnz) and self.nnz >= 1 and self.dim % self.nnz == 0,
+            is_int(self.nnz) and self.nnz >= 1 and self.dim % self.nnz == 0,
             "nnz",
             f"a positive divisor of dim={self.dim}",
             self.nnz,

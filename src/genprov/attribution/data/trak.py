@@ -59,7 +59,7 @@ from torch.func import functional_call, grad, vmap
 from genprov.attribution.data.base import DataAttributor, StoreLike, TrainingSet, training_images
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import PROJECTORS, Projector
-from genprov.config import Config, require
+from genprov.config import Config, is_int, require
 from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import ConfigError, DataError
 from genprov.models.diffusion import build_scheduler
@@ -96,10 +96,6 @@ DAMPING_GRID: tuple[float, ...] = tuple(m * 10.0**j for j in range(-5, 3) for m 
 #: Rows of the training features read at once when scoring (bounds memory for large stores).
 _ROW_CHUNK = 16384
 _FEATURE_FORMAT = 1
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,17 +153,17 @@ class TRAKConfig(Config):
         if self.projector not in PROJECTORS:
             PROJECTORS.entry(self.projector)
         require(
-            _is_int(self.n_timesteps) and self.n_timesteps >= 1, "n_timesteps", "a positive integer", self.n_timesteps
+            is_int(self.n_timesteps) and self.n_timesteps >= 1, "n_timesteps", "a positive integer", self.n_timesteps
         )
         require(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", self.schedule)
         require(
-            isinstance(self.timesteps, tuple) and all(_is_int(t) and t >= 0 for t in self.timesteps),
+            isinstance(self.timesteps, tuple) and all(is_int(t) and t >= 0 for t in self.timesteps),
             "timesteps",
             "a tuple of non-negative integers (or empty for the schedule)",
             self.timesteps,
         )
         require(len(set(self.timesteps)) == len(self.timesteps), "timesteps", "distinct timesteps", self.timesteps)
-        require(_is_int(self.proj_dim) and self.proj_dim >= 1, "proj_dim", "a positive integer", self.proj_dim)
+        require(is_int(self.proj_dim) and self.proj_dim >= 1, "proj_dim", "a positive integer", self.proj_dim)
         require(isinstance(self.projector_options, dict), "projector_options", "a dict", self.projector_options)
         for name in ("include", "exclude"):
             value = getattr(self, name)
@@ -186,10 +182,10 @@ class TRAKConfig(Config):
             "a number >= 0",
             self.relative_damping,
         )
-        require(_is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
-        require(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "a positive integer", self.batch_size)
+        require(is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
+        require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "a positive integer", self.batch_size)
         require(self.per_example in PER_EXAMPLE, "per_example", f"one of {PER_EXAMPLE}", self.per_example)
-        require(_is_int(self.shard_size) and self.shard_size >= 1, "shard_size", "a positive integer", self.shard_size)
+        require(is_int(self.shard_size) and self.shard_size >= 1, "shard_size", "a positive integer", self.shard_size)
         require(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64' (never float16)", self.dtype)
 
     def feature_spec(self) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 * :class:`FinalLayerInversionAttributor` (``"flipad"``): FLIPAD (Laszkiewicz et al., ICML 2024) -- lasso
   inversion of the generator's final layer + Deep SAD.
+* :class:`KeyedGenerators`: keyed user-end generators (Kim, Ren, Yang, ICLR 2021) -- one key per user
+  model; :meth:`KeyedGenerators.attribute` names the user model that made an image, ``NONE`` or ``AMBIGUOUS``.
+  Robust training against post-processes (:data:`POST_PROCESSES`) via :class:`PostProcessConfig`.
 * Baselines on the same detector and protocol: ``"raw-pixels"``, ``"dct"``, ``"prnu"``, ``"latent-inversion"``.
 * Building blocks: :mod:`~genprov.attribution.model.inversion` (linear operators, FISTA lasso solver),
   :mod:`~genprov.attribution.model.detectors` (Deep SAD).
@@ -35,10 +38,27 @@ from genprov.attribution.model.flipad import (
     resolve_final_layer,
 )
 from genprov.attribution.model.inversion import fista_lasso, lasso_objective, operator_for
+from genprov.attribution.model.keyed import (
+    AMBIGUOUS,
+    NONE,
+    KeyConstraintError,
+    KeyConstraintWarning,
+    KeyedAttributionResult,
+    KeyedGenerators,
+    KeyedGeneratorsConfig,
+    attribution_rule,
+    key_angles,
+    key_responses,
+    threshold_angles,
+)
+from genprov.attribution.model.keyed_postprocess import POST_PROCESSES, PostProcessConfig, apply_post_process
 
 __all__ = [
+    "AMBIGUOUS",
     "DETECTORS",
     "MODEL_ATTRIBUTORS",
+    "NONE",
+    "POST_PROCESSES",
     "DCTAttributor",
     "DCTAttributorConfig",
     "DeepSAD",
@@ -48,16 +68,27 @@ __all__ = [
     "FeatureAttributorConfig",
     "FinalLayerInversionAttributor",
     "FinalLayerInversionAttributorConfig",
+    "KeyConstraintError",
+    "KeyConstraintWarning",
+    "KeyedAttributionResult",
+    "KeyedGenerators",
+    "KeyedGeneratorsConfig",
     "LatentInversionAttributor",
     "LatentInversionAttributorConfig",
     "ModelAttributor",
     "ModelAttributorConfig",
     "PRNUAttributor",
     "PRNUAttributorConfig",
+    "PostProcessConfig",
     "RawPixelAttributor",
     "RawPixelAttributorConfig",
+    "apply_post_process",
+    "attribution_rule",
     "fista_lasso",
+    "key_angles",
+    "key_responses",
     "lasso_objective",
     "operator_for",
     "resolve_final_layer",
+    "threshold_angles",
 ]

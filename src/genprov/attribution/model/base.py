@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genprov.config import Config, require
+from genprov.config import Config, is_int, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from genprov.models.checkpoints import load_tensors, save_tensors
 from genprov.registry import Registry
@@ -50,7 +50,6 @@ __all__ = [
     "ModelAttributor",
     "ModelAttributorConfig",
     "generator_fingerprint",
-    "is_int",
     "threshold_at_fnr",
 ]
 
@@ -79,12 +78,7 @@ class ModelAttributorConfig(Config):
         require(0.0 <= self.fnr < 1.0, "fnr", "a fraction in [0, 1)", self.fnr)
         require(0.0 < self.holdout_fraction < 1.0, "holdout_fraction", "a fraction in (0, 1)", self.holdout_fraction)
         require(is_int(self.seed, minimum=0), "seed", "a non-negative integer", self.seed)
-        require(is_int(self.batch_size), "batch_size", "a positive integer", self.batch_size)
-
-
-def is_int(value: object, *, minimum: int = 1) -> bool:
-    """Whether ``value`` is an ``int`` (not a ``bool``) of at least ``minimum`` (for config checks)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        require(is_positive_int(self.batch_size), "batch_size", "a positive integer", self.batch_size)
 
 
 def threshold_at_fnr(own_scores: Tensor, fnr: float) -> float:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genprov.attribution.model.base import MODEL_ATTRIBUTORS, ModelAttributor, ModelAttributorConfig, is_int
+from genprov.attribution.model.base import MODEL_ATTRIBUTORS, ModelAttributor, ModelAttributorConfig
 from genprov.attribution.model.features import FeatureAttributor, FeatureAttributorConfig, reduce_spatial
-from genprov.config import require
+from genprov.config import is_positive_int, require
+from genprov.data.perturb import gaussian_blur
 from genprov.exceptions import ConfigError, DataError
 from genprov.utils.seeding import derive_seed
 
@@ -44,7 +44,6 @@ __all__ = [
     "RawPixelAttributorConfig",
     "dct2",
     "dct_matrix",
-    "gaussian_blur",
 ]
 
 
@@ -129,30 +128,6 @@ class DCTAttributor(FeatureAttributor):
 # ---------------------------------------------------------------------------------------------------- PRNU
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (n, C, H, W) images with reflect padding (kernel ``2 ceil(3 sigma) + 1``).
-
-    Args:
-        x: Images.
-        sigma: Standard deviation in pixels (0 returns ``x``).
-
-    Returns:
-        Blurred images of the same shape.
-    """
-    if sigma <= 0:
-        return x
-    radius = max(1, math.ceil(3 * sigma))
-    radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    out = F.conv2d(out, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(out, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 @dataclass(frozen=True, kw_only=True)
 class PRNUAttributorConfig(ModelAttributorConfig):
     """PRNU-style fingerprint settings.
@@ -224,8 +199,8 @@ class LatentInversionAttributorConfig(ModelAttributorConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(is_int(self.n_restarts), "n_restarts", "a positive integer", self.n_restarts)
-        require(is_int(self.n_steps), "n_steps", "a positive integer", self.n_steps)
+        require(is_positive_int(self.n_restarts), "n_restarts", "a positive integer", self.n_restarts)
+        require(is_positive_int(self.n_steps), "n_steps", "a positive integer", self.n_steps)
         require(self.lr > 0, "lr", "a positive number", self.lr)
 
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from genprov.attribution.model.base import Detector, is_int
-from genprov.config import Config, require
+from genprov.attribution.model.base import Detector
+from genprov.config import Config, is_positive_int, require
 from genprov.exceptions import DataError, NotFittedError
 from genprov.registry import Registry
 from genprov.utils.seeding import derive_seed, torch_generator
@@ -77,26 +77,31 @@ class DeepSADConfig(Config):
 
     def validate(self) -> None:
         require(
-            isinstance(self.widths, tuple) and len(self.widths) >= 1 and all(is_int(w) for w in self.widths),
+            isinstance(self.widths, tuple) and len(self.widths) >= 1 and all(is_positive_int(w) for w in self.widths),
             "widths",
             "a non-empty tuple of positive integers, e.g. (32, 64)",
             self.widths,
         )
-        require(is_int(self.rep_dim), "rep_dim", "a positive integer", self.rep_dim)
+        require(is_positive_int(self.rep_dim), "rep_dim", "a positive integer", self.rep_dim)
         require(
-            is_int(self.kernel_size) and self.kernel_size % 2 == 1, "kernel_size", "an odd integer", self.kernel_size
+            is_positive_int(self.kernel_size) and self.kernel_size % 2 == 1,
+            "kernel_size",
+            "an odd integer",
+            self.kernel_size,
         )
-        require(is_int(self.n_epochs), "n_epochs", "a positive integer", self.n_epochs)
+        require(is_positive_int(self.n_epochs), "n_epochs", "a positive integer", self.n_epochs)
         require(self.lr > 0, "lr", "a positive number", self.lr)
         require(self.weight_decay >= 0, "weight_decay", "a non-negative number", self.weight_decay)
         require(
-            isinstance(self.lr_milestones, tuple) and all(is_int(m) for m in self.lr_milestones),
+            isinstance(self.lr_milestones, tuple) and all(is_positive_int(m) for m in self.lr_milestones),
             "lr_milestones",
             "a tuple of positive epoch numbers",
             self.lr_milestones,
         )
         require(0 < self.lr_gamma <= 1, "lr_gamma", "a number in (0, 1]", self.lr_gamma)
-        require(is_int(self.batch_size) and self.batch_size >= 2, "batch_size", "an integer >= 2", self.batch_size)
+        require(
+            is_positive_int(self.batch_size) and self.batch_size >= 2, "batch_size", "an integer >= 2", self.batch_size
+        )
         require(self.eta > 0, "eta", "a positive number", self.eta)
         require(isinstance(self.seed, int) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genprov.attribution.model.base import ModelAttributor, ModelAttributorConfig, is_int
+from genprov.attribution.model.base import ModelAttributor, ModelAttributorConfig
 from genprov.attribution.model.detectors import DETECTORS, DeepSAD, DeepSADConfig
-from genprov.config import require
+from genprov.config import is_positive_int, require
 from genprov.exceptions import DataError, NotFittedError
 from genprov.utils.seeding import derive_seed
 
@@ -60,9 +60,9 @@ class FeatureAttributorConfig(ModelAttributorConfig):
         super().validate()
         require(self.std_eps >= 0, "std_eps", "a non-negative number", self.std_eps)
         if self.pool_to is not None:
-            require(is_int(self.pool_to), "pool_to", "a positive integer or None", self.pool_to)
+            require(is_positive_int(self.pool_to), "pool_to", "a positive integer or None", self.pool_to)
         if self.n_channels is not None:
-            require(is_int(self.n_channels), "n_channels", "a positive integer or None", self.n_channels)
+            require(is_positive_int(self.n_channels), "n_channels", "a positive integer or None", self.n_channels)
         require(isinstance(self.detector, DeepSADConfig), "detector", "a DeepSADConfig", self.detector)
 
 

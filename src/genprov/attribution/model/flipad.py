@@ -63,7 +63,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from genprov.attribution.model.base import MODEL_ATTRIBUTORS, ModelAttributorConfig, is_int
+from genprov.attribution.model.base import MODEL_ATTRIBUTORS, ModelAttributorConfig
 from genprov.attribution.model.features import FeatureAttributor, FeatureAttributorConfig
 from genprov.attribution.model.inversion import (
     ACTIVATIONS,
@@ -74,7 +74,7 @@ from genprov.attribution.model.inversion import (
     fista_lasso,
     operator_for,
 )
-from genprov.config import did_you_mean, require
+from genprov.config import did_you_mean, is_positive_int, require
 from genprov.exceptions import ConfigError, DataError, NotFittedError
 from genprov.utils.seeding import derive_seed
 
@@ -124,9 +124,9 @@ class FinalLayerInversionAttributorConfig(FeatureAttributorConfig):
     def validate(self) -> None:
         super().validate()
         require(self.alpha >= 0, "alpha", "a non-negative number (paper: 5e-4)", self.alpha)
-        require(is_int(self.max_iter), "max_iter", "a positive integer", self.max_iter)
+        require(is_positive_int(self.max_iter), "max_iter", "a positive integer", self.max_iter)
         require(self.tol >= 0, "tol", "a non-negative number", self.tol)
-        require(is_int(self.n_anchor), "n_anchor", "a positive integer", self.n_anchor)
+        require(is_positive_int(self.n_anchor), "n_anchor", "a positive integer", self.n_anchor)
         require(self.saturation in ("clip", "censor"), "saturation", "'clip' or 'censor'", self.saturation)
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ConfigError(

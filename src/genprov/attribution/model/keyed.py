@@ -100,7 +100,7 @@ from genprov.attribution.model.keyed_postprocess import (
     check_post_process_names,
     draw_post_process,
 )
-from genprov.config import Config, require
+from genprov.config import Config, is_int, require
 from genprov.data import ImageDataset, load_dataset
 from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError, StoreMismatchError
@@ -117,7 +117,7 @@ from genprov.models.checkpoints import (
 from genprov.models.gans import GANConfig, Generator
 from genprov.models.sampling import sample
 from genprov.models.training import batch_indices
-from genprov.results import _Result
+from genprov.results import Result
 from genprov.utils.io import atomic_write_bytes, atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
@@ -171,10 +171,6 @@ class KeyConstraintError(GenprovError, RuntimeError):
 
 class KeyConstraintWarning(UserWarning):
     """A key is not data-compliant enough, or two keys are off their target angle (see the module docs)."""
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -263,14 +259,14 @@ class KeyedGeneratorsConfig(Config):
     n_real: int | None = None
 
     def validate(self) -> None:
-        require(_is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
+        require(is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
         require(self.alpha >= 0, "alpha", "a non-negative number", self.alpha)
         for name in ("user_steps", "key_steps", "robust_steps"):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 0, name, "a non-negative integer (iterations)", value)
+            require(is_int(value) and value >= 0, name, "a non-negative integer (iterations)", value)
         for name in ("batch_size", "n_compliance"):
             value = getattr(self, name)
-            require(_is_int(value) and value > 0, name, "a positive integer", value)
+            require(is_int(value) and value > 0, name, "a positive integer", value)
         require(self.compliance_distance >= 0, "compliance_distance", "a non-negative number", self.compliance_distance)
         for name in ("lr", "key_lr", "key_init_scale", "margin", "robust_margin"):
             value = getattr(self, name)
@@ -301,7 +297,7 @@ class KeyedGeneratorsConfig(Config):
             isinstance(self.post_process, PostProcessConfig), "post_process", "a PostProcessConfig", self.post_process
         )
         if self.n_real is not None:
-            require(_is_int(self.n_real) and self.n_real >= 2, "n_real", "an integer >= 2 or None", self.n_real)
+            require(is_int(self.n_real) and self.n_real >= 2, "n_real", "an integer >= 2 or None", self.n_real)
 
     @property
     def exact_orthogonality(self) -> bool:
@@ -420,7 +416,7 @@ def check_angle_feasible(n_keys: int, dim: int, target_angle: float) -> None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class KeyedAttributionResult(_Result):
+class KeyedAttributionResult(Result):
     """Attribution of images to the user models of a keyed family.
 
     Attributes:
@@ -882,7 +878,7 @@ class KeyedGenerators:
             StoreMismatchError: If ``out`` holds a family of another root, data or config.
         """
         config = config if config is not None else KeyedGeneratorsConfig()
-        require(_is_int(n_keys) and n_keys >= 1, "n_keys", "a positive integer", n_keys)
+        require(is_int(n_keys) and n_keys >= 1, "n_keys", "a positive integer", n_keys)
         if not isinstance(config, KeyedGeneratorsConfig):
             raise ConfigError(f"config must be a KeyedGeneratorsConfig; got {type(config).__name__}.")
         g0, source = _load_root(root)

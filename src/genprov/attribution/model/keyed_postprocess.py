@@ -159,7 +159,7 @@ def clamp_st(x: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
 def gaussian_blur(x: Tensor, sigma: float, *, max_kernel: int = MAX_BLUR_KERNEL) -> Tensor:
     """Separable Gaussian blur with reflect padding and a truncated kernel (differentiable).
 
-    Unlike ``genprov.attribution.model.baselines.gaussian_blur`` (kernel ``2 ceil(3 sigma) + 1``), the
+    Unlike ``genprov.data.gaussian_blur`` (kernel ``2 ceil(3 sigma) + 1``), the
     kernel is capped at ``max_kernel`` taps, as the paper's blur draws kernel sizes up to 9.
 
     Args:

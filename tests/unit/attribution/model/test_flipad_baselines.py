@@ -18,8 +18,9 @@ from genprov.attribution.model import (
     PRNUAttributor,
     RawPixelAttributor,
 )
-from genprov.attribution.model.baselines import dct2, gaussian_blur
+from genprov.attribution.model.baselines import dct2
 from genprov.attribution.model.features import reduce_spatial
+from genprov.data import gaussian_blur
 from genprov.eval import roc_auc
 from genprov.exceptions import ConfigError, NotFittedError
 

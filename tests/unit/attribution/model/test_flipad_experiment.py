@@ -8,9 +8,10 @@ from flipad_test_helpers import FAST_DETECTOR
 from torch import nn
 
 from genprov.attribution.model import FinalLayerInversionAttributorConfig
+from genprov.data import PERTURBATIONS, perturb
 from genprov.exceptions import ConfigError
 from genprov.experiments import EXPERIMENTS
-from genprov.experiments.flipad import PERTURBATIONS, FlipadExperimentConfig, flipad_demo_section, perturb
+from genprov.experiments.flipad import FlipadExperimentConfig, flipad_demo_section
 from genprov.models.gans import GANConfig, Generator
 from genprov.report import Report
 

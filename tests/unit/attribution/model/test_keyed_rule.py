@@ -21,9 +21,9 @@ from genprov.attribution.model.keyed import (
     key_responses,
     threshold_angles,
 )
-from genprov.eval import attributability
+from genprov.eval import attributability, distinguishability
 from genprov.exceptions import ConfigError, DataError
-from genprov.experiments.keyed import KeyedExperimentConfig, distinguishability
+from genprov.experiments.keyed import KeyedExperimentConfig
 
 
 def test_rule_on_hand_made_responses() -> None:
@@ -117,7 +117,7 @@ def test_distinguishability_on_hand_made_responses() -> None:
     assert distinguishability(np.array([1.0, -2.0]), np.array([-1.0, 3.0, 2.0, 1.0])) == pytest.approx(
         0.5 * (0.5 + 0.25)
     )
-    with pytest.raises(ConfigError, match="non-empty"):
+    with pytest.raises(DataError, match="non-empty"):
         distinguishability(np.array([]), np.array([1.0]))
 
 
@@ -139,4 +139,4 @@ def test_experiment_quick_preset_merges_family_settings() -> None:
     assert KeyedExperimentConfig.from_dict({}).n_keys == 10
     assert cfg.strengths("combination") == {"blur": 1.0, "crop": 0.9, "noise": 0.1, "jpeg": 80.0}
     with pytest.raises(ConfigError, match="test_jpeg_quality"):
-        KeyedExperimentConfig(test_jpeg_quality=75)
+        KeyedExperimentConfig(test_jpeg_quality=100)
