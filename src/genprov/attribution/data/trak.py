@@ -122,7 +122,7 @@ class TRAKConfig(Config):
         batch_size: Examples per vmapped gradient call (memory vs. speed; the numbers are equal up to float
             rounding); a loop takes one example at a time.
         per_example: How per-example gradients are taken: ``"vmap"`` (``vmap`` over ``torch.func.grad``,
-            fastest for small models), ``"loop"`` (``torch.func.grad`` one example at a time: its K timesteps
+            fastest for small models), ``"loop"`` (plain autograd one example at a time: its K timesteps
             still form one batch; faster and far leaner for models of about 300k parameters and more on a
             CPU, see ``benchmarks/bench_trak.py``) or ``"auto"`` (``"loop"`` from 300k selected parameters).
         shard_size: Examples per store shard (the unit of resumption).
@@ -396,13 +396,30 @@ class TRAKAttributor(DataAttributor):
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():  # torch.func.grad ignores it; it stops autograd recording the frozen weights
-                if self.uses_vmap:
+            if self.uses_vmap:
+                with torch.no_grad():  # torch.func.grad ignores it; it stops autograd recording the frozen weights
                     return dict(vmap(grad(self._example_output), in_dims=(None, 0, 0))(params, x0, noise))
-                per_example = [grad(self._example_output)(params, x0[i], noise[i]) for i in range(len(x0))]
-                return {n: torch.stack([g[n] for g in per_example]) for n in self._param_names}
+            return self._loop_gradients(params, x0, noise)
         finally:
             self.model.train(was_training)
+
+    def _loop_gradients(self, params: dict[str, Tensor], x0: Tensor, noise: Tensor) -> dict[str, Tensor]:
+        """Per-example gradients one example at a time with plain reverse-mode autograd.
+
+        Only the selected parameters are leaves that require a gradient, so autograd computes nothing else
+        (the frozen weights are constants of the graph). Plain autograd skips ``torch.func``'s wrapper
+        tensors: about 25% faster per example than ``grad`` on the 1M-parameter benchmark DDPM.
+        """
+        leaves = {n: p.requires_grad_(True) for n, p in params.items()}
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in leaves}
+        rows: dict[str, list[Tensor]] = {n: [] for n in self._param_names}
+        with torch.enable_grad():
+            for i in range(len(x0)):
+                out = self._example_output({**frozen, **leaves}, x0[i], noise[i])
+                grads = torch.autograd.grad(out, list(leaves.values()), allow_unused=True)
+                for (n, p), g in zip(leaves.items(), grads, strict=True):
+                    rows[n].append(torch.zeros_like(p) if g is None else g)
+        return {n: torch.stack(rows[n]) for n in self._param_names}
 
     def _features(self, batch: Tensor, keys: Sequence[int | str]) -> Tensor:
         out = []
