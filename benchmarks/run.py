@@ -50,13 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"\n## Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
         f"Command: `{command}` (via `make bench`). Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s).\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s). 1-minute load average at the start: "
+        f"{os.getloadavg()[0]:.1f} (other work on the machine slows every method of a table alike only when it "
+        "stays steady; compare ratios within a table).\n"
     )
     sections = [header]
     for name in _modules(args.only.split(",") if args.only else None):
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"running {name} ...", flush=True)
-        section = module.run(quick=args.quick)
+        section = module.run(quick=args.quick) + f"\nLoad average at the end of {name}: {os.getloadavg()[0]:.1f}.\n"
         print(section, flush=True)
         sections.append(section)
     previous = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"

@@ -39,7 +39,7 @@ from genprov.data.sources import (
     missing_files,
     resolve_data_root,
 )
-from genprov.data.splits import random_subsets, split_indices
+from genprov.data.splits import random_subsets, split_indices, stratified_split_indices
 from genprov.data.tabular import TABULAR_DATASETS, TabularDataset, load_tabular
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "save_image_grid",
     "save_images",
     "split_indices",
+    "stratified_split_indices",
     "to_model_range",
     "to_uint8",
 ]

@@ -17,11 +17,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from torch import Tensor
 
 from genprov.config import require
 from genprov.utils.seeding import numpy_rng
 
-__all__ = ["random_subsets", "split_indices"]
+__all__ = ["random_subsets", "split_indices", "stratified_split_indices"]
 
 
 def _check_count(n: int, name: str) -> None:
@@ -87,3 +88,50 @@ def random_subsets(n: int, n_subsets: int, fraction: float, *, seed: int) -> np.
     for i in range(n_subsets):
         out[i] = np.sort(numpy_rng(seed, "random-subsets", i).choice(n, size=k, replace=False))
     return out
+
+
+def stratified_split_indices(
+    labels: Sequence[int] | np.ndarray | Tensor, fractions: Sequence[float], *, seed: int
+) -> list[np.ndarray]:
+    """Split every label's examples separately, so each part holds about the same share of every label.
+
+    The examples of label ``c`` (in index order) are shuffled with a seed derived from ``(seed, c)`` and
+    cut at ``round(cumsum(fractions) * n_c)``, as :func:`split_indices` does for the whole set. With
+    Olivetti's 10 images per identity and ``fractions=[0.5, 0.3, 0.1, 0.1]`` every identity contributes
+    exactly 5, 3, 1 and 1 images to the four parts (a per-identity split for face data).
+
+    Args:
+        labels: (n,) integer labels (classes or identities).
+        fractions: Non-negative fractions summing to at most 1.
+        seed: Seed of the shuffles.
+
+    Returns:
+        One sorted int64 index array per fraction; the parts never overlap and, when the fractions sum to
+        1, cover ``range(n)``.
+
+    Raises:
+        ConfigError: On invalid fractions or labels that are not a 1-D sequence of integers.
+    """
+    arr = labels.detach().cpu().numpy() if isinstance(labels, Tensor) else np.asarray(labels)
+    require(
+        arr.ndim == 1 and (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)),
+        "labels",
+        "a 1-D sequence of integers",
+        f"shape {arr.shape}, dtype {arr.dtype}",
+    )
+    fracs = [float(f) for f in fractions]
+    require(len(fracs) > 0, "fractions", "a non-empty list of fractions", fractions)
+    require(all(math.isfinite(f) and f >= 0 for f in fracs), "fractions", "non-negative numbers", fractions)
+    total = math.fsum(fracs)
+    require(total <= 1 + 1e-9, "fractions", "fractions summing to at most 1", fractions)
+    parts: list[list[np.ndarray]] = [[] for _ in fracs]
+    for label in np.unique(arr):
+        members = np.flatnonzero(arr == label)
+        n = len(members)
+        order = members[numpy_rng(seed, "stratified-split", int(label), n).permutation(n)]
+        bounds = [0, *(min(n, round(c * n + 1e-9)) for c in np.cumsum(fracs))]
+        if abs(total - 1) <= 1e-9:
+            bounds[-1] = n
+        for k, (a, b) in enumerate(itertools.pairwise(bounds)):
+            parts[k].append(order[a:b])
+    return [np.sort(np.concatenate(p)).astype(np.int64) if p else np.empty(0, dtype=np.int64) for p in parts]

@@ -4,7 +4,8 @@
   balanced accuracy, TPR at a fixed FPR, attributability of keyed generators.
 - :mod:`~genprov.eval.data_attribution`: linear datamodeling score (LDS) and its summary.
 - :mod:`~genprov.eval.retrieval`: Recall@K, (mean) average precision, k-occurrence and hubness.
-- :mod:`~genprov.eval.reconstruction`: per-image MSE, PSNR and SSIM.
+- :mod:`~genprov.eval.reconstruction`: per-image MSE, PSNR and SSIM; re-classification accuracy, TCA,
+  feature similarity; explanation distortion and top-q% pixel overlap.
 - :mod:`~genprov.eval.generation`: Fréchet distance in a pluggable feature space.
 - :mod:`~genprov.eval.stats`: means with seeded bootstrap confidence intervals.
 
@@ -24,7 +25,17 @@ from genprov.eval.model_attribution import (
     threshold_at_fnr,
     tpr_at_fpr,
 )
-from genprov.eval.reconstruction import mse, psnr, ssim
+from genprov.eval.reconstruction import (
+    classification_hits,
+    explanation_distortion,
+    feature_similarity,
+    mse,
+    psnr,
+    reclassification_accuracy,
+    ssim,
+    target_classification_accuracy,
+    top_pixel_overlap,
+)
 from genprov.eval.retrieval import (
     average_precision,
     k_occurrence,
@@ -42,7 +53,10 @@ __all__ = [
     "accuracy_at_threshold",
     "attributability",
     "average_precision",
+    "classification_hits",
     "distinguishability",
+    "explanation_distortion",
+    "feature_similarity",
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
@@ -54,12 +68,15 @@ __all__ = [
     "mse",
     "paired_difference_ci",
     "psnr",
+    "reclassification_accuracy",
     "recall_at_k",
     "recall_per_query",
     "roc_auc",
     "roc_curve",
     "ssim",
     "summarize",
+    "target_classification_accuracy",
     "threshold_at_fnr",
+    "top_pixel_overlap",
     "tpr_at_fpr",
 ]

@@ -1,9 +1,19 @@
-"""Per-image reconstruction quality: MSE, PSNR and SSIM.
+"""Per-image reconstruction quality and explanation utility.
 
 Used to measure how well an inversion attack rebuilds private inputs from explanations (ExpMI, PredMI) and
-how much a defense (GNIME) degrades that. Every metric takes two image batches of the same shape
-(n, C, H, W), computes in float64 and returns a float64 tensor of shape (n,) with one value per image;
-:func:`summarize` turns that into a mean with a bootstrap confidence interval.
+how much a defense (GNIME) degrades that, at what cost to the explanations (GNIME, Jeong et al., NeurIPS
+2022, Sec. 5):
+
+- image quality: :func:`mse`, :func:`psnr`, :func:`ssim`;
+- semantic leakage: :func:`classification_hits` with the victim classifier (re-classification accuracy,
+  :func:`reclassification_accuracy`) or with an independent evaluation classifier (TCA, "target
+  classification accuracy", :func:`target_classification_accuracy`: identity leakage), and
+  :func:`feature_similarity` (DeePSiM-style cosine of a classifier's penultimate features);
+- explanation utility: :func:`explanation_distortion` (MSE of defended vs original maps) and
+  :func:`top_pixel_overlap` (share of the original's top-q% pixels that stay in the defended map's top q%).
+
+Per-image metrics compute in float64 and return a float64 tensor of shape (n,); :func:`summarize` turns
+that into a mean with a bootstrap confidence interval. The accuracies are that mean of the per-image hits.
 
 genprov images live in [-1, 1], so the default ``data_range`` (max - min of the value range) is 2.
 """
@@ -11,17 +21,29 @@ genprov images live in [-1, 1], so the default ``data_range`` (max - min of the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from genprov.eval._checks import to_tensor
 from genprov.eval.stats import summarize
 from genprov.exceptions import DataError
 from genprov.utils.validation import check_images
 
-__all__ = ["mse", "psnr", "ssim", "summarize"]
+__all__ = [
+    "classification_hits",
+    "explanation_distortion",
+    "feature_similarity",
+    "mse",
+    "psnr",
+    "reclassification_accuracy",
+    "ssim",
+    "summarize",
+    "target_classification_accuracy",
+    "top_pixel_overlap",
+]
 
 
 def _pair(x: object, y: object) -> tuple[Tensor, Tensor]:
@@ -147,3 +169,183 @@ def ssim(
     c1, c2 = (k1 * peak) ** 2, (k2 * peak) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(1, 2, 3))
+
+
+# ------------------------------------------------------------------------------------ semantic leakage
+
+
+def _check_labels(labels: object, n: int) -> Tensor:
+    t = to_tensor(labels, "labels")
+    if t.ndim != 1 or len(t) != n:
+        raise DataError(f"labels must have shape (n,) = ({n},), one class per image; got {tuple(t.shape)}.")
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise DataError(f"labels must be integer class indices; got dtype {t.dtype}.")
+    return t.to("cpu", torch.int64)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def classification_hits(classifier: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 256) -> Tensor:
+    """Whether ``classifier`` assigns each image its label.
+
+    Args:
+        classifier: ``(n, C, H, W) -> (n, n_classes)`` logits (put it in eval mode).
+        images: (n, C, H, W) images, e.g. reconstructions.
+        labels: (n,) the true classes (identities) of the originals.
+        batch_size: Images per forward pass (does not change the result).
+
+    Returns:
+        (n,) float64 of 1.0 (hit) and 0.0; the mean is the accuracy, higher = more leakage when the
+        images are reconstructions.
+    """
+    x = check_images(to_tensor(images, "images"), "images", value_range=None)
+    y = _check_labels(labels, len(x))
+    if len(x) == 0:
+        raise DataError("images is empty; pass at least one image.")
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise DataError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    dev = _device_of(classifier)
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = classifier(x[i : i + batch_size].to(dev, torch.float32))
+            if not isinstance(logits, Tensor) or logits.ndim != 2:
+                raise DataError(f"classifier must return (n, n_classes) logits; got {type(logits).__name__}.")
+            preds.append(logits.argmax(dim=1).to("cpu"))
+    return (torch.cat(preds) == y).to(torch.float64)
+
+
+def reclassification_accuracy(
+    victim: nn.Module, reconstructions: Tensor, labels: Tensor, *, batch_size: int = 256
+) -> float:
+    """Share of reconstructions the victim classifier assigns the original's class (higher = more leakage).
+
+    Args:
+        victim: The classifier whose explanations were attacked.
+        reconstructions: (n, C, H, W) reconstructed images.
+        labels: (n,) classes of the originals.
+        batch_size: Images per forward pass.
+    """
+    return float(classification_hits(victim, reconstructions, labels, batch_size=batch_size).mean())
+
+
+def target_classification_accuracy(
+    evaluator: nn.Module, reconstructions: Tensor, labels: Tensor, *, batch_size: int = 256
+) -> float:
+    """TCA: share of reconstructions an independent evaluation classifier assigns the original's class.
+
+    With identities as classes this measures identity leakage (GNIME Sec. 5; higher = more leakage).
+    The evaluation classifier should be trained on the defender's data, separately from the victim.
+
+    Args:
+        evaluator: The evaluation classifier.
+        reconstructions: (n, C, H, W) reconstructed images.
+        labels: (n,) classes (identities) of the originals.
+        batch_size: Images per forward pass.
+    """
+    return float(classification_hits(evaluator, reconstructions, labels, batch_size=batch_size).mean())
+
+
+def _feature_fn(model: nn.Module | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    feats = getattr(model, "features", None)
+    if callable(feats):
+        return feats  # type: ignore[no-any-return]
+    if isinstance(model, nn.Module):
+        raise DataError(
+            f"feature_similarity needs penultimate features; {type(model).__name__} has no features() method. "
+            "Pass a callable returning (n, d) features instead (e.g. lambda x: net[:-1](x))."
+        )
+    if callable(model):
+        return model
+    raise DataError(f"features must be a classifier with features() or a callable; got {type(model).__name__}.")
+
+
+def feature_similarity(
+    features: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, batch_size: int = 256
+) -> Tensor:
+    """Per-image cosine similarity of penultimate features (DeePSiM-style perceptual similarity).
+
+    Dosovitskiy & Brox (2016) compare images in the feature space of a trained network; here the features
+    are a classifier's penultimate vectors (e.g. :meth:`genprov.models.classifiers.CNNClassifier.features`
+    of the evaluation classifier).
+
+    Args:
+        features: A classifier with a ``features(x) -> (n, d)`` method, or such a callable.
+        x: (n, C, H, W) reconstructions.
+        y: (n, C, H, W) originals.
+        batch_size: Images per forward pass.
+
+    Returns:
+        (n,) float64 in [-1, 1]; higher = more similar. A zero feature vector has similarity 0.
+    """
+    tx, ty = _pair(x, y)
+    fn = _feature_fn(features)
+    dev = _device_of(features) if isinstance(features, nn.Module) else torch.device("cpu")
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tx), batch_size):
+            fx = fn(tx[i : i + batch_size].to(dev, torch.float32)).flatten(1).to("cpu", torch.float64)
+            fy = fn(ty[i : i + batch_size].to(dev, torch.float32)).flatten(1).to("cpu", torch.float64)
+            norms = fx.norm(dim=1) * fy.norm(dim=1)
+            dots = (fx * fy).sum(dim=1)
+            out.append(torch.where(norms > 0, dots / torch.where(norms > 0, norms, torch.ones_like(norms)), 0.0))
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------- explanation utility
+
+
+def _maps(defended: object, original: object) -> tuple[Tensor, Tensor]:
+    d = check_images(to_tensor(defended, "defended"), "defended", value_range=None)
+    o = check_images(to_tensor(original, "original"), "original", value_range=None)
+    if d.shape != o.shape:
+        raise DataError(
+            f"defended and original explanations must have the same shape (n, 1, H, W); got {tuple(d.shape)} "
+            f"and {tuple(o.shape)}. Pair each defended map with the clean map of the same input."
+        )
+    if d.shape[0] == 0:
+        raise DataError("defended and original are empty; pass at least one pair of maps.")
+    return d.detach().to("cpu", torch.float64), o.detach().to("cpu", torch.float64)
+
+
+def explanation_distortion(defended: Tensor, original: Tensor) -> Tensor:
+    """Per-map mean squared difference between defended and original explanations (utility cost).
+
+    Args:
+        defended: (n, 1, H, W) defended maps.
+        original: (n, 1, H, W) clean maps (both post-processed, i.e. in [0, 1]).
+
+    Returns:
+        (n,) float64; lower = more faithful explanations. Its mean is the defense's distortion.
+    """
+    d, o = _maps(defended, original)
+    return (d - o).pow(2).mean(dim=(1, 2, 3))
+
+
+def top_pixel_overlap(defended: Tensor, original: Tensor, *, q: float = 0.1) -> Tensor:
+    """Share of the original map's top-``q`` pixels that are also among the defended map's top ``q``.
+
+    The top set of a map holds its ``k = max(1, round(q * C * H * W))`` largest values; ties are broken
+    by pixel order (row-major, first pixel first), so the result is deterministic.
+
+    Args:
+        defended: (n, C, H, W) defended maps.
+        original: (n, C, H, W) clean maps.
+        q: Fraction of pixels in the top set, in (0, 1] (0.1 = top 10%).
+
+    Returns:
+        (n,) float64 in [0, 1]; higher = the defense keeps the most important pixels (1 = same top set).
+    """
+    if not (isinstance(q, (int, float)) and math.isfinite(q) and 0 < q <= 1):
+        raise DataError(f"q must be a fraction in (0, 1], e.g. 0.1 for the top 10% of pixels; got {q!r}.")
+    d, o = _maps(defended, original)
+    flat_d, flat_o = d.flatten(1), o.flatten(1)
+    k = max(1, round(q * flat_d.shape[1]))
+    top_d = torch.sort(flat_d, dim=1, descending=True, stable=True).indices[:, :k]
+    top_o = torch.sort(flat_o, dim=1, descending=True, stable=True).indices[:, :k]
+    in_d = torch.zeros_like(flat_d, dtype=torch.bool).scatter_(1, top_d, True)
+    return in_d.gather(1, top_o).to(torch.float64).sum(dim=1) / k

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genprov.config import Config
-from genprov.exceptions import CheckpointError, DataError, StoreMismatchError
+from genprov.exceptions import CheckpointError, ConfigError, DataError, StoreMismatchError
 from genprov.models.checkpoints import (
     CONFIG_FILE,
     MODEL_KINDS,
@@ -570,8 +570,14 @@ def train_ddpm(
     resume: bool = True,
     show_progress: bool | None = None,
     device: str | torch.device = "cpu",
+    init: DDPM | None = None,
 ) -> TrainResult:
     """Train a DDPM by noise prediction (Ho et al., 2020, Algorithm 1). Arguments as :func:`train_gan`.
+
+    Args:
+        init: Start from these weights instead of a fresh initialisation (fine-tuning, e.g. customizing a
+            base model on a few exemplars); it must have ``model_config``'s architecture. Its weights are
+            part of the run's fingerprint, so a resumed run never mixes two starting points.
 
     Returns:
         :class:`TrainResult` whose ``model`` is the :class:`~genprov.models.diffusion.DDPM`
@@ -581,8 +587,17 @@ def train_ddpm(
     x = _images(dataset, channels=model_config.channels, size=model_config.image_size)
     with _seeded_init(cfg.seed):
         model = DDPM(model_config)
+    start = None
+    if init is not None:
+        if init.config != model_config:
+            raise ConfigError(
+                "init must be a DDPM of the same config as model_config; they differ in "
+                f"{sorted(init.config.diff(model_config))}."
+            )
+        model.load_state_dict(init.state_dict())
+        start = torch.cat([p.detach().flatten() for p in init.parameters()])
     task = _DDPMTask(model_config, cfg, x, torch.device(device), model)
-    return _run(task, out_dir, _fingerprint(x), resume=resume, show_progress=show_progress)
+    return _run(task, out_dir, _fingerprint(x, start), resume=resume, show_progress=show_progress)
 
 
 def train_classifier(

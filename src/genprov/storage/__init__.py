@@ -1,4 +1,4 @@
-"""On-disk formats: sharded, resumable feature stores and their JSON manifests.
+"""On-disk formats: sharded, resumable feature stores, their JSON manifests, and feature indexes.
 
 Example:
     >>> from genprov.storage import FeatureStore
@@ -10,6 +10,16 @@ This package sits beside ``genprov.models``: it imports only ``genprov.data`` an
 """
 
 from genprov.storage.feature_store import STORE_DTYPES, FeatureStore, read_raw_features
+from genprov.storage.index import (
+    FAISS_KINDS,
+    INDEX_FILE,
+    METRICS,
+    FeatureIndex,
+    exact_scores,
+    exact_search,
+    import_faiss,
+    normalize_rows,
+)
 from genprov.storage.manifest import (
     MANIFEST_FILE,
     Manifest,
@@ -21,12 +31,20 @@ from genprov.storage.manifest import (
 )
 
 __all__ = [
+    "FAISS_KINDS",
+    "INDEX_FILE",
     "MANIFEST_FILE",
+    "METRICS",
     "STORE_DTYPES",
+    "FeatureIndex",
     "FeatureStore",
     "Manifest",
     "check_spec",
+    "exact_scores",
+    "exact_search",
     "fingerprint_state",
+    "import_faiss",
+    "normalize_rows",
     "read_manifest",
     "read_raw_features",
     "spec_differences",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from genprov.config import Config
-from genprov.exceptions import DataError, StoreMismatchError
+from genprov.exceptions import ConfigError, DataError, StoreMismatchError
 from genprov.models import training
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.classifiers import ClassifierConfig
@@ -259,3 +259,17 @@ def test_training_and_sampling_on_cuda(tiny_images: torch.Tensor, tmp_path: Path
     assert sample(ddpm.model, 2, seed=0, ddim_steps=3).shape == (2, 1, 8, 8)
     cpu = load_checkpoint(tmp_path / "gan")  # checkpoints are device-free
     assert not next(cpu.model.parameters()).is_cuda
+
+
+def test_train_ddpm_fine_tunes_from_init_weights(tmp_path: Path) -> None:
+    cfg = DDPMConfig.preset("tiny", image_size=8, channels=1)
+    data = torch.rand(16, 1, 8, 8) * 2 - 1
+    base = train_ddpm(cfg, default_train_config(cfg, n_steps=2, batch_size=4, seed=0), data, tmp_path / "base")
+    tuned = train_ddpm(
+        cfg, default_train_config(cfg, n_steps=0, batch_size=4, seed=1), data, tmp_path / "tuned", init=base.model
+    )
+    for a, b in zip(tuned.model.parameters(), base.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)  # zero fine-tuning steps: the init weights, not seed 1's
+    other = cfg.replace(layers_per_block=cfg.layers_per_block + 1)
+    with pytest.raises(ConfigError, match="layers_per_block"):
+        train_ddpm(other, default_train_config(other, n_steps=1), data, tmp_path / "bad", init=base.model)

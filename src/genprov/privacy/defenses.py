@@ -1,0 +1,692 @@
+"""Defenses against explanation-based model inversion: each one wraps an :class:`Explainer`.
+
+A defense releases a perturbed version of the wrapped explainer's post-processed map (n, 1, H, W), and
+the model's predictions unaltered. Its cost in explanation utility is the *distortion*, the mean squared
+difference between defended and clean maps (:func:`measure_distortion`).
+
+* :class:`GNIMEDefense` (Jeong et al., NeurIPS 2022, "Learning to Generate Inversion-Resistant Model
+  Explanations", Sec. 4): a noise-generating network ``G`` adds ``G(e)`` to each explanation ``e``. It is
+  trained jointly with a surrogate inverter ``I`` (an ExpMI decoder, :class:`~genprov.privacy.attacks.InversionNet`):
+
+  - generator loss ``MSE(d, e) - a * MSE(I(d, p), x)`` with ``d = e + G(e)`` the defended map, ``p`` the
+    prediction vector and ``x`` the private input; the reconstruction term is measured on images mapped
+    to [0, 1] (``(x + 1) / 2``), the paper's image range, so that ``a`` keeps the paper's meaning
+    (a = 100 for digits-like data, 500 for faces);
+  - inverter loss ``MSE(I(d, p), x) + MSE(I(e, p), x)`` (it learns both defended and clean explanations).
+
+  The generator is deterministic: the same explanation always gets the same noise.
+* :class:`GaussianNoiseDefense` ("RND"): i.i.d. Gaussian noise of standard deviation ``sigma``; without
+  clamping its distortion is ``sigma**2``. :func:`matched_gaussian_noise` measures a defense's
+  distortion on data and builds the RND with the same distortion, so both cost the same utility. The
+  noise of an explanation is drawn from a seed derived from ``(seed, the map's bytes)``: repeating a
+  query returns the same answer (no averaging of repeated queries), and results do not depend on batching.
+
+Fitted defenses are saved as a folder with ``config.json`` (+ ``model.safetensors`` for GNIME) and read
+back with :meth:`Defense.load`, given the explainer they wrap (checked against the one recorded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from abc import abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genprov.config import is_int, is_positive_int, require
+from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
+from genprov.models.checkpoints import check_state, load_tensors, save_tensors
+from genprov.privacy.attacks import InversionNet
+from genprov.privacy.explainers import Explainer, ExplainerConfig
+from genprov.registry import Registry
+from genprov.utils.io import atomic_write_json, read_json
+from genprov.utils.progress import progress
+from genprov.utils.seeding import derive_seed, torch_generator
+from genprov.utils.validation import check_images
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "GNIMEConfig",
+    "GNIMEDefense",
+    "GaussianNoiseConfig",
+    "GaussianNoiseDefense",
+    "NoiseGenerator",
+    "matched_gaussian_noise",
+    "measure_distortion",
+]
+
+#: Every defense, by kebab-case name: ``DEFENSES.create("gnime", explainer, config=GNIMEConfig(a=100))``.
+DEFENSES: Registry[Defense] = Registry("defense")
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+_FORMAT = "genprov-explanation-defense-v1"
+_LOG_EPS = 1e-6
+
+
+class Defense(Explainer):
+    """An explainer that releases a defended version of another explainer's maps.
+
+    Args:
+        explainer: The wrapped explainer (its model is the model explained).
+        config: The defense's config.
+
+    Subclasses implement :meth:`defend`; :meth:`explain`, :meth:`attribute` and :meth:`observe` then
+    return defended maps and unaltered predictions.
+    """
+
+    config: ExplainerConfig
+
+    def __init__(self, explainer: Explainer, config: ExplainerConfig | None = None) -> None:
+        if not isinstance(explainer, Explainer):
+            raise ConfigError(
+                f"A defense wraps an Explainer (e.g. EXPLAINERS.create('lrp', model)); got {explainer!r}."
+            )
+        super().__init__(explainer.model, config)
+        self.explainer = explainer
+
+    @abstractmethod
+    def defend(self, explanations: Tensor) -> Tensor:
+        """Defended maps of clean post-processed explanations.
+
+        Args:
+            explanations: (n, 1, H, W) maps from the wrapped explainer's :meth:`Explainer.explain`.
+
+        Returns:
+            (n, 1, H, W) float32 defended maps.
+        """
+
+    def _attribute(self, x: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - explain is overridden
+        return self.defend(self.explainer.explain(x, target))
+
+    def attribute(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        """The defended map (a defense has no separate raw attribution): same as :meth:`explain`."""
+        return self.explain(x, target)
+
+    def explain(self, x: Tensor, target: Tensor | None = None, *, postprocess: bool = True) -> Tensor:
+        """Defended explanation maps.
+
+        Args:
+            x: (n, C, H, W) float images.
+            target: (n,) class indices; default: the predicted classes.
+            postprocess: Must be ``True``: defenses act on post-processed maps.
+
+        Returns:
+            (n, 1, H, W) float32 defended maps.
+
+        Raises:
+            ConfigError: ``postprocess=False`` (use ``defense.explainer.explain_raw`` for the raw map).
+        """
+        if not postprocess:
+            raise ConfigError(
+                f"{type(self).__name__} defends post-processed maps only; postprocess=False has no defended "
+                "version. Use defense.explainer.explain_raw(x) for the clean raw map."
+            )
+        return self.defend(self.explainer.explain(x, target))
+
+    def describe(self) -> dict[str, object]:
+        """``{"name", "config", "explainer": {...}}``."""
+        return {**super().describe(), "explainer": self.explainer.describe()}
+
+    # ------------------------------------------------------------------------------------- save / load
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        return {}, {}
+
+    def _restore(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        return None
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` (and ``model.safetensors`` when the defense has weights) into ``folder``.
+
+        Returns:
+            The folder.
+        """
+        meta, tensors = self._state()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if tensors:
+            save_tensors(folder / WEIGHTS_FILE, tensors, metadata={"method": self.name})
+        atomic_write_json(
+            folder / CONFIG_FILE,
+            {
+                "format": _FORMAT,
+                "method": self.name,
+                "class": type(self).__name__,
+                "config": self.config.to_dict(),
+                "explainer": self.explainer.describe(),
+                "state": meta,
+                "has_weights": bool(tensors),
+            },
+        )
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, explainer: Explainer) -> Defense:
+        """Read a defense written by :meth:`save`.
+
+        Args:
+            folder: The folder.
+            explainer: The explainer it wraps; its method and config (except ``batch_size``) must equal
+                the recorded ones.
+
+        Returns:
+            The defense, of the class that was saved.
+
+        Raises:
+            CheckpointError: Missing or unreadable files, another method than ``cls``, another explainer
+                than recorded (the message names the differences), or weights that do not fit.
+        """
+        folder = Path(folder)
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            raise CheckpointError(f"No saved defense at {folder}: {path} is missing. Fit one and .save(folder) it.")
+        try:
+            meta = read_json(path)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"Cannot read {path}: {err}.") from err
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise CheckpointError(f"{path} is not a genprov explanation-defense config (format {_FORMAT!r}).")
+        try:
+            entry = DEFENSES.entry(str(meta["method"]))
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: {err}") from err
+        if cls is not Defense and entry.factory is not cls:
+            raise CheckpointError(f"{folder} holds a {meta['method']!r} defense, not a {cls.__name__}.")
+        recorded = meta.get("explainer", {})
+        given = explainer.describe()
+        diffs = _explainer_diffs(recorded, given)
+        if diffs:
+            raise CheckpointError(
+                f"{folder} was fitted for another explainer: {'; '.join(diffs)}. Pass the explainer it was "
+                "fitted with (same method and config)."
+            )
+        config_type = entry.config if entry.config is not None else ExplainerConfig
+        try:
+            config = config_type.from_dict(meta["config"])
+        except ConfigError as err:
+            raise CheckpointError(f"{path} holds an invalid config: {err}") from err
+        defense = entry.factory(explainer, config=config)
+        tensors = load_tensors(folder / WEIGHTS_FILE) if meta.get("has_weights") else {}
+        defense._restore(dict(meta.get("state", {})), tensors)
+        return defense
+
+
+def _explainer_diffs(recorded: Any, given: dict[str, object]) -> list[str]:
+    if not isinstance(recorded, dict):
+        return ["no explainer recorded"]
+    diffs = []
+    if recorded.get("name") != given.get("name"):
+        diffs.append(f"method {recorded.get('name')!r} recorded, {given.get('name')!r} given")
+    rc = {k: v for k, v in dict(recorded.get("config") or {}).items() if k != "batch_size"}
+    gc_ = given.get("config")
+    gc = {k: v for k, v in dict(gc_ if isinstance(gc_, dict) else {}).items() if k != "batch_size"}
+    for key in sorted(set(rc) | set(gc)):
+        if rc.get(key) != gc.get(key):
+            diffs.append(f"{key}={rc.get(key)!r} recorded, {gc.get(key)!r} given")
+    return diffs
+
+
+def _check_maps(explanations: object, name: str = "explanations") -> Tensor:
+    e = check_images(explanations, name, value_range=None).detach().to(torch.float32)
+    return e
+
+
+# -------------------------------------------------------------------------------------- Gaussian noise
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GaussianNoiseConfig(ExplainerConfig):
+    """RND settings.
+
+    Attributes:
+        sigma: Standard deviation of the noise added to each pixel of the [0, 1] maps.
+        clamp: Clip the defended maps to [0, 1] (then the distortion is below ``sigma**2``).
+        seed: Seed from which each map's noise is derived (together with the map's content).
+    """
+
+    sigma: float = 0.1
+    clamp: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma >= 0,
+            "sigma",
+            "a finite number >= 0",
+            self.sigma,
+        )
+        require(isinstance(self.clamp, bool), "clamp", "True or False", self.clamp)
+        require(is_int(self.seed, minimum=0), "seed", "a non-negative integer", self.seed)
+
+
+def _content_seed(seed: int, row: Tensor) -> int:
+    digest = hashlib.blake2b(np.ascontiguousarray(row.numpy()).tobytes(), digest_size=8).hexdigest()
+    return derive_seed(seed, "rnd", digest)
+
+
+@DEFENSES.register("gaussian-noise", config=GaussianNoiseConfig)
+class GaussianNoiseDefense(Defense):
+    """RND: Gaussian noise on each explanation map.
+
+    Args:
+        explainer: The wrapped explainer.
+        config: Noise level, clamping and seed.
+    """
+
+    name = "gaussian-noise"
+    config: GaussianNoiseConfig
+    config_class = GaussianNoiseConfig
+    #: the distortion this RND was matched to by :func:`matched_gaussian_noise` (``None`` otherwise)
+    matched_distortion: float | None = None
+
+    def noise(self, explanations: Tensor) -> Tensor:
+        """(n, 1, H, W) standard-normal noise, map i's from ``(seed, bytes of map i)``."""
+        e = _check_maps(explanations)
+        out = torch.empty_like(e)
+        for i in range(len(e)):
+            gen = torch.Generator().manual_seed(_content_seed(self.config.seed, e[i]))
+            out[i] = torch.randn(e.shape[1:], generator=gen)
+        return out
+
+    def defend(self, explanations: Tensor) -> Tensor:
+        """``e + sigma * noise`` (clipped to [0, 1] when ``clamp``); see :class:`Defense.defend`."""
+        e = _check_maps(explanations)
+        out = e + self.config.sigma * self.noise(e)
+        return out.clamp(0.0, 1.0) if self.config.clamp else out
+
+    @classmethod
+    def for_distortion(
+        cls,
+        explainer: Explainer,
+        distortion: float,
+        *,
+        explanations: Tensor | None = None,
+        clamp: bool = False,
+        seed: int = 0,
+        batch_size: int = 256,
+    ) -> GaussianNoiseDefense:
+        """The RND whose distortion is ``distortion``.
+
+        Without clamping ``sigma = sqrt(distortion)``. With clamping the distortion is measured on
+        ``explanations`` (required) and ``sigma`` is found by bisection.
+
+        Args:
+            explainer: The explainer to wrap.
+            distortion: Target mean squared difference between defended and clean maps.
+            explanations: (n, 1, H, W) clean maps to calibrate on (needed when ``clamp``).
+            clamp: Clip defended maps to [0, 1].
+            seed: Noise seed.
+            batch_size: Explanation batch size of the returned defense.
+
+        Raises:
+            ConfigError: A negative distortion, a clamped target the maps cannot reach, or no maps to
+                calibrate a clamped defense on.
+        """
+        require(
+            isinstance(distortion, (int, float)) and math.isfinite(distortion) and distortion >= 0,
+            "distortion",
+            "a finite number >= 0",
+            distortion,
+        )
+
+        def make(sigma: float) -> GaussianNoiseDefense:
+            return cls(explainer, GaussianNoiseConfig(sigma=sigma, clamp=clamp, seed=seed, batch_size=batch_size))
+
+        if not clamp or distortion == 0:
+            return make(math.sqrt(distortion))
+        if explanations is None:
+            raise ConfigError(
+                "A clamped RND needs explanations to calibrate sigma on; pass explanations=explainer.explain(x)."
+            )
+        e = _check_maps(explanations)
+        noise = make(1.0).noise(e)
+
+        def measured(sigma: float) -> float:
+            return float(((e + sigma * noise).clamp(0, 1) - e).pow(2).mean())
+
+        lo, hi = 0.0, 1.0
+        while measured(hi) < distortion:
+            hi *= 2
+            if hi > 1e4:
+                raise ConfigError(
+                    f"distortion={distortion} cannot be reached by clamped Gaussian noise on these maps "
+                    f"(at most {measured(hi):.4g}); use clamp=False."
+                )
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if measured(mid) < distortion else (lo, mid)
+        return make((lo + hi) / 2)
+
+
+# ----------------------------------------------------------------------------------------------- GNIME
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GNIMEConfig(ExplainerConfig):
+    """GNIME settings.
+
+    Attributes:
+        a: Weight of the privacy term (the surrogate inverter's error) against the distortion
+            (paper: 100 for MNIST-like data, 500 for faces). Larger = more noise, more privacy.
+        width: Feature maps of the noise generator's conv layers.
+        n_layers: Conv layers of the noise generator (at least 2).
+        inverter_width: ``width`` of the surrogate inverter (an ExpMI decoder).
+        inverter_depth: ``depth`` of the surrogate inverter.
+        prediction_input: How the surrogate inverter reads predictions: ``"prob"`` or ``"log-prob"``.
+        n_epochs: Training epochs over the defender's data.
+        train_batch_size: Training batch size.
+        lr: Adam learning rate of the generator.
+        inverter_lr: Adam learning rate of the surrogate inverter.
+        clamp: Clip defended maps to [0, 1].
+        seed: Seed of the initial weights and the batch order.
+    """
+
+    a: float = 100.0
+    width: int = 32
+    n_layers: int = 4
+    inverter_width: int = 32
+    inverter_depth: int = 2
+    prediction_input: Literal["prob", "log-prob"] = "prob"
+    n_epochs: int = 30
+    train_batch_size: int = 64
+    lr: float = 1e-3
+    inverter_lr: float = 1e-3
+    clamp: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            isinstance(self.a, (int, float)) and math.isfinite(self.a) and self.a >= 0, "a", "a number >= 0", self.a
+        )
+        require(is_positive_int(self.width), "width", "a positive integer", self.width)
+        require(is_int(self.n_layers, minimum=2), "n_layers", "an integer >= 2", self.n_layers)
+        require(is_positive_int(self.inverter_width), "inverter_width", "a positive integer", self.inverter_width)
+        require(
+            is_int(self.inverter_depth, minimum=0) and self.inverter_depth <= 6,
+            "inverter_depth",
+            "an integer in [0, 6]",
+            self.inverter_depth,
+        )
+        require(
+            self.prediction_input in ("prob", "log-prob"),
+            "prediction_input",
+            "'prob' or 'log-prob'",
+            self.prediction_input,
+        )
+        require(is_positive_int(self.n_epochs), "n_epochs", "a positive integer", self.n_epochs)
+        require(is_positive_int(self.train_batch_size), "train_batch_size", "a positive integer", self.train_batch_size)
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number", self.lr)
+        require(
+            isinstance(self.inverter_lr, (int, float)) and self.inverter_lr > 0,
+            "inverter_lr",
+            "a positive number",
+            self.inverter_lr,
+        )
+        require(isinstance(self.clamp, bool), "clamp", "True or False", self.clamp)
+        require(is_int(self.seed, minimum=0), "seed", "a non-negative integer", self.seed)
+
+
+class NoiseGenerator(nn.Module):
+    """GNIME's noise generator: a fully convolutional net from a map (n, C, H, W) to noise of its shape.
+
+    Args:
+        channels: Channels of the maps (1 for genprov's explanations).
+        width: Feature maps of the hidden layers.
+        n_layers: Number of 3x3 conv layers (LeakyReLU between them; the last one is linear and starts
+            near zero, so training starts from almost no noise).
+    """
+
+    def __init__(self, channels: int, width: int, n_layers: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = channels
+        for _ in range(n_layers - 1):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.LeakyReLU(0.2)]
+            c = width
+        last = nn.Conv2d(c, channels, 3, padding=1)
+        with torch.no_grad():
+            last.weight.mul_(0.01)
+            if last.bias is not None:
+                last.bias.zero_()
+        layers.append(last)
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, e: Tensor) -> Tensor:
+        """(n, C, H, W) maps -> (n, C, H, W) noise."""
+        out: Tensor = self.body(e)
+        return out
+
+
+@DEFENSES.register("gnime", config=GNIMEConfig)
+class GNIMEDefense(Defense):
+    """GNIME: learned noise that keeps explanations close while making them hard to invert.
+
+    Args:
+        explainer: The wrapped explainer (its model is the victim classifier).
+        config: Weight ``a``, architectures and training settings.
+
+    Attributes:
+        generator_: The trained :class:`NoiseGenerator` (eval mode).
+        inverter_: The surrogate inverter trained alongside (eval mode).
+        map_shape_: ``(1, H, W)`` of the explanations it was fitted on.
+        image_shape_: ``(C, H, W)`` of the inputs.
+        n_classes_: Length of the prediction vectors.
+        history_: Per epoch ``{"epoch", "distortion", "inverter_mse_defended", "inverter_mse_clean",
+            "generator_loss"}`` (means over the epoch's batches, MSE of images in [-1, 1]).
+    """
+
+    name = "gnime"
+    config: GNIMEConfig
+    config_class = GNIMEConfig
+
+    generator_: NoiseGenerator
+    inverter_: InversionNet
+    map_shape_: tuple[int, int, int]
+    image_shape_: tuple[int, int, int]
+    n_classes_: int
+    history_: list[dict[str, float]]
+
+    def _predictions_in(self, p: Tensor) -> Tensor:
+        return torch.log(p.clamp(min=0) + _LOG_EPS) if self.config.prediction_input == "log-prob" else p
+
+    def _apply(self, e: Tensor) -> Tensor:
+        d = e + self.generator_(e)
+        return d.clamp(0.0, 1.0) if self.config.clamp else d
+
+    def fit(self, x: Tensor, target: Tensor | None = None, *, show_progress: bool | None = None) -> Self:
+        """Train the noise generator and the surrogate inverter on the defender's data.
+
+        Args:
+            x: (n, C, H, W) the defender's images in [-1, 1] (n >= 2).
+            target: (n,) classes to explain; default: the predicted classes (as at release time).
+            show_progress: Draw a progress bar (default: when stderr is a terminal).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            DataError: Bad images or fewer than 2 of them; a loss that is not finite.
+        """
+        cfg = self.config
+        x = check_images(x, "x").detach().to(torch.float32)
+        if len(x) < 2:
+            raise DataError(f"GNIME needs at least 2 training images; got {len(x)}.")
+        e_all = self.explainer.explain(x, target).detach().to(torch.float32)
+        p_all = self._predictions_in(self.explainer.predict(x).detach().to(torch.float32))
+        self.map_shape_ = (int(e_all.shape[1]), int(e_all.shape[2]), int(e_all.shape[3]))
+        self.image_shape_ = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        self.n_classes_ = int(p_all.shape[1])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "gnime-init"))
+            gen = NoiseGenerator(self.map_shape_[0], cfg.width, cfg.n_layers)
+            inv = InversionNet(
+                self.image_shape_, self.n_classes_, cfg.inverter_width, cfg.inverter_depth, self.map_shape_[0]
+            )
+        self.generator_, self.inverter_ = gen, inv
+        opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
+        opt_i = torch.optim.Adam(inv.parameters(), lr=cfg.inverter_lr)
+        x01 = (x + 1) / 2
+        self.history_ = []
+        gen.train()
+        inv.train()
+        for epoch in progress(range(cfg.n_epochs), desc="training GNIME", show=show_progress):
+            sums = {"distortion": 0.0, "inverter_mse_defended": 0.0, "inverter_mse_clean": 0.0, "generator_loss": 0.0}
+            order = torch.randperm(len(x), generator=torch_generator(cfg.seed, "gnime-epoch", epoch))
+            for idx in order.split(cfg.train_batch_size):
+                e, p, xb, xb01 = e_all[idx], p_all[idx], x[idx], x01[idx]
+                # surrogate inverter: learn defended and clean explanations
+                with torch.no_grad():
+                    d = self._apply(e)
+                loss_def = F.mse_loss(inv(p, d), xb)
+                loss_clean = F.mse_loss(inv(p, e), xb)
+                opt_i.zero_grad(set_to_none=True)
+                (loss_def + loss_clean).backward()
+                opt_i.step()
+                # generator: stay close to e, make the inverter fail (reconstruction error on [0, 1] images)
+                d = self._apply(e)
+                distortion = F.mse_loss(d, e)
+                privacy = F.mse_loss((inv(p, d) + 1) / 2, xb01)
+                loss_g = distortion - cfg.a * privacy
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+                k = len(idx)
+                sums["distortion"] += float(distortion.detach()) * k
+                sums["inverter_mse_defended"] += float(loss_def.detach()) * k
+                sums["inverter_mse_clean"] += float(loss_clean.detach()) * k
+                sums["generator_loss"] += float(loss_g.detach()) * k
+            entry = {"epoch": float(epoch), **{k: v / len(x) for k, v in sums.items()}}
+            if not all(math.isfinite(v) for v in entry.values()):
+                raise DataError(f"GNIME training diverged at epoch {epoch} ({entry}); lower lr or a.")
+            self.history_.append(entry)
+        self.generator_ = gen.eval()
+        self.inverter_ = inv.eval()
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "generator_") or not hasattr(self, "history_"):
+            raise NotFittedError(
+                "This GNIMEDefense is not fitted yet; call .fit(x) with the defender's images first "
+                "(or Defense.load(folder, explainer))."
+            )
+
+    def defend(self, explanations: Tensor) -> Tensor:
+        """``e + G(e)`` (clipped to [0, 1] when ``clamp``); see :meth:`Defense.defend`.
+
+        Raises:
+            NotFittedError: Before :meth:`fit`.
+            DataError: Maps of another shape than fitted on (the message names both).
+        """
+        self._check_fitted()
+        e = _check_maps(explanations)
+        if tuple(e.shape[1:]) != self.map_shape_:
+            raise DataError(
+                f"explanations must have shape (n, {', '.join(map(str, self.map_shape_))}) (what GNIME was fitted "
+                f"on); got {tuple(e.shape)}."
+            )
+        with torch.no_grad():
+            parts = [self._apply(e[i : i + self.config.batch_size]) for i in range(0, len(e), self.config.batch_size)]
+        return torch.cat(parts) if parts else e.clone()
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        self._check_fitted()
+        tensors = {f"generator.{k}": v for k, v in self.generator_.state_dict().items()}
+        tensors.update({f"inverter.{k}": v for k, v in self.inverter_.state_dict().items()})
+        meta = {
+            "map_shape": list(self.map_shape_),
+            "image_shape": list(self.image_shape_),
+            "n_classes": self.n_classes_,
+            "history": self.history_,
+        }
+        return meta, tensors
+
+    def _restore(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        cfg = self.config
+        try:
+            map_shape = tuple(int(v) for v in meta["map_shape"])
+            image_shape = tuple(int(v) for v in meta["image_shape"])
+            n_classes = int(meta["n_classes"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"The saved GNIME state lacks its shapes ({err}); re-fit and save it.") from err
+        if len(map_shape) != 3 or len(image_shape) != 3:
+            raise CheckpointError(f"The saved GNIME shapes are invalid: {map_shape}, {image_shape}.")
+        gen = NoiseGenerator(map_shape[0], cfg.width, cfg.n_layers)
+        inv = InversionNet(
+            (image_shape[0], image_shape[1], image_shape[2]),
+            n_classes,
+            cfg.inverter_width,
+            cfg.inverter_depth,
+            map_shape[0],
+        )
+        expected = {f"generator.{k}": v for k, v in gen.state_dict().items()}
+        expected.update({f"inverter.{k}": v for k, v in inv.state_dict().items()})
+        check_state(expected, tensors, where=WEIGHTS_FILE, hint=" Re-fit and save the defense.")
+        gen.load_state_dict({k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")})
+        inv.load_state_dict({k[len("inverter.") :]: v for k, v in tensors.items() if k.startswith("inverter.")})
+        self.generator_, self.inverter_ = gen.eval(), inv.eval()
+        self.map_shape_ = (map_shape[0], map_shape[1], map_shape[2])
+        self.image_shape_ = (image_shape[0], image_shape[1], image_shape[2])
+        self.n_classes_ = n_classes
+        self.history_ = [dict(h) for h in meta.get("history", [])]
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+
+def measure_distortion(defense: Defense, x: Tensor, target: Tensor | None = None) -> float:
+    """The defense's explanation distortion on ``x``: mean of ``(defended - clean)**2`` over pixels and images.
+
+    Args:
+        defense: A (fitted) defense.
+        x: (n, C, H, W) images.
+        target: (n,) classes to explain; default: the predicted classes.
+
+    Returns:
+        The distortion (lower = more useful explanations).
+    """
+    clean = defense.explainer.explain(x, target)
+    defended = defense.defend(clean)
+    return float((defended.double() - clean.double()).pow(2).mean())
+
+
+def matched_gaussian_noise(
+    defense: Defense, x: Tensor, target: Tensor | None = None, *, clamp: bool = False, seed: int = 0
+) -> GaussianNoiseDefense:
+    """The RND with the same distortion as ``defense`` measured on ``x`` (equal utility cost).
+
+    Args:
+        defense: A fitted defense (typically :class:`GNIMEDefense`).
+        x: (n, C, H, W) images on which the distortion is measured.
+        target: (n,) classes to explain; default: the predicted classes.
+        clamp: Clip the RND's maps to [0, 1] (sigma is then calibrated on ``x``'s maps).
+        seed: The RND's noise seed.
+
+    Returns:
+        A :class:`GaussianNoiseDefense` around the same explainer; its ``matched_distortion`` attribute
+        holds the distortion it was matched to.
+    """
+    clean = defense.explainer.explain(x, target)
+    target_distortion = float((defense.defend(clean).double() - clean.double()).pow(2).mean())
+    rnd = GaussianNoiseDefense.for_distortion(
+        defense.explainer,
+        target_distortion,
+        explanations=clean,
+        clamp=clamp,
+        seed=seed,
+        batch_size=defense.config.batch_size,
+    )
+    rnd.matched_distortion = target_distortion
+    return rnd
