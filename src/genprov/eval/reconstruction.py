@@ -253,7 +253,7 @@ def target_classification_accuracy(
 def _feature_fn(model: nn.Module | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     feats = getattr(model, "features", None)
     if callable(feats):
-        return feats  # type: ignore[no-any-return]
+        return feats
     if isinstance(model, nn.Module):
         raise DataError(
             f"feature_similarity needs penultimate features; {type(model).__name__} has no features() method. "

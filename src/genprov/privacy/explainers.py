@@ -13,7 +13,9 @@ Every explainer takes ``(model, config)`` and offers
 * :meth:`Explainer.predict`: the released prediction vector (softmax probabilities);
 * :meth:`Explainer.observe`: both at once, as :class:`Observations` (what an inversion attack sees).
 
-The target class defaults to the model's prediction (the maximal logit). Explanations are computed in
+Inputs are cast to the model's dtype (float32 unless the model was converted with ``.double()``), and
+results come back on the CPU in that dtype. The target class defaults to the model's prediction (the
+maximal logit). Explanations are computed in
 batches of ``config.batch_size`` and do not depend on the batch composition (except Grad-CAM with the
 original's ``pool_over_batch=True``). The model should be in eval mode; the explainers never change it.
 
@@ -138,9 +140,11 @@ def postprocess_maps(maps: Tensor) -> Tensor:
         maps: (n, C, H, W) raw signed attributions.
 
     Returns:
-        (n, 1, H, W) float32 maps in [0, 1]; an image whose map is constant gets all zeros.
+        (n, 1, H, W) maps in [0, 1] (float32, or float64 for float64 input); an image whose map is constant
+        gets all zeros.
     """
-    m = maps.detach().to(torch.float32).sum(dim=1, keepdim=True).abs()
+    dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
+    m = maps.detach().to(dtype).sum(dim=1, keepdim=True).abs()
     flat = m.flatten(1)
     lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
     hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
@@ -192,7 +196,7 @@ class Explainer(ABC):
     # ----------------------------------------------------------------------------------------- helpers
 
     def _check(self, x: object, target: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        checked = check_images(x, "x", value_range=None).detach().to(torch.float32)
+        checked = check_images(x, "x", value_range=None).detach().to(self._dtype())
         if target is not None:
             if not isinstance(target, Tensor) or target.ndim != 1 or len(target) != len(checked):
                 got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
@@ -201,6 +205,13 @@ class Explainer(ABC):
                 raise DataError(f"target must hold integer class indices; got dtype {target.dtype}.")
             target = target.to(torch.int64)
         return checked, target
+
+    def _dtype(self) -> torch.dtype:
+        """The model's floating dtype (float32 unless the model was converted, e.g. ``.double()``)."""
+        for p in self.model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
 
     def _device(self) -> torch.device:
         for p in self.model.parameters():
@@ -236,7 +247,7 @@ class Explainer(ABC):
                 f"target must hold class indices in [0, {n_classes}); got values in "
                 f"[{int(target.min())}, {int(target.max())}]."
             )
-        return self._attribute(x, target).detach().to("cpu", torch.float32)
+        return self._attribute(x, target).detach().to("cpu")
 
     # ------------------------------------------------------------------------------------- public API
 
@@ -248,7 +259,8 @@ class Explainer(ABC):
             target: (n,) class indices; default: the model's predicted classes (maximal logit).
 
         Returns:
-            (n, C, H, W) float32 for ``gradient`` and ``lrp``; (n, 1, H, W) for ``grad-cam``.
+            (n, C, H, W) for ``gradient`` and ``lrp``; (n, 1, H, W) for ``grad-cam``; in the model's dtype
+            (float32 by default), on the CPU.
 
         Raises:
             DataError: Wrong shape or dtype, NaN values, or target classes out of range.
@@ -266,7 +278,7 @@ class Explainer(ABC):
                 value, per-image min-max to [0, 1]); ``False`` returns the signed channel sum.
 
         Returns:
-            (n, 1, H, W) float32 maps, in [0, 1] when ``postprocess``.
+            (n, 1, H, W) maps in the model's dtype (float32 by default), in [0, 1] when ``postprocess``.
         """
         raw = self.attribute(x, target)
         return postprocess_maps(raw) if postprocess else raw.sum(dim=1, keepdim=True)

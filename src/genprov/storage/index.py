@@ -96,7 +96,7 @@ def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def _as_matrix(x: np.ndarray | Tensor, name: str, dim: int | None = None) -> Tensor:
-    t = x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    t = x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.array(x))
     if t.ndim != 2:
         raise DataError(f"{name} must be a 2-D (n, d) array of features; got shape {tuple(t.shape)}.")
     if dim is not None and t.shape[1] != dim:
@@ -154,7 +154,7 @@ def exact_search(
     total = 0
     for offset, array in blocks:
         for start in range(0, array.shape[0], chunk_rows):
-            rows = torch.from_numpy(np.ascontiguousarray(array[start : start + chunk_rows])).to(dtype)
+            rows = torch.from_numpy(np.array(array[start : start + chunk_rows])).to(dtype)
             s = q @ rows.T
             kk = min(k, s.shape[1])
             top_s, top_i = torch.topk(s, kk, dim=1, sorted=False)
@@ -179,7 +179,7 @@ def exact_scores(
     out = torch.empty(q.shape[0], n_rows, dtype=dtype)
     for offset, array in blocks:
         for start in range(0, array.shape[0], chunk_rows):
-            rows = torch.from_numpy(np.ascontiguousarray(array[start : start + chunk_rows])).to(dtype)
+            rows = torch.from_numpy(np.array(array[start : start + chunk_rows])).to(dtype)
             out[:, offset + start : offset + start + rows.shape[0]] = q @ rows.T
     return out
 
@@ -455,7 +455,7 @@ class FeatureIndex:
         """Stored rows as a float32 tensor (all rows when ``rows`` is None; a copy)."""
         blocks = list(self.blocks())
         if rows is None:
-            return torch.cat([torch.from_numpy(np.asarray(a, dtype=np.float32)) for _, a in blocks])
+            return torch.cat([torch.from_numpy(np.array(a, dtype=np.float32)) for _, a in blocks])
         wanted = np.asarray(rows.cpu().numpy() if isinstance(rows, Tensor) else rows, dtype=np.int64)
         flat = wanted.ravel()
         n = sum(a.shape[0] for _, a in blocks)

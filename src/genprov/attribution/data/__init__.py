@@ -3,6 +3,9 @@
 - :class:`TRAKAttributor` (:mod:`~genprov.attribution.data.trak`): TRAK and D-TRAK for diffusion models,
   with TracIn / Grad-Dot, Grad-Cos, relative and renormalized influence as scoring options.
 - :data:`OUTPUT_FUNCTIONS` and :data:`PROJECTORS`: the registries TRAK is built from.
+- :class:`SimilarityAttributor` (:mod:`~genprov.attribution.data.similarity`): attribution by similarity in
+  a feature space (:data:`FEATURE_EXTRACTORS`), optionally tuned (:class:`FeatureMapper`), with calibrated
+  soft attribution (:func:`fit_soft_calibration`).
 - :class:`DataAttributor` and :class:`EnsembleAttributor`: the shared interface and score averaging.
 
 Example:
@@ -12,6 +15,29 @@ Example:
 """
 
 from genprov.attribution.data.base import DataAttributor, EnsembleAttributor, top_k, training_images
+from genprov.attribution.data.features import (
+    BACKBONES,
+    FEATURE_EXTRACTORS,
+    ClassifierExtractor,
+    ClassifierFeaturesConfig,
+    EfficientNetLite0Config,
+    EfficientNetLite0Extractor,
+    ExtractorConfig,
+    FeatureExtractor,
+    FeatureMapper,
+    LocalWeightsConfig,
+    LocalWeightsExtractor,
+    PixelExtractor,
+    PixelsConfig,
+    RandomCNNConfig,
+    RandomCNNExtractor,
+    SimCLRConfig,
+    SimCLRExtractor,
+    TuningConfig,
+    build_extractor,
+    hub_statistics,
+    split_classes,
+)
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import (
     PROJECTORS,
@@ -19,6 +45,17 @@ from genprov.attribution.data.projectors import (
     Projector,
     ProjectorConfig,
     SJLTConfig,
+)
+from genprov.attribution.data.similarity import (
+    SimilarityAttributor,
+    SimilarityConfig,
+    SoftCalibration,
+    evaluate_soft,
+    expected_calibration_error,
+    fit_soft_calibration,
+    remaining_influence,
+    soft_attribution,
+    soft_nll,
 )
 from genprov.attribution.data.trak import (
     DAMPING_GRID,
@@ -32,23 +69,53 @@ from genprov.attribution.data.trak import (
 )
 
 __all__ = [
+    "BACKBONES",
     "DAMPING_GRID",
+    "FEATURE_EXTRACTORS",
     "OUTPUT_FUNCTIONS",
     "PROJECTORS",
     "SCHEDULES",
     "SCORINGS",
+    "ClassifierExtractor",
+    "ClassifierFeaturesConfig",
     "DataAttributor",
     "DenseProjectorConfig",
+    "EfficientNetLite0Config",
+    "EfficientNetLite0Extractor",
     "EnsembleAttributor",
+    "ExtractorConfig",
+    "FeatureExtractor",
+    "FeatureMapper",
+    "LocalWeightsConfig",
+    "LocalWeightsExtractor",
     "NoiseSchedule",
     "OutputFunction",
+    "PixelExtractor",
+    "PixelsConfig",
     "Projector",
     "ProjectorConfig",
+    "RandomCNNConfig",
+    "RandomCNNExtractor",
     "SJLTConfig",
+    "SimCLRConfig",
+    "SimCLRExtractor",
+    "SimilarityAttributor",
+    "SimilarityConfig",
+    "SoftCalibration",
     "TRAKAttributor",
     "TRAKConfig",
+    "TuningConfig",
+    "build_extractor",
+    "evaluate_soft",
+    "expected_calibration_error",
+    "fit_soft_calibration",
+    "hub_statistics",
     "method_name",
+    "remaining_influence",
     "select_parameters",
+    "soft_attribution",
+    "soft_nll",
+    "split_classes",
     "timestep_schedule",
     "top_k",
     "training_images",

@@ -775,7 +775,7 @@ class SimCLRExtractor(FeatureExtractor):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            self.losses_.append(float(loss))
+            self.losses_.append(float(loss.detach()))
         self.encoder_.eval()
         return self
 
@@ -1123,7 +1123,7 @@ def hub_statistics(scores: Tensor | np.ndarray, k: int = 10, *, items: Sequence[
         ``max_top1_share`` (share of queries whose top-1 is the most common top-1 item), and with ``items``
         ``items_top1_share`` (share of queries whose top-1 is one of ``items``).
     """
-    s = torch.as_tensor(np.asarray(scores)) if not isinstance(scores, Tensor) else scores.detach()
+    s = torch.from_numpy(np.array(scores)) if not isinstance(scores, Tensor) else scores.detach()
     if s.ndim != 2 or s.shape[1] == 0 or s.shape[0] == 0:
         raise DataError(f"scores must be a non-empty (n_q, n_items) matrix; got shape {tuple(s.shape)}.")
     if not 1 <= k <= s.shape[1]:
@@ -1241,7 +1241,7 @@ class _MLPTower(nn.Module):
 
 
 def _as_features(x: Tensor | np.ndarray, name: str, dim: int | None = None) -> Tensor:
-    t = x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x))
+    t = x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.array(x))
     if t.ndim != 2 or t.shape[0] == 0:
         raise DataError(f"{name} must be a non-empty (n, d) feature matrix; got shape {tuple(t.shape)}.")
     if dim is not None and t.shape[1] != dim:
@@ -1397,7 +1397,7 @@ class FeatureMapper:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            last_loss = float(loss)
+            last_loss = float(loss.detach())
             if not has_val:
                 continue
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
