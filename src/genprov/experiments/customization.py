@@ -203,9 +203,8 @@ def _plan(config: CustomizationConfig, labels: np.ndarray) -> list[dict[str, Any
     plan: list[dict[str, Any]] = []
     used = 0
     for _ in range(config.n_object):
-        idx = [int(order[used])]
+        plan.append({"kind": "object", "style": None, "idx": [int(order[used])]})
         used += 1
-        plan.append({"kind": "object", "style": None, "idx": idx})
     for j in range(config.n_style):
         style = config.styles[j % len(config.styles)]
         # alternate seen and unseen style cases: exemplars of distinct classes from one side of the split
@@ -301,8 +300,10 @@ def build_customizations(
             ema_decay=None,
         )
         run = train_ddpm(base.config, train_cfg, data, folder / cid / "model", init=base, show_progress=False)
+        model = run.model
+        assert isinstance(model, DDPM)
         samples = ddpm_sample(
-            run.model,
+            model,
             cfg.n_samples,
             seed=derive_seed(cfg.seed, "samples", j),
             ddim_steps=cfg.ddim_steps,

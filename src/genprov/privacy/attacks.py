@@ -299,6 +299,11 @@ class InversionAttack(ABC):
         if len(obs) != len(x):
             raise DataError(f"observations and inputs must pair up; got {len(obs)} observations and {len(x)} inputs.")
         p, e = self._tensors(obs, "observations")
+        if e is not None and tuple(e.shape[2:]) != tuple(x.shape[2:]):
+            raise DataError(
+                f"observations.explanations must have the inputs' spatial shape (n, {e.shape[1]}, "
+                f"{x.shape[2]}, {x.shape[3]}); got {tuple(e.shape)}."
+            )
         if validation is None:
             n_val = max(1, round(cfg.val_fraction * len(x)))
             if len(x) - n_val < 1:
@@ -325,14 +330,7 @@ class InversionAttack(ABC):
                 )
         self.image_shape_ = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
         self.n_classes_ = int(p.shape[1])
-        expl_channels = 0
-        if e is not None:
-            expl_channels = int(e.shape[1])
-            if tuple(e.shape[2:]) != tuple(x.shape[2:]):
-                raise DataError(
-                    f"observations.explanations must have the inputs' spatial shape (n, {expl_channels}, "
-                    f"{x.shape[2]}, {x.shape[3]}); got {tuple(e.shape)}."
-                )
+        expl_channels = int(e.shape[1]) if e is not None else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "attack-init", self.name))
             net = InversionNet(self.image_shape_, self.n_classes_, cfg.width, cfg.depth, expl_channels)

@@ -57,10 +57,10 @@ def test_same_seed_same_attack_and_pred_mi_ignores_maps(data: tuple[torch.Tensor
 def test_explanations_that_leak_the_image_beat_predictions(data: tuple[torch.Tensor, Observations]) -> None:
     x, obs = data
     oracle = obs.with_explanations((x + 1) / 2)  # a "map" that is the image itself: maximal leakage
-    cfg = _FAST.replace(max_epochs=8, width=8)
+    cfg = _FAST.replace(max_epochs=8, width=8, batch_size=16, lr=0.01)
     exp = ExpMIAttack(cfg).fit(oracle, x)
     pred = PredMIAttack(cfg).fit(oracle, x)
-    assert exp.val_mse_ < 0.6 * pred.val_mse_
+    assert exp.val_mse_ < 0.5 * pred.val_mse_
 
 
 def test_early_stopping_and_explicit_validation(data: tuple[torch.Tensor, Observations]) -> None:
