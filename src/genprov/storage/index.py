@@ -510,7 +510,8 @@ class FeatureIndex:
             precision: ``"float32"`` or ``"float64"`` arithmetic for the exact scores.
 
         Returns:
-            ``(indices (n_q, k) int64, scores (n_q, k))``, by descending score; scores are exact either way.
+            ``(indices (n_q, k) int64, scores (n_q, k))``, by descending score; scores are exact either way. A
+            query for which FAISS proposes fewer than ``k`` rows is searched exactly.
         """
         q = self.prepare_queries(queries)
         self._check_precision(precision, chunk_rows)
@@ -538,6 +539,10 @@ class FeatureIndex:
         dup.scatter_(1, order, repeat)
         exact = torch.where(dup, torch.full_like(exact, -math.inf), exact)
         top_s, top_i = _merge_top_k(None, None, exact, safe, k)
+        short = torch.isinf(top_s).any(dim=1)  # FAISS found fewer than k rows (e.g. sparse IVF lists)
+        if bool(short.any()):
+            fallback_i, fallback_s = exact_search(q[short], blocks, k, chunk_rows=chunk_rows, precision=precision)
+            top_i[short], top_s[short] = fallback_i, fallback_s.to(top_s.dtype)
         return top_i, top_s
 
     @staticmethod

@@ -65,7 +65,7 @@ def test_reopen_round_trip_and_features(tmp_path) -> None:
     np.testing.assert_allclose(again.features([[3, 40], [0, 49]]).numpy(), normed[[[3, 40], [0, 49]]], rtol=1e-6)
     # reopening through create with the same settings keeps the rows; other settings are refused
     assert FeatureIndex.create(tmp_path / "idx", dim=8, spec={"extractor": "pixels"}).n_rows == 50
-    with pytest.raises(StoreMismatchError, match="spec.extractor"):
+    with pytest.raises(StoreMismatchError, match=r"spec\.extractor"):
         FeatureIndex.create(tmp_path / "idx", dim=8, spec={"extractor": "simclr"})
     with pytest.raises(StoreMismatchError, match="dim"):
         FeatureIndex.create(tmp_path / "idx", dim=9, spec={"extractor": "pixels"})
@@ -150,6 +150,14 @@ def test_bad_inputs_name_the_fix(tmp_path) -> None:
         FeatureIndex.open(tmp_path / "bad")
 
 
+def test_corrupt_segment_file_is_reported(tmp_path) -> None:
+    index = FeatureIndex.create(tmp_path / "idx", dim=4)
+    index.add(_features(10, 4, 9))
+    (tmp_path / "idx" / "segments" / "000000" / "features.npy").write_bytes(b"truncated")
+    with pytest.raises(DataError, match="featurize again"):
+        FeatureIndex.open(tmp_path / "idx").search(np.ones((1, 4), dtype=np.float32), 1)
+
+
 def test_faiss_recall_with_exact_reranking(tmp_path) -> None:
     try:
         faiss = import_faiss()
@@ -171,6 +179,11 @@ def test_faiss_recall_with_exact_reranking(tmp_path) -> None:
         # returned scores are exact (re-ranked from the stored rows), sorted descending
         np.testing.assert_allclose(sc.numpy(), np.take_along_axis(full, idx.numpy(), 1), rtol=1e-5, atol=1e-5)
         assert np.all(np.diff(sc.numpy(), axis=1) <= 1e-7)
+    # an IVF probe that finds fewer than k rows falls back to exact search for that query
+    index.build_faiss("ivf", n_lists=64, n_probe=1, seed=0)
+    idx, sc = FeatureIndex.open(tmp_path / "idx").search(queries[:3], 200, backend="faiss", n_candidates=200)
+    assert np.isfinite(sc.numpy()).all()
+    np.testing.assert_array_equal(idx.numpy(), _reference(train, queries[:3], 200)[0])
     # the saved FAISS index goes stale when rows are added: it is rebuilt over all rows
     index.add(queries * 3.0)
     idx, _ = FeatureIndex.open(tmp_path / "idx").search(queries, 1, backend="faiss")

@@ -101,6 +101,7 @@ __all__ = [
     "build_extractor",
     "efficientnet_lite0_weights_path",
     "hub_statistics",
+    "info_nce_loss",
     "load_backbone_weights",
     "load_state_dict_file",
     "mean_average_precision",
@@ -1210,6 +1211,23 @@ class TuningConfig(Config):
         require(isinstance(self.two_towers, bool), "two_towers", "True or False", self.two_towers)
 
 
+def info_nce_loss(queries: Tensor, candidates: Tensor, masked: Tensor, temperature: float) -> Tensor:
+    """InfoNCE with in-batch and pool negatives: query ``i``'s positive is candidate ``i``.
+
+    Args:
+        queries: (b, d) unit query embeddings.
+        candidates: (b + m, d) unit candidate embeddings: the b queries' chosen positives, then m pool negatives.
+        masked: (b, b + m) bool, true where a candidate is another positive of the query (left out of its
+            denominator; never true at (i, i)).
+        temperature: Softmax temperature.
+
+    Returns:
+        ``mean_i -log(exp(q_i.c_i / T) / sum_{j not masked} exp(q_i.c_j / T))``.
+    """
+    logits = (queries @ candidates.T / temperature).masked_fill(masked, -math.inf)
+    return F.cross_entropy(logits, torch.arange(queries.shape[0]))
+
+
 class _LinearTower(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -1363,7 +1381,9 @@ class FeatureMapper:
             nonlocal best, best_state, since_best
             assert vq is not None and vp is not None and val_positives is not None
             value, scores = self.validation_map(vq, val_positives, vp)
-            record = {"step": float(step), "loss": last_loss, "val_map": value}
+            record = {"step": float(step), "val_map": value}
+            if step > 0:
+                record["loss"] = last_loss
             record.update(hub_statistics(scores, min(cfg.hub_k, scores.shape[1])))
             self.history_.append(record)
             if step == 0:
@@ -1390,8 +1410,7 @@ class FeatureMapper:
                 m.train()
             zq = F.normalize(q_tower(queries[batch]), dim=1)
             zt = F.normalize(t_tower(pool[columns]), dim=1)
-            logits = (zq @ zt.T / cfg.temperature).masked_fill(is_pos, -math.inf)
-            loss = F.cross_entropy(logits, torch.arange(b))
+            loss = info_nce_loss(zq, zt, is_pos, cfg.temperature)
             penalty = sum((cast(Any, m).penalty() for m in towers), torch.zeros(()))
             total = loss + cfg.identity_weight * penalty
             optimizer.zero_grad(set_to_none=True)

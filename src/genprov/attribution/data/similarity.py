@@ -87,16 +87,16 @@ class SoftCalibration:
         inv_tau: Inverse temperature (> 0): larger = influence concentrated on the most similar images.
         bias: Added weight (> -1): negative cuts off images far below the best match, positive spreads a
             floor of influence over all.
-        nll: Multi-positive NLL on the data it was fitted on (``nan`` if set by hand).
+        nll: Multi-positive NLL on the data it was fitted on (``None`` if set by hand).
         n_queries: Queries it was fitted on.
     """
 
     inv_tau: float
     bias: float
-    nll: float = math.nan
+    nll: float | None = None
     n_queries: int = 0
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return {"inv_tau": self.inv_tau, "bias": self.bias, "nll": self.nll, "n_queries": self.n_queries}
 
