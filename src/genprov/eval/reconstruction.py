@@ -10,7 +10,8 @@ how much a defense (GNIME) degrades that, at what cost to the explanations (GNIM
   classification accuracy", :func:`target_classification_accuracy`: identity leakage), and
   :func:`feature_similarity` (DeePSiM-style cosine of a classifier's penultimate features);
 - explanation utility: :func:`explanation_distortion` (MSE of defended vs original maps) and
-  :func:`top_pixel_overlap` (share of the original's top-q% pixels that stay in the defended map's top q%).
+  :func:`top_pixel_overlap` (share of the original's top-q% pixels that stay in the defended map's top q%);
+- :func:`reconstruction_summary`: one attack's row of GNIME's table (means with bootstrap intervals).
 
 Per-image metrics compute in float64 and return a float64 tensor of shape (n,); :func:`summarize` turns
 that into a mean with a bootstrap confidence interval. The accuracies are that mean of the per-image hits.
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genprov.eval._checks import to_tensor
-from genprov.eval.stats import summarize
+from genprov.eval.stats import MeanCI, summarize
 from genprov.exceptions import DataError
 from genprov.utils.validation import check_images
 
@@ -39,6 +40,7 @@ __all__ = [
     "mse",
     "psnr",
     "reclassification_accuracy",
+    "reconstruction_summary",
     "ssim",
     "summarize",
     "target_classification_accuracy",
@@ -349,3 +351,72 @@ def top_pixel_overlap(defended: Tensor, original: Tensor, *, q: float = 0.1) -> 
     top_o = torch.sort(flat_o, dim=1, descending=True, stable=True).indices[:, :k]
     in_d = torch.zeros_like(flat_d, dtype=torch.bool).scatter_(1, top_d, True)
     return in_d.gather(1, top_o).to(torch.float64).sum(dim=1) / k
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
+def reconstruction_summary(
+    reconstructions: Tensor,
+    originals: Tensor,
+    *,
+    labels: Tensor | None = None,
+    victim: nn.Module | None = None,
+    evaluator: nn.Module | None = None,
+    unit_range: bool = True,
+    seed: int = 0,
+    n_boot: int = 2000,
+    batch_size: int = 256,
+) -> dict[str, MeanCI]:
+    """Every reconstruction metric of one attack, as means with percentile-bootstrap intervals.
+
+    Args:
+        reconstructions: (n, C, H, W) reconstructions in [-1, 1].
+        originals: (n, C, H, W) the private inputs.
+        labels: (n,) classes (identities) of the originals; needed for the accuracies.
+        victim: The attacked classifier: adds ``"reclassification_accuracy"``.
+        evaluator: An independent evaluation classifier: adds ``"tca"``, and ``"feature_similarity"``
+            when it has a ``features`` method (e.g. ``CNNClassifier``).
+        unit_range: Compute MSE, PSNR and SSIM on images mapped to [0, 1] with ``data_range=1`` (the GNIME
+            paper's convention; the MSE is a quarter of the MSE in [-1, 1], PSNR is unchanged, SSIM changes
+            slightly because its luminance term is not shift-invariant); ``False`` keeps genprov's [-1, 1].
+        seed: Seed of the bootstrap.
+        n_boot: Bootstrap resamples.
+        batch_size: Images per classifier forward pass.
+
+    Returns:
+        ``{"mse", "psnr", "ssim"[, "reclassification_accuracy"][, "tca"][, "feature_similarity"]}`` ->
+        :class:`~genprov.eval.stats.MeanCI`. Lower MSE, higher PSNR/SSIM/accuracies/similarity = more
+        leakage.
+
+    Raises:
+        DataError: Mismatched shapes, a classifier without labels, or an exact reconstruction (infinite
+            PSNR cannot be averaged).
+    """
+    tx, ty = _pair(reconstructions, originals)
+    if unit_range:
+        tx, ty = (tx + 1) / 2, (ty + 1) / 2
+    peak = 1.0 if unit_range else 2.0
+    per_image: dict[str, Tensor] = {
+        "mse": mse(tx, ty),
+        "psnr": psnr(tx, ty, data_range=peak),
+        "ssim": ssim(tx, ty, data_range=peak),
+    }
+    if (victim is not None or evaluator is not None) and labels is None:
+        raise DataError("labels are needed for the re-classification accuracy and TCA; pass labels=(n,) classes.")
+    if victim is not None and labels is not None:
+        per_image["reclassification_accuracy"] = classification_hits(
+            victim, reconstructions, labels, batch_size=batch_size
+        )
+    if evaluator is not None and labels is not None:
+        per_image["tca"] = classification_hits(evaluator, reconstructions, labels, batch_size=batch_size)
+        if callable(getattr(evaluator, "features", None)):
+            per_image["feature_similarity"] = feature_similarity(
+                evaluator, reconstructions, originals, batch_size=batch_size
+            )
+    if not bool(torch.isfinite(per_image["psnr"]).all()):
+        raise DataError(
+            "Some reconstructions equal their originals exactly (infinite PSNR); the mean PSNR is undefined. "
+            "Check that the attack did not receive the originals."
+        )
+    return {name: summarize(values, seed=seed, n_boot=n_boot) for name, values in per_image.items()}

@@ -275,6 +275,7 @@ class InversionAttack(ABC):
         *,
         validation: tuple[Observations | Tensor, Tensor] | None = None,
         show_progress: bool | None = None,
+        device: str | torch.device = "cpu",
     ) -> Self:
         """Train the decoder to map observations to inputs (MSE), with early stopping.
 
@@ -286,6 +287,8 @@ class InversionAttack(ABC):
             validation: ``(observations, inputs)`` for early stopping; default: a ``val_fraction`` split
                 of the given data (seeded).
             show_progress: Draw a progress bar (default: when stderr is a terminal).
+            device: Where to train (e.g. ``"cuda"``); the decoder stays there, reconstructions come back
+                on the CPU.
 
         Returns:
             ``self``.
@@ -336,6 +339,11 @@ class InversionAttack(ABC):
             net = InversionNet(self.image_shape_, self.n_classes_, cfg.width, cfg.depth, expl_channels)
         self.net_ = net
         self._check_shapes(p_val, e_val, "validation observations")
+        dev = torch.device(device)
+        net.to(dev)
+        p, x, p_val, x_val = p.to(dev), x.to(dev), p_val.to(dev), x_val.to(dev)
+        e = e.to(dev) if e is not None else None
+        e_val = e_val.to(dev) if e_val is not None else None
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         best = math.inf
         best_state = copy.deepcopy(net.state_dict())
@@ -344,7 +352,7 @@ class InversionAttack(ABC):
         stale = 0
         for epoch in progress(range(cfg.max_epochs), desc=f"training {self.name}", show=show_progress):
             net.train()
-            order = torch.randperm(len(x), generator=torch_generator(cfg.seed, "attack-epoch", epoch))
+            order = torch.randperm(len(x), generator=torch_generator(cfg.seed, "attack-epoch", epoch)).to(dev)
             total = 0.0
             for idx in order.split(cfg.batch_size):
                 rec = net(p[idx], e[idx] if e is not None else None)
@@ -411,10 +419,12 @@ class InversionAttack(ABC):
         p, e = self._tensors(obs, "observations")
         self._check_shapes(p, e, "observations")
         parts = []
+        dev = next(self.net_.parameters()).device
         with torch.no_grad():
             for i in range(0, len(p), batch_size):
                 sl = slice(i, i + batch_size)
-                parts.append(self.net_(p[sl], e[sl] if e is not None else None))
+                eb = e[sl].to(dev) if e is not None else None
+                parts.append(self.net_(p[sl].to(dev), eb).to("cpu"))
         if not parts:
             return torch.empty(0, *self.image_shape_)
         return torch.cat(parts)

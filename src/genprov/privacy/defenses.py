@@ -506,13 +506,22 @@ class GNIMEDefense(Defense):
         d = e + self.generator_(e)
         return d.clamp(0.0, 1.0) if self.config.clamp else d
 
-    def fit(self, x: Tensor, target: Tensor | None = None, *, show_progress: bool | None = None) -> Self:
+    def fit(
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        *,
+        show_progress: bool | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Self:
         """Train the noise generator and the surrogate inverter on the defender's data.
 
         Args:
             x: (n, C, H, W) the defender's images in [-1, 1] (n >= 2).
             target: (n,) classes to explain; default: the predicted classes (as at release time).
             show_progress: Draw a progress bar (default: when stderr is a terminal).
+            device: Where to train (e.g. ``"cuda"``); the networks stay there, defended maps come back on
+                the CPU.
 
         Returns:
             ``self``.
@@ -535,6 +544,10 @@ class GNIMEDefense(Defense):
             inv = InversionNet(
                 self.image_shape_, self.n_classes_, cfg.inverter_width, cfg.inverter_depth, self.map_shape_[0]
             )
+        dev = torch.device(device)
+        gen.to(dev)
+        inv.to(dev)
+        e_all, p_all, x = e_all.to(dev), p_all.to(dev), x.to(dev)
         self.generator_, self.inverter_ = gen, inv
         opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr)
         opt_i = torch.optim.Adam(inv.parameters(), lr=cfg.inverter_lr)
@@ -544,7 +557,7 @@ class GNIMEDefense(Defense):
         inv.train()
         for epoch in progress(range(cfg.n_epochs), desc="training GNIME", show=show_progress):
             sums = {"distortion": 0.0, "inverter_mse_defended": 0.0, "inverter_mse_clean": 0.0, "generator_loss": 0.0}
-            order = torch.randperm(len(x), generator=torch_generator(cfg.seed, "gnime-epoch", epoch))
+            order = torch.randperm(len(x), generator=torch_generator(cfg.seed, "gnime-epoch", epoch)).to(dev)
             for idx in order.split(cfg.train_batch_size):
                 e, p, xb, xb01 = e_all[idx], p_all[idx], x[idx], x01[idx]
                 # surrogate inverter: learn defended and clean explanations
@@ -597,8 +610,10 @@ class GNIMEDefense(Defense):
                 f"explanations must have shape (n, {', '.join(map(str, self.map_shape_))}) (what GNIME was fitted "
                 f"on); got {tuple(e.shape)}."
             )
+        dev = next(self.generator_.parameters()).device
+        bs = self.config.batch_size
         with torch.no_grad():
-            parts = [self._apply(e[i : i + self.config.batch_size]) for i in range(0, len(e), self.config.batch_size)]
+            parts = [self._apply(e[i : i + bs].to(dev)).to("cpu") for i in range(0, len(e), bs)]
         return torch.cat(parts) if parts else e.clone()
 
     def _state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:

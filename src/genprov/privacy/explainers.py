@@ -47,6 +47,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, Literal, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -112,7 +113,7 @@ class Observations:
     def __len__(self) -> int:
         return len(self.predictions)
 
-    def __getitem__(self, index: Tensor | slice | list[int]) -> Observations:
+    def __getitem__(self, index: Tensor | np.ndarray | slice | list[int]) -> Observations:
         """The observations of a subset of the inputs (``index``: indices, a bool mask or a slice)."""
         expl = self.explanations[index] if self.explanations is not None else None
         return Observations(explanations=expl, predictions=self.predictions[index])

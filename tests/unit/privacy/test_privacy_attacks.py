@@ -9,7 +9,7 @@ import torch
 
 from genprov.data import load_dataset
 from genprov.exceptions import CheckpointError, DataError, NotFittedError
-from genprov.models.classifiers import CNNClassifier, ClassifierConfig
+from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.privacy import (
     ATTACKS,
     EXPLAINERS,
@@ -85,13 +85,13 @@ def test_save_load_round_trip(tmp_path: Path, data: tuple[torch.Tensor, Observat
     assert ExpMIAttack.load(tmp_path / "exp").val_mse_ == attack.val_mse_
     with pytest.raises(CheckpointError, match="holds a 'exp-mi' attack, not a PredMIAttack"):
         PredMIAttack.load(tmp_path / "exp")
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         InversionAttack.load(tmp_path / "nothing")
 
 
 def test_bad_inputs_get_clear_errors(data: tuple[torch.Tensor, Observations]) -> None:
     x, obs = data
-    with pytest.raises(NotFittedError, match="call .fit"):
+    with pytest.raises(NotFittedError, match=r"call \.fit"):
         ExpMIAttack(_FAST).reconstruct(obs)
     with pytest.raises(DataError, match="needs explanation maps"):
         ExpMIAttack(_FAST).fit(obs.predictions, x)

@@ -9,10 +9,11 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency
 from torch import nn
 
 from genprov.exceptions import ConfigError, DataError
-from genprov.models.classifiers import CNNClassifier, ClassifierConfig
+from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.privacy import (
     EXPLAINERS,
     GradCAMConfig,
+    GradCAMExplainer,
     LRPConfig,
     LRPExplainer,
     Observations,
@@ -77,7 +78,7 @@ def test_explanations_do_not_depend_on_batch_size() -> None:
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_grad_cam_matches_captum_layer_grad_cam(mode: str) -> None:
     model, x = _cnn(), _images()
-    ex = EXPLAINERS.create("grad-cam", model, config=GradCAMConfig(upsample=mode))  # type: ignore[arg-type]
+    ex = GradCAMExplainer(model, GradCAMConfig(upsample=mode))  # type: ignore[arg-type]
     # the last conv is conv.5; the ReLU right after it (conv.6) is the feature map, as in Keras models
     assert ex.layer_name == "conv.6" and ex.layer is model.conv[6]
     target = model(x).argmax(1)
@@ -238,9 +239,10 @@ def test_lrp_matches_hand_computed_float64_network(rule: str) -> None:
         np.testing.assert_allclose(got[i].numpy(), ref, rtol=1e-9, atol=1e-12)
 
 
-def test_lrp_z_plus_conserves_relevance_layer_by_layer() -> None:
-    model, x = _cnn(), _images()
-    records = EXPLAINERS.create("lrp", model).relevance(x)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lrp_z_plus_conserves_relevance_layer_by_layer(channels: int) -> None:
+    model, x = _cnn(channels), _images(channels=channels)
+    records = LRPExplainer(model).relevance(x)
     names = [name for name, _ in records]
     assert names[0] == "conv.0" and names[-1] == "output" and "pool" in names and "flatten" in names
     logit = model(x).max(1).values.detach()
@@ -281,7 +283,7 @@ def test_bad_inputs_get_clear_errors() -> None:
         ex.explain(_images(2), torch.tensor([0, 7]))
     with pytest.raises(DataError, match=r"target must be a \(n,\) = \(2,\)"):
         ex.explain(_images(2), torch.tensor([0]))
-    with pytest.raises(ConfigError, match="Unknown explainer 'gradcam'. Did you mean 'grad-cam'"):
+    with pytest.raises(ConfigError, match=r"Unknown explainer 'gradcam'\. Did you mean 'grad-cam'"):
         EXPLAINERS.create("gradcam", _cnn())
 
 
