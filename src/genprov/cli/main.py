@@ -12,8 +12,10 @@ from genprov.cli import flipad as flipad_cmd
 from genprov.cli import keyed as keyed_cmd
 from genprov.cli import reproduce as reproduce_cmd
 from genprov.cli import sample as sample_cmd
+from genprov.cli import serve as serve_cmd
 from genprov.cli import train as train_cmd
 from genprov.cli import trak as trak_cmd
+from genprov.cli import workspace as workspace_cmd
 from genprov.cli.common import configure_logging
 
 app = typer.Typer(
@@ -29,9 +31,11 @@ app.add_typer(train_cmd.app, name="train")
 app.add_typer(flipad_cmd.app, name="flipad")
 app.add_typer(keyed_cmd.app, name="keyed")
 app.add_typer(trak_cmd.app, name="trak")
+app.add_typer(workspace_cmd.app, name="workspace")
 app.command("sample")(sample_cmd.sample)
 app.command("demo")(demo_cmd.demo)
 app.command("reproduce")(reproduce_cmd.reproduce)
+app.command("serve")(serve_cmd.serve)
 
 
 def _version(value: bool) -> None:

@@ -19,7 +19,9 @@ from genprov.data.dataset import ImageDataset
 from genprov.data.download import DOWNLOADABLE, download
 from genprov.data.idx import read_idx
 from genprov.data.images import (
+    decode_image,
     expand_image_paths,
+    image_to_tensor,
     load_image,
     load_images,
     make_grid,
@@ -50,9 +52,11 @@ __all__ = [
     "ImageDataset",
     "TabularDataset",
     "dataset_info",
+    "decode_image",
     "download",
     "expand_image_paths",
     "gaussian_blur",
+    "image_to_tensor",
     "jpeg_roundtrip",
     "list_datasets",
     "load_dataset",

@@ -33,7 +33,10 @@ from genprov.utils.validation import check_images
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_DECODED_PIXELS",
+    "decode_image",
     "expand_image_paths",
+    "image_to_tensor",
     "load_image",
     "load_images",
     "make_grid",
@@ -174,7 +177,7 @@ def _decode(source: ImageSource, name: str, *, header_only: bool = False) -> Ima
             image.load()
     except UnidentifiedImageError:
         raise DataError(
-            f"{name} is not an image Pillow can read; remove it from the data or convert it to PNG/JPEG."
+            f"{name} is not an image Pillow can read (PNG, JPEG, WebP, ...); convert it to PNG or JPEG."
         ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"Cannot read image {name}: {err}. The data is probably truncated or corrupt.") from None
@@ -237,6 +240,48 @@ def expand_image_paths(paths: Sequence[PathLike]) -> list[Path]:
     return files
 
 
+#: Largest image (in pixels) :func:`decode_image` accepts: a guard against decompression bombs.
+MAX_DECODED_PIXELS = 4096 * 4096
+
+
+def decode_image(data: bytes, *, name: str = "the upload", max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG, WebP, ...) that came from outside, e.g. an upload.
+
+    Args:
+        data: The file's bytes.
+        name: How error messages refer to the image.
+        max_pixels: Refuse larger images (checked from the header, before decoding).
+
+    Returns:
+        The decoded Pillow image; turn it into a tensor with :func:`image_to_tensor`.
+
+    Raises:
+        DataError: Empty data, not an image, truncated or corrupt, or too large.
+    """
+    if not data:
+        raise DataError(f"{name} is empty (0 bytes); send a PNG or JPEG file.")
+    header = _decode(data, name, header_only=True)
+    width, height = header.size
+    if width * height > max_pixels:
+        raise DataError(
+            f"{name} is {width}x{height} pixels, more than the {max_pixels:,} allowed; send a smaller image."
+        )
+    return _decode(data, name)
+
+
+def image_to_tensor(image: Image.Image, *, size: int | None = None, channels: int | None = None) -> Tensor:
+    """A decoded Pillow image as a (C, H, W) float32 tensor in [-1, 1].
+
+    Args:
+        image: The image (any mode Pillow converts to L or RGB; 16-bit grayscale is kept at full depth).
+        size: If given, resize (centre-crop non-square images first) to ``size`` x ``size``.
+        channels: 1 (grayscale, by luminance) or 3 (RGB, grayscale replicated); ``None`` keeps the image's own.
+    """
+    _check_channels(channels)
+    x = _to_tensor(image, channels or _image_channels(image))
+    return resize_images(x[None], size)[0] if size is not None else x
+
+
 def load_image(path: PathLike, *, size: int | None = None, channels: int | None = None) -> Tensor:
     """Read one image file as a float tensor.
 
@@ -253,9 +298,7 @@ def load_image(path: PathLike, *, size: int | None = None, channels: int | None 
         DataError: If the file is missing, not an image, or truncated.
     """
     _check_channels(channels)
-    image = read_pil_image(Path(path))
-    x = _to_tensor(image, channels or _image_channels(image))
-    return resize_images(x[None], size)[0] if size is not None else x
+    return image_to_tensor(read_pil_image(Path(path)), size=size, channels=channels)
 
 
 def load_images(paths: Sequence[PathLike], *, size: int | None = None, channels: int | None = None) -> Tensor:

@@ -1,0 +1,103 @@
+"""Registering items in a workspace: copy, record, and prove they load (``genprov workspace add``).
+
+Each ``add_*`` function reads what the item's own command wrote, copies the files the service needs into
+the workspace, and then loads the new entry once; if that fails (a mismatched model and store, a missing
+checkpoint, ...) the entry is removed again and the error names the problem. Existing entries are never
+touched by a failed add.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genprov.app.engine import ANALYZERS
+from genprov.app.workspace import TRAIN_IMAGES, Entry, Workspace
+from genprov.attribution.model import KeyedGenerators
+from genprov.data import load_dataset
+from genprov.exceptions import CheckpointError, DataError, GenprovError
+from genprov.models.checkpoints import load_checkpoint
+from genprov.storage import FeatureStore
+from genprov.utils.io import read_json
+
+__all__ = ["add_flipad", "add_keyed", "add_trak"]
+
+
+def _verified(ws: Workspace, entry: Entry) -> Entry:
+    """Load ``entry`` once; on failure unregister it and re-raise with the entry named."""
+    try:
+        ANALYZERS[entry.kind](ws, entry)
+    except (GenprovError, OSError, KeyError, ValueError) as err:
+        ws.remove(entry.name)
+        raise CheckpointError(f"Could not add {entry.name!r}: it does not load ({err}).") from err
+    return entry
+
+
+def add_flipad(ws: Workspace, name: str, detector: str | Path, *, generator: str | Path | None = None) -> Entry:
+    """Register a detector written by ``genprov flipad fit`` (or ``ModelAttributor.save``) and its GAN.
+
+    Args:
+        ws: The workspace.
+        name: Entry name.
+        detector: The detector folder.
+        generator: The GAN checkpoint folder (default: the one ``genprov flipad fit`` recorded).
+    """
+    detector = Path(detector)
+    recorded = detector / "cli.json"
+    if generator is None:
+        if not recorded.is_file():
+            raise DataError(f"{detector} does not say which generator it is for; pass --generator.")
+        generator = Path(read_json(recorded)["generator"])
+    ckpt = load_checkpoint(generator)
+    cfg = ckpt.model_config
+    info = {"image_size": int(cfg.image_size), "channels": int(cfg.channels), "generator": str(generator)}  # type: ignore[attr-defined]
+    entry = ws.add(name, "flipad", {"detector": detector, "generator": Path(generator)}, info)
+    return _verified(ws, entry)
+
+
+def add_keyed(ws: Workspace, name: str, family: str | Path) -> Entry:
+    """Register a keyed family folder (``genprov keyed create``)."""
+    loaded = KeyedGenerators.load(family)
+    gan = loaded.root.config
+    info = {"image_size": int(gan.image_size), "channels": int(gan.channels), "n_keys": loaded.n_keys}
+    entry = ws.add(name, "keyed", {"family": Path(family)}, info)
+    return _verified(ws, entry)
+
+
+def add_trak(
+    ws: Workspace, name: str, store: str | Path, *, model: str | Path | None = None, data_root: str | Path | None = None
+) -> Entry:
+    """Register a TRAK / D-TRAK store (``genprov trak featurize``) with its DDPM and training images.
+
+    Args:
+        ws: The workspace.
+        name: Entry name.
+        store: The feature store folder.
+        model: The DDPM checkpoint (default: the one the store recorded).
+        data_root: Folder of dataset files, when the training data is not built in.
+    """
+    info = FeatureStore.open(store).info
+    if "data" not in info or "trak_config" not in info:
+        raise DataError(f"{store} was not written by 'genprov trak featurize'; it lacks the data and config it used.")
+    model_path = Path(model) if model is not None else Path(info["model"])
+    spec = dict(info["data"])
+    if data_root is not None:
+        spec["data_root"] = str(data_root)
+    train = load_dataset(**spec)
+    staging = ws.folder / f".{name}-{TRAIN_IMAGES}"
+    Workspace.save_train_images(train.images, staging)
+    try:
+        entry = ws.add(
+            name,
+            "trak",
+            {"store": Path(store), "model": model_path, TRAIN_IMAGES: staging},
+            {
+                "image_size": int(info["image_size"]),
+                "channels": int(info["channels"]),
+                "trak_config": info["trak_config"],
+                "n_train": len(train),
+                "data": info["data"],
+            },
+        )
+    finally:
+        staging.unlink(missing_ok=True)
+    return _verified(ws, entry)

@@ -1,0 +1,284 @@
+"""A workspace: the folder of everything ``genprov serve`` answers with.
+
+Layout::
+
+    WORKSPACE/workspace.json            manifest: one entry per registered item (name, kind, info, file hashes)
+    WORKSPACE/entries/<name>/...        a self-contained copy of the item's files
+    WORKSPACE/results/<id>/             answers the service gave (result.json + the query image)
+    WORKSPACE/examples/*.png            example images the page offers (optional)
+
+Entry kinds (:data:`ENTRY_KINDS`):
+
+* ``flipad``: a fitted single-model attributor (``genprov flipad fit``) and the generator it is for;
+* ``keyed``: a keyed model family (``genprov keyed create``);
+* ``trak``: a TRAK / D-TRAK feature store (``genprov trak featurize``), its DDPM and its training images;
+* ``similarity``: a feature-similarity index (``genprov similarity index``) and its training images.
+
+Adding copies the files into the workspace (into a temporary folder first, renamed when complete, so a
+failed add leaves nothing behind) and records the SHA-256 of every file. Opening a workspace refuses
+entries whose files are missing, changed, or unreadable as their kind, naming the entry and the file;
+the service never reads files outside the workspace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.utils.io import atomic_save_npz, atomic_write_json, read_json
+
+__all__ = [
+    "ENTRY_KINDS",
+    "MANIFEST",
+    "Entry",
+    "Workspace",
+    "check_name",
+]
+
+MANIFEST = "workspace.json"
+_FORMAT = "genprov-workspace"
+_VERSION = 1
+#: What a workspace can hold.
+ENTRY_KINDS = ("flipad", "keyed", "trak", "similarity")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TRAIN_IMAGES = "train.npz"
+
+
+def check_name(name: str) -> str:
+    """An entry or result name: letters, digits, ``_ . -``, at most 64 characters, no path parts."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"Invalid entry name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit."
+        )
+    return name
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Entry:
+    """One registered item.
+
+    Attributes:
+        name: Its name in the workspace (also its folder under ``entries/``).
+        kind: One of :data:`ENTRY_KINDS`.
+        info: Kind-specific facts the service needs before loading (image size, channels, method, ...).
+        files: SHA-256 of every file of the entry, by path relative to the entry folder.
+    """
+
+    name: str
+    kind: str
+    info: dict[str, Any]
+    files: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest record."""
+        return dataclasses.asdict(self)
+
+
+class Workspace:
+    """A workspace folder (see the module docstring). Open with :meth:`open`, create with :meth:`create`."""
+
+    def __init__(self, folder: Path, entries: dict[str, Entry]) -> None:
+        self.folder = folder
+        self._entries = entries
+
+    # ------------------------------------------------------------------------------- open / create
+
+    @classmethod
+    def create(cls, folder: str | Path, *, exist_ok: bool = True) -> Workspace:
+        """Create an empty workspace (or open an existing one when ``exist_ok``)."""
+        folder = Path(folder)
+        if (folder / MANIFEST).is_file():
+            if not exist_ok:
+                raise ConfigError(f"{folder} is already a workspace.")
+            return cls.open(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ws = cls(folder, {})
+        ws._write()
+        return ws
+
+    @classmethod
+    def open(cls, folder: str | Path, *, verify: bool = True) -> Workspace:
+        """Open a workspace.
+
+        Args:
+            folder: The workspace folder.
+            verify: Check every entry's files against their recorded SHA-256 (else only that they exist).
+
+        Raises:
+            CheckpointError: Not a workspace, an unreadable manifest, or an entry with missing or changed
+                files (the message names the entry and the file and says how to fix it).
+        """
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise CheckpointError(
+                f"{folder} is not a genprov workspace ({MANIFEST} is missing); create one with "
+                "'genprov workspace add ...' or 'genprov demo'."
+            )
+        data = read_json(path)
+        if data.get("format") != _FORMAT or data.get("version") != _VERSION:
+            raise CheckpointError(f"{path} is not a genprov workspace manifest (format {data.get('format')!r}).")
+        entries: dict[str, Entry] = {}
+        for record in data.get("entries", []):
+            try:
+                entry = Entry(name=record["name"], kind=record["kind"], info=record["info"], files=record["files"])
+            except (KeyError, TypeError) as err:
+                raise CheckpointError(f"{path} has a malformed entry {record!r}: {err}.") from None
+            entries[entry.name] = entry
+        ws = cls(folder, entries)
+        problems = [p for e in entries.values() for p in ws.problems(e.name, verify=verify)]
+        if problems:
+            raise CheckpointError(
+                "The workspace has entries whose files are missing or changed:\n  "
+                + "\n  ".join(problems)
+                + "\nRe-add them ('genprov workspace add ...') or remove them ('genprov workspace remove NAME')."
+            )
+        return ws
+
+    def _write(self) -> None:
+        atomic_write_json(
+            self.folder / MANIFEST,
+            {"format": _FORMAT, "version": _VERSION, "entries": [e.to_dict() for e in self._entries.values()]},
+        )
+
+    # --------------------------------------------------------------------------------------- entries
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Registered entries, in the order they were added."""
+        return list(self._entries.values())
+
+    def entry(self, name: str) -> Entry:
+        """The entry ``name``; an unknown name raises ``KeyError`` with the known ones."""
+        if name not in self._entries:
+            known = ", ".join(self._entries) or "none"
+            raise KeyError(f"No workspace entry named {name!r} (registered: {known}).")
+        return self._entries[name]
+
+    def entry_dir(self, name: str) -> Path:
+        """The folder of entry ``name``."""
+        return self.folder / "entries" / check_name(name)
+
+    def problems(self, name: str, *, verify: bool = True) -> list[str]:
+        """What is wrong with entry ``name``'s files (empty when nothing is)."""
+        entry = self.entry(name)
+        base = self.entry_dir(name)
+        out = []
+        if entry.kind not in ENTRY_KINDS:
+            out.append(f"{name}: unknown kind {entry.kind!r} (this genprov knows {', '.join(ENTRY_KINDS)})")
+        for rel, digest in entry.files.items():
+            path = base / rel
+            if not path.is_file():
+                out.append(f"{name}: file {rel} is missing")
+            elif verify and _sha256(path) != digest:
+                out.append(f"{name}: file {rel} changed since it was added (SHA-256 mismatch)")
+        return out
+
+    def remove(self, name: str) -> None:
+        """Unregister entry ``name`` and delete its copy."""
+        self.entry(name)
+        del self._entries[name]
+        self._write()
+        shutil.rmtree(self.entry_dir(name), ignore_errors=True)
+
+    def add(
+        self, name: str, kind: str, parts: dict[str, Path], info: dict[str, Any], *, replace: bool = False
+    ) -> Entry:
+        """Register an entry by copying ``parts`` (sub-folder or file name -> source) into the workspace.
+
+        Args:
+            name: Entry name (see :func:`check_name`).
+            kind: One of :data:`ENTRY_KINDS`.
+            parts: What to copy: ``{"detector": Path(...), "generator": Path(...)}``; folders are copied whole.
+            info: Kind-specific facts (stored in the manifest).
+            replace: Overwrite an existing entry of that name (else it is an error).
+
+        Returns:
+            The new entry.
+        """
+        check_name(name)
+        if kind not in ENTRY_KINDS:
+            raise ConfigError(f"Unknown entry kind {kind!r}; choose one of {', '.join(ENTRY_KINDS)}.")
+        if name in self._entries and not replace:
+            raise ConfigError(f"The workspace already has an entry named {name!r}; pick another name or pass replace.")
+        for part, source in parts.items():
+            check_name(part)
+            if not Path(source).exists():
+                raise DataError(f"Cannot add {name!r}: {source} does not exist.")
+        target = self.entry_dir(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        try:
+            for part, source in parts.items():
+                source = Path(source)
+                if source.is_dir():
+                    shutil.copytree(source, staging / part, ignore=shutil.ignore_patterns("state", "*.tmp"))
+                else:
+                    shutil.copy2(source, staging / part)
+            files = _file_hashes(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        entry = Entry(name=name, kind=kind, info=info, files=files)
+        self._entries[name] = entry
+        self._write()
+        return entry
+
+    # ------------------------------------------------------------------------------ training images
+
+    @staticmethod
+    def save_train_images(images: torch.Tensor, path: Path) -> Path:
+        """Write training images (n, C, H, W) float32 in [-1, 1] exactly (the stores fingerprint them)."""
+        atomic_save_npz(path, {"images": images.detach().cpu().numpy().astype(np.float32)})
+        return path
+
+    def train_images(self, name: str) -> torch.Tensor:
+        """The training images saved with entry ``name``."""
+        path = self.entry_dir(name) / TRAIN_IMAGES
+        if not path.is_file():
+            raise CheckpointError(f"Entry {name!r} has no training images ({TRAIN_IMAGES}); re-add it.")
+        with np.load(path, allow_pickle=False) as data:
+            return torch.from_numpy(np.ascontiguousarray(data["images"]))
+
+    # ----------------------------------------------------------------------------------- results / examples
+
+    @property
+    def results_dir(self) -> Path:
+        """Where the service keeps its answers."""
+        return self.folder / "results"
+
+    def examples(self) -> list[Path]:
+        """Example images offered on the page (``examples/*.png``), sorted by name."""
+        folder = self.folder / "examples"
+        return sorted(p for p in folder.glob("*.png") if p.is_file() and _NAME.match(p.stem)) if folder.is_dir() else []
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

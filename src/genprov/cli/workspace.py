@@ -1,0 +1,160 @@
+"""``genprov workspace``: register what ``genprov serve`` answers with.
+
+A workspace folder holds self-contained copies of fitted FLIPAD detectors, keyed families and TRAK /
+D-TRAK stores (see ``genprov.app.workspace``); ``add`` copies an item in and proves it loads, ``check``
+verifies every file against its recorded SHA-256.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from genprov.app.register import add_flipad, add_keyed, add_trak
+from genprov.app.workspace import Workspace, check_name
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, console, emit, handle_errors
+from genprov.exceptions import DataError
+
+app = typer.Typer(
+    help="Register fitted detectors, keyed families and attribution stores for 'genprov serve'.\n\nExample: "
+    "genprov workspace add flipad --workspace ws --name my-gan --detector runs/det && genprov serve --workspace ws",
+    no_args_is_help=True,
+    add_completion=False,
+)
+add_app = typer.Typer(help="Add an item to a workspace (created if missing).", no_args_is_help=True)
+app.add_typer(add_app, name="add")
+
+WORKSPACE_OPTION = typer.Option(..., "--workspace", help="The workspace folder (created if missing).")
+NAME_OPTION = typer.Option(..., "--name", help="Entry name: letters, digits, '_', '.', '-'.")
+
+
+def _summary(ws: Workspace, name: str, as_json: bool) -> None:
+    entry = ws.entry(name)
+    emit(
+        {
+            "workspace": str(ws.folder),
+            "name": entry.name,
+            "kind": entry.kind,
+            "files": len(entry.files),
+            **{k: v for k, v in entry.info.items() if isinstance(v, (int, str))},
+        },
+        as_json=as_json,
+        title="added",
+    )
+
+
+@add_app.command("flipad")
+@handle_errors
+def add_flipad_cmd(
+    workspace: Path = WORKSPACE_OPTION,
+    name: str = NAME_OPTION,
+    detector: Path = typer.Option(..., "--detector", help="Folder written by 'genprov flipad fit'."),
+    generator: Path | None = typer.Option(None, "--generator", help="The GAN checkpoint (default: the recorded one)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add a fitted FLIPAD (or baseline) detector and its generator.
+
+    Example: genprov workspace add flipad --workspace ws --name my-gan --detector runs/det
+    """
+    ws = Workspace.create(workspace)
+    add_flipad(ws, name, detector, generator=generator)
+    _summary(ws, name, as_json)
+
+
+@add_app.command("keyed")
+@handle_errors
+def add_keyed_cmd(
+    workspace: Path = WORKSPACE_OPTION,
+    name: str = NAME_OPTION,
+    family: Path = typer.Option(..., "--family", help="Folder written by 'genprov keyed create'."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add a keyed model family.
+
+    Example: genprov workspace add keyed --workspace ws --name users --family runs/family
+    """
+    ws = Workspace.create(workspace)
+    add_keyed(ws, name, family)
+    _summary(ws, name, as_json)
+
+
+@add_app.command("trak")
+@handle_errors
+def add_trak_cmd(
+    workspace: Path = WORKSPACE_OPTION,
+    name: str = NAME_OPTION,
+    store: Path = typer.Option(..., "--store", help="Feature store written by 'genprov trak featurize'."),
+    model: Path | None = typer.Option(None, "--model", help="The DDPM checkpoint (default: the recorded one)."),
+    data_root: Path | None = DATA_ROOT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add a TRAK / D-TRAK feature store with its DDPM and training images.
+
+    Example: genprov workspace add trak --workspace ws --name dtrak --store runs/dtrak
+    """
+    ws = Workspace.create(workspace)
+    add_trak(ws, name, store, model=model, data_root=data_root)
+    _summary(ws, name, as_json)
+
+
+@app.command("examples")
+@handle_errors
+def examples_cmd(
+    images: list[Path] = typer.Argument(..., help="PNG files offered as examples on the page."),
+    workspace: Path = WORKSPACE_OPTION,
+) -> None:
+    """Copy example images into the workspace (the page offers them).
+
+    Example: genprov workspace examples --workspace ws samples/*.png
+    """
+    ws = Workspace.create(workspace)
+    folder = ws.folder / "examples"
+    folder.mkdir(exist_ok=True)
+    for image in images:
+        if image.suffix.lower() != ".png" or not image.is_file():
+            raise DataError(f"{image} is not a PNG file; examples must be PNG images.")
+        shutil.copy2(image, folder / f"{check_name(image.stem)}.png")
+    console.print(f"{len(images)} example(s) in {folder}")
+
+
+@app.command("list")
+@handle_errors
+def list_cmd(
+    workspace: Path = typer.Option(..., "--workspace", help="The workspace folder."), as_json: bool = JSON_OPTION
+) -> None:
+    """List the entries (checks that their files exist).
+
+    Example: genprov workspace list --workspace ws
+    """
+    ws = Workspace.open(workspace, verify=False)
+    emit(
+        [{"name": e.name, "kind": e.kind, "files": len(e.files)} for e in ws.entries], as_json=as_json, title="entries"
+    )
+
+
+@app.command("check")
+@handle_errors
+def check_cmd(workspace: Path = typer.Option(..., "--workspace", help="The workspace folder.")) -> None:
+    """Verify every entry's files against their recorded SHA-256 (exit 1 and name them when one differs).
+
+    Example: genprov workspace check --workspace ws
+    """
+    ws = Workspace.open(workspace)
+    console.print(f"[green]ok[/]: {len(ws)} entr{'y' if len(ws) == 1 else 'ies'}, every file as added.")
+
+
+@app.command("remove")
+@handle_errors
+def remove_cmd(
+    name: str = typer.Argument(..., help="Entry to remove."),
+    workspace: Path = typer.Option(..., "--workspace", help="The workspace folder."),
+) -> None:
+    """Unregister an entry and delete its copy.
+
+    Example: genprov workspace remove my-gan --workspace ws
+    """
+    ws = Workspace.open(workspace, verify=False)
+    ws.remove(name)
+    console.print(f"removed {name}")
