@@ -35,3 +35,24 @@ def test_reproduce_unknown_experiment_and_bad_set(tmp_path) -> None:
     assert result.exit_code == 2 and "Unknown experiment 'nope'" in result.output
     result = runner.invoke(app, ["reproduce", "nope", "--set", "novalue", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_quick_demo_builds_a_servable_workspace(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from genprov.app.server import create_app
+
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["demo", "--quick", "--only", "flipad,keyed,trak", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    kinds = {item["name"]: item["kind"] for item in payload["servable"]}
+    assert kinds == {"demo-dcgan": "flipad", "demo-users": "keyed", "demo-trak": "trak", "demo-d-trak": "trak"}
+    client = TestClient(create_app(payload["workspace"]))
+    assert client.get("/health").json()["entries"] == 4
+    examples = [e["name"] for e in client.get("/api/examples").json()]
+    assert "demo-dcgan-sample_00000" in examples and "real-digit_00000" in examples
+    answer = client.post("/api/attribute/example/demo-users-user-0-sample_00000").json()
+    by_name = {a["name"]: a for a in answer["entries"]}
+    assert set(by_name) == set(kinds) and all("error" not in a for a in answer["entries"])
+    assert len(by_name["demo-d-trak"]["positive"]) == 8

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from genprov.app.engine import ANALYZERS
 from genprov.app.workspace import TRAIN_IMAGES, Entry, Workspace
 from genprov.attribution.model import KeyedGenerators
@@ -64,7 +66,13 @@ def add_keyed(ws: Workspace, name: str, family: str | Path) -> Entry:
 
 
 def add_trak(
-    ws: Workspace, name: str, store: str | Path, *, model: str | Path | None = None, data_root: str | Path | None = None
+    ws: Workspace,
+    name: str,
+    store: str | Path,
+    *,
+    model: str | Path | None = None,
+    train: torch.Tensor | None = None,
+    data_root: str | Path | None = None,
 ) -> Entry:
     """Register a TRAK / D-TRAK store (``genprov trak featurize``) with its DDPM and training images.
 
@@ -73,18 +81,22 @@ def add_trak(
         name: Entry name.
         store: The feature store folder.
         model: The DDPM checkpoint (default: the one the store recorded).
-        data_root: Folder of dataset files, when the training data is not built in.
+        train: The training images (default: reloaded from the data the store recorded).
+        data_root: Folder of dataset files, when the recorded training data is not built in.
     """
     info = FeatureStore.open(store).info
-    if "data" not in info or "trak_config" not in info:
-        raise DataError(f"{store} was not written by 'genprov trak featurize'; it lacks the data and config it used.")
+    if "trak_config" not in info or ("model" not in info and model is None):
+        raise DataError(f"{store} was not written by 'genprov trak featurize'; it lacks the model and config it used.")
     model_path = Path(model) if model is not None else Path(info["model"])
-    spec = dict(info["data"])
-    if data_root is not None:
-        spec["data_root"] = str(data_root)
-    train = load_dataset(**spec)
+    if train is None:
+        if not info.get("data"):
+            raise DataError(f"{store} does not record its training data; pass the training images.")
+        spec = dict(info["data"])
+        if data_root is not None:
+            spec["data_root"] = str(data_root)
+        train = load_dataset(**spec).images
     staging = ws.folder / f".{name}-{TRAIN_IMAGES}"
-    Workspace.save_train_images(train.images, staging)
+    Workspace.save_train_images(train, staging)
     try:
         entry = ws.add(
             name,
@@ -95,7 +107,7 @@ def add_trak(
                 "channels": int(info["channels"]),
                 "trak_config": info["trak_config"],
                 "n_train": len(train),
-                "data": info["data"],
+                "data": info.get("data"),
             },
         )
     finally:

@@ -3,11 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 import typer
 
+from genprov.app.register import add_flipad, add_keyed, add_trak
+from genprov.app.workspace import Workspace
+from genprov.attribution.model import KeyedGenerators
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.data import load_dataset, save_images
 from genprov.experiments.quickstart import DEMO_SECTIONS, DemoConfig, run_demo
+from genprov.models.checkpoints import load_checkpoint
+from genprov.models.sampling import sample
+
+
+def build_demo_workspace(out: Path, servable: list[dict[str, Any]], *, data: str, seed: int) -> Path:
+    """Register what the demo's sections made servable in ``out/workspace``, with example images.
+
+    Examples: a real held-out digit, a sample of each demo generator and of keyed user 0, so the page
+    shows a positive verdict for each kind of entry.
+    """
+    ws = Workspace.create(out / "workspace")
+    examples: dict[str, torch.Tensor] = {"real-digit": load_dataset(data, split="test", n=1, seed=seed).images}
+    for item in servable:
+        name, kind = item["name"], item["kind"]
+        if name in {e.name for e in ws.entries}:
+            ws.remove(name)  # a re-run of the demo may have retrained it
+        if kind == "flipad":
+            add_flipad(ws, name, item["detector"], generator=item["generator"])
+            examples[f"{name}-sample"] = sample(load_checkpoint(item["generator"]).model, 1, seed=seed + 1)
+        elif kind == "keyed":
+            add_keyed(ws, name, item["family"])
+            examples[f"{name}-user-0-sample"] = KeyedGenerators.load(item["family"]).sample(0, 1, seed=seed + 1)
+        elif kind == "trak":
+            with np.load(item["train"], allow_pickle=False) as arrays:
+                train = torch.from_numpy(arrays["images"])
+            add_trak(ws, name, item["store"], train=train)
+    for name, image in examples.items():
+        save_images(image, ws.folder / "examples", prefix=name)
+    return ws.folder
 
 
 @handle_errors
@@ -40,7 +76,9 @@ def demo(
         sections=tuple(s.strip() for s in only.split(",") if s.strip()),
     )
     results = run_demo(config, out, data_root=data_root)
+    results["workspace"] = str(build_demo_workspace(out, results["servable"], data=data, seed=seed))
     if as_json:
         emit(results, as_json=True)
     else:
         console.print(f"[green]report written:[/] {results['report']}  (open it in a browser)")
+        console.print(f"service workspace: genprov serve --workspace {results['workspace']}")

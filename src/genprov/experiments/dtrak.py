@@ -81,6 +81,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BENCHMARK_FILE = "lds_benchmark.npz"
+#: The demo's TRAK training images (``{"images": (n, C, H, W) float32}``), for the service's workspace.
+_DEMO_TRAIN = "trak-store/train-images.npz"
 QUERY_KINDS = ("real", "generated")
 _LOSS_CACHE = "query_losses.npz"
 #: Per-dataset field values (CPU-sized: MNIST and CIFAR-2 are resized to 16x16).
@@ -1169,8 +1171,17 @@ def trak_section(ctx: DemoContext) -> Section:
     for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
         config = TRAKConfig(output_function=output_function, proj_dim=512, seed=seed)
         attributor = TRAKAttributor(ddpm, config=config)
-        attributor.fit(train, store=ctx.out / "trak-store" / output_function, show_progress=ctx.show_progress)
+        store = ctx.out / "trak-store" / output_function
+        attributor.fit(train, store=store, show_progress=ctx.show_progress)
         scores_by_method[label] = attributor.scores(queries)
+        assert attributor.store_ is not None
+        attributor.store_.update_info(
+            model=str(ctx.models_dir / "ddpm"), trak_config=config.to_dict(), image_size=size, channels=train.shape[1]
+        )
+        ctx.servable.append(
+            {"name": f"demo-{label.lower()}", "kind": "trak", "store": str(store), "train": str(ctx.out / _DEMO_TRAIN)}
+        )
+    atomic_save_npz(ctx.out / _DEMO_TRAIN, {"images": train.numpy()})
     scores_by_method["nearest pixels"] = torch.from_numpy(pixel_similarity(queries, train))
     for q in range(len(queries)):
         for label, scores in scores_by_method.items():

@@ -996,6 +996,7 @@ def flipad_demo_section(
     n_test: int = 100,
     seed: int = 0,
     config: FinalLayerInversionAttributorConfig | None = None,
+    save_to: Path | None = None,
 ) -> Section:
     """A report section for ``genprov demo``: "was this made by my generator?" with FLIPAD.
 
@@ -1010,6 +1011,7 @@ def flipad_demo_section(
         n_test: Test samples per source.
         seed: Seed of samples and detector.
         config: FLIPAD settings (default: a fast one, 100 FISTA iterations, censored saturation).
+        save_to: Folder to save the fitted detector to (for the service's workspace).
 
     Returns:
         A :class:`~genprov.report.Section` with headline metrics, a table and a score histogram.
@@ -1023,6 +1025,8 @@ def flipad_demo_section(
     flipad = MODEL_ATTRIBUTORS.create("flipad", owner, config=cfg)
     assert isinstance(flipad, FeatureAttributor)
     flipad.fit_split(own[:n_fit], own[n_fit : n_fit + n_fit // 4], negatives=real_q[:n_fit])
+    if save_to is not None:
+        flipad.save(save_to)
     test = {
         "own (held out)": own[-n_test:],
         "real (held out)": real_q[n_fit : n_fit + n_real_test],
@@ -1065,4 +1069,11 @@ def flipad_demo_section(
 @DEMO_SECTIONS.register("flipad")
 def _demo_section(ctx: DemoContext) -> Section:
     """The demo's FLIPAD section: the demo DCGAN is the owner, the demo LSGAN the unseen other generator."""
-    return flipad_demo_section(ctx.dcgan().model, ctx.model("lsgan").model, ctx.train.images, seed=ctx.config.seed)
+    detector = ctx.out / "flipad-detector"
+    section = flipad_demo_section(
+        ctx.dcgan().model, ctx.model("lsgan").model, ctx.train.images, seed=ctx.config.seed, save_to=detector
+    )
+    ctx.servable.append(
+        {"name": "demo-dcgan", "kind": "flipad", "detector": str(detector), "generator": str(ctx.models_dir / "dcgan")}
+    )
+    return section

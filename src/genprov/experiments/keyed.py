@@ -711,6 +711,7 @@ def keyed_section(ctx: DemoContext) -> Section:
         "family": str(family.folder),
         "warnings": family.warnings,
     }
+    ctx.servable.append({"name": "demo-users", "kind": "keyed", "family": str(family.folder)})
     section = Section(
         "keyed",
         "Which user's copy made this? (keyed generators)",

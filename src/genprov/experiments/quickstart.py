@@ -121,6 +121,8 @@ class DemoContext:
         train: Training split (N, C, H, W) in [-1, 1].
         test: Held-out split.
         results: Metrics per section, written to ``results.json``.
+        servable: What ``genprov serve`` can answer with, recorded by the sections for ``genprov demo`` to
+            register in ``out/workspace``: ``{"name", "kind", ...paths}`` dicts (see ``genprov.app.register``).
         show_progress: Whether long steps draw progress bars.
     """
 
@@ -131,6 +133,7 @@ class DemoContext:
         self.data_root = data_root
         self._data: dict[tuple[str, int], ImageDataset] = {}
         self.results: dict[str, dict[str, Any]] = {}
+        self.servable: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self._models: dict[str, TrainResult] = {}
         self._samples: dict[str, torch.Tensor] = {}
@@ -352,6 +355,7 @@ def run_demo(
         "sections": ctx.results,
         "timings_seconds": {k: round(v, 2) for k, v in ctx.timings.items()},
         "report": str(index),
+        "servable": ctx.servable,
     }
     atomic_write_json(out / "results.json", results)
     return results
