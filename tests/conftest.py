@@ -26,9 +26,10 @@ def build_tiny_workspace(folder: Path) -> Path:
     """A workspace with one entry of each servable kind, built from tiny models in seconds.
 
     Entries: ``gan`` (FLIPAD detector of an 8x8 DCGAN), ``family`` (2 keyed user models of that GAN),
-    ``dtrak`` (D-TRAK store of a tiny 8x8 DDPM over 40 digits); examples: two digits.
+    ``dtrak`` (D-TRAK store of a tiny 8x8 DDPM over 40 digits), ``sim`` (raw-pixel similarity index over the same
+    40 digits); examples: two digits.
     """
-    from genprov.app.register import add_flipad, add_keyed, add_trak
+    from genprov.app.register import add_flipad, add_keyed, add_similarity, add_trak
     from genprov.app.workspace import Workspace
     from genprov.attribution.data import TRAKAttributor, TRAKConfig
     from genprov.attribution.model import (
@@ -38,6 +39,7 @@ def build_tiny_workspace(folder: Path) -> Path:
         KeyedGeneratorsConfig,
     )
     from genprov.data import load_dataset, png_roundtrip, save_images
+    from genprov.experiments.similarity import build_similarity_index
     from genprov.models.diffusion import DDPMConfig
     from genprov.models.gans import GANConfig
     from genprov.models.sampling import sample
@@ -73,6 +75,8 @@ def build_tiny_workspace(folder: Path) -> Path:
     add_flipad(ws, "gan", runs / "detector", generator=runs / "gan")
     add_keyed(ws, "family", runs / "family")
     add_trak(ws, "dtrak", runs / "store")
+    build_similarity_index("pixels", runs / "sim", spec)
+    add_similarity(ws, "sim", runs / "sim")
     examples = save_images(load_dataset("digits", split="test", n=2).images, ws_dir / "examples", prefix="digit")
     assert len(examples) == 2
     return ws_dir

@@ -20,9 +20,11 @@ from PIL import Image
 
 from genprov.app.workspace import Entry, Workspace
 from genprov.attribution.data import TRAKAttributor, TRAKConfig
+from genprov.attribution.data.similarity import SimilarityAttributor
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
 from genprov.data import image_to_tensor, png_roundtrip
 from genprov.exceptions import CheckpointError, GenprovError
+from genprov.experiments.similarity import attributor_from_info
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
 
@@ -120,6 +122,35 @@ class _TRAKAnalyzer:
         return out
 
 
+@dataclass
+class _SimilarityAnalyzer:
+    entry: Entry
+    attributor: SimilarityAttributor
+    k: int = 8
+
+    def analyze(self, image: Image.Image) -> dict[str, Any]:
+        x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
+        result = self.attributor.attribute(x, k=self.k)
+        soft = result.soft[0] if result.soft is not None else np.zeros(self.k)
+        positive = [
+            {
+                "index": int(i),
+                "score": float(s),
+                "share": float(p),
+                "image": f"/api/entries/{self.entry.name}/train/{int(i)}.png",
+            }
+            for i, s, p in zip(result.indices[0], result.scores[0], soft, strict=True)
+        ]
+        return {
+            "method": self.attributor.method,
+            "positive": positive,
+            "negative": [],
+            "remaining_share": float(max(0.0, 1.0 - soft.sum())),
+            "n_train": int(self.entry.info["n_train"]),
+            "notes": notes,
+        }
+
+
 def _load_flipad(ws: Workspace, entry: Entry) -> Analyzer:
     base = ws.entry_dir(entry.name)
     generator = load_checkpoint(base / "generator").model
@@ -140,11 +171,22 @@ def _load_trak(ws: Workspace, entry: Entry) -> Analyzer:
     return _TRAKAnalyzer(entry, attributor)
 
 
+def _load_similarity(ws: Workspace, entry: Entry) -> Analyzer:
+    base = ws.entry_dir(entry.name)
+    info = dict(entry.info)
+    for part in ("weights", "mapper"):
+        if info.get(part):
+            info[part] = str((base / "index" / info[part]) if info.get(f"{part}_in_index") else base / part)
+    attributor = attributor_from_info(info).fit(ws.train_images(entry.name), store=base / "index")
+    return _SimilarityAnalyzer(entry, attributor)
+
+
 #: How each entry kind is loaded: ``kind -> loader(workspace, entry) -> Analyzer``.
 ANALYZERS: dict[str, Callable[[Workspace, Entry], Analyzer]] = {
     "flipad": _load_flipad,
     "keyed": _load_keyed,
     "trak": _load_trak,
+    "similarity": _load_similarity,
 }
 
 

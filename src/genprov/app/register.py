@@ -9,6 +9,7 @@ touched by a failed add.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,11 +18,12 @@ from genprov.app.workspace import TRAIN_IMAGES, Entry, Workspace
 from genprov.attribution.model import KeyedGenerators
 from genprov.data import load_dataset
 from genprov.exceptions import CheckpointError, DataError, GenprovError
+from genprov.experiments.similarity import read_index_info
 from genprov.models.checkpoints import load_checkpoint
 from genprov.storage import FeatureStore
 from genprov.utils.io import read_json
 
-__all__ = ["add_flipad", "add_keyed", "add_trak"]
+__all__ = ["add_flipad", "add_keyed", "add_similarity", "add_trak"]
 
 
 def _verified(ws: Workspace, entry: Entry) -> Entry:
@@ -65,6 +67,29 @@ def add_keyed(ws: Workspace, name: str, family: str | Path) -> Entry:
     return _verified(ws, entry)
 
 
+def _recorded_images(spec: dict[str, Any] | None, data_root: str | Path | None, what: str) -> torch.Tensor:
+    """The training images a store recorded (``load_dataset`` arguments), optionally from another data root."""
+    if not spec:
+        raise DataError(f"{what} does not record its training data; pass the training images.")
+    values = dict(spec)
+    if data_root is not None:
+        values["data_root"] = str(data_root)
+    return load_dataset(**values).images
+
+
+def _add_with_images(
+    ws: Workspace, name: str, kind: str, parts: dict[str, Path], info: dict[str, Any], train: torch.Tensor
+) -> Entry:
+    """Add an entry whose training images travel with it (``train.npz``), then prove it loads."""
+    staging = ws.folder / f".{name}-{TRAIN_IMAGES}"
+    Workspace.save_train_images(train, staging)
+    try:
+        entry = ws.add(name, kind, {**parts, TRAIN_IMAGES: staging}, {**info, "n_train": len(train)})
+    finally:
+        staging.unlink(missing_ok=True)
+    return _verified(ws, entry)
+
+
 def add_trak(
     ws: Workspace,
     name: str,
@@ -88,28 +113,41 @@ def add_trak(
     if "trak_config" not in info or ("model" not in info and model is None):
         raise DataError(f"{store} was not written by 'genprov trak featurize'; it lacks the model and config it used.")
     model_path = Path(model) if model is not None else Path(info["model"])
-    if train is None:
-        if not info.get("data"):
-            raise DataError(f"{store} does not record its training data; pass the training images.")
-        spec = dict(info["data"])
-        if data_root is not None:
-            spec["data_root"] = str(data_root)
-        train = load_dataset(**spec).images
-    staging = ws.folder / f".{name}-{TRAIN_IMAGES}"
-    Workspace.save_train_images(train, staging)
-    try:
-        entry = ws.add(
-            name,
-            "trak",
-            {"store": Path(store), "model": model_path, TRAIN_IMAGES: staging},
-            {
-                "image_size": int(info["image_size"]),
-                "channels": int(info["channels"]),
-                "trak_config": info["trak_config"],
-                "n_train": len(train),
-                "data": info.get("data"),
-            },
-        )
-    finally:
-        staging.unlink(missing_ok=True)
-    return _verified(ws, entry)
+    images = train if train is not None else _recorded_images(info.get("data"), data_root, str(store))
+    facts = {k: info.get(k) for k in ("image_size", "channels", "trak_config", "data")}
+    return _add_with_images(ws, name, "trak", {"store": Path(store), "model": model_path}, facts, images)
+
+
+def add_similarity(
+    ws: Workspace,
+    name: str,
+    store: str | Path,
+    *,
+    train: torch.Tensor | None = None,
+    data_root: str | Path | None = None,
+) -> Entry:
+    """Register a similarity index (``genprov similarity index``) with its extractor weights, mapper and images.
+
+    Args:
+        ws: The workspace.
+        name: Entry name.
+        store: The index folder.
+        train: The training images (default: reloaded from the data the index recorded).
+        data_root: Folder of dataset files, when the recorded training data is not built in.
+    """
+    store = Path(store)
+    info = read_index_info(store)
+    parts: dict[str, Path] = {"index": store}
+    for part in ("weights", "mapper"):
+        source = info.get(part)
+        if not source:
+            continue
+        source_path = Path(source).resolve()
+        if source_path.is_relative_to(store.resolve()):
+            info[part] = str(source_path.relative_to(store.resolve()))  # copied with the index
+            info[f"{part}_in_index"] = True
+        else:
+            parts[part] = source_path
+            info[part] = part
+    images = train if train is not None else _recorded_images(info.get("data"), data_root, str(store))
+    return _add_with_images(ws, name, "similarity", parts, info, images)

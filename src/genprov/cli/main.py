@@ -13,6 +13,7 @@ from genprov.cli import keyed as keyed_cmd
 from genprov.cli import reproduce as reproduce_cmd
 from genprov.cli import sample as sample_cmd
 from genprov.cli import serve as serve_cmd
+from genprov.cli import similarity as similarity_cmd
 from genprov.cli import train as train_cmd
 from genprov.cli import trak as trak_cmd
 from genprov.cli import workspace as workspace_cmd
@@ -31,6 +32,7 @@ app.add_typer(train_cmd.app, name="train")
 app.add_typer(flipad_cmd.app, name="flipad")
 app.add_typer(keyed_cmd.app, name="keyed")
 app.add_typer(trak_cmd.app, name="trak")
+app.add_typer(similarity_cmd.app, name="similarity")
 app.add_typer(workspace_cmd.app, name="workspace")
 app.command("sample")(sample_cmd.sample)
 app.command("demo")(demo_cmd.demo)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from genprov.app.register import add_flipad, add_keyed, add_trak
+from genprov.app.register import add_flipad, add_keyed, add_similarity, add_trak
 from genprov.app.workspace import Workspace, check_name
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, console, emit, handle_errors
 from genprov.exceptions import DataError
@@ -96,6 +96,24 @@ def add_trak_cmd(
     """
     ws = Workspace.create(workspace)
     add_trak(ws, name, store, model=model, data_root=data_root)
+    _summary(ws, name, as_json)
+
+
+@add_app.command("similarity")
+@handle_errors
+def add_similarity_cmd(
+    workspace: Path = WORKSPACE_OPTION,
+    name: str = NAME_OPTION,
+    store: Path = typer.Option(..., "--store", help="Index folder written by 'genprov similarity index'."),
+    data_root: Path | None = DATA_ROOT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Add a feature-similarity index with its extractor weights, mapper and training images.
+
+    Example: genprov workspace add similarity --workspace ws --name sim --store runs/sim
+    """
+    ws = Workspace.create(workspace)
+    add_similarity(ws, name, store, data_root=data_root)
     _summary(ws, name, as_json)
 
 

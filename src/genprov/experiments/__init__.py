@@ -4,9 +4,10 @@ Importing this package registers every experiment in :data:`EXPERIMENTS` and eve
 ``genprov.experiments.quickstart.DEMO_SECTIONS``.
 """
 
-from genprov.experiments import dtrak, flipad, keyed, quickstart
+from genprov.experiments import dtrak, flipad, keyed, quickstart, similarity
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, run_experiment
 
 quickstart.DEMO_SECTIONS.register("keyed")(keyed.keyed_section)
+quickstart.DEMO_SECTIONS.register("similarity")(similarity.similarity_section)
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "dtrak", "flipad", "keyed", "quickstart", "run_experiment"]
+__all__ = ["EXPERIMENTS", "ExperimentConfig", "dtrak", "flipad", "keyed", "quickstart", "run_experiment", "similarity"]

@@ -38,9 +38,9 @@ def _digit_png(workspace: Path) -> bytes:
 
 def test_health_entries_examples_and_docs(client: TestClient) -> None:
     health = client.get("/health").json()
-    assert health == {"status": "ok", "entries": 3, "unavailable": {}}
+    assert health == {"status": "ok", "entries": 4, "unavailable": {}}
     entries = {e["name"]: e for e in client.get("/api/entries").json()}
-    assert {n: e["kind"] for n, e in entries.items()} == {"gan": "flipad", "family": "keyed", "dtrak": "trak"}
+    assert {n: e["kind"] for n, e in entries.items()} == {"gan": "flipad", "family": "keyed", "dtrak": "trak", "sim": "similarity"}
     assert all(e["loaded"] for e in entries.values())
     examples = client.get("/api/examples").json()
     assert [e["name"] for e in examples] == ["digit_00000", "digit_00001"]
@@ -64,6 +64,11 @@ def test_attribute_upload_gives_every_answer_and_a_page(client: TestClient, work
     assert scores == sorted(scores, reverse=True)
     assert trak["negative"][0]["score"] <= scores[-1]
     assert 0 < sum(t["share"] for t in trak["positive"]) <= 1 + 1e-9
+    sim = answers["sim"]
+    shares = [t["share"] for t in sim["positive"]]
+    assert len(shares) == 8 and shares == sorted(shares, reverse=True)
+    assert sim["remaining_share"] == pytest.approx(1 - sum(shares), abs=1e-6)
+    assert sim["negative"] == []
     # the same image gets the same id; its page, JSON and images are served
     again = client.post("/api/attribute", files={"file": ("x.png", _digit_png(workspace), "image/png")}).json()
     assert again["id"] == result["id"]
@@ -77,7 +82,7 @@ def test_attribute_upload_gives_every_answer_and_a_page(client: TestClient, work
 
 def test_example_endpoint(client: TestClient) -> None:
     result = client.post("/api/attribute/example/digit_00001").json()
-    assert result["source"] == "example digit_00001" and len(result["entries"]) == 3
+    assert result["source"] == "example digit_00001" and len(result["entries"]) == 4
 
 
 def test_wrong_size_and_channels_are_converted_and_said(client: TestClient) -> None:

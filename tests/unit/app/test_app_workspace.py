@@ -22,7 +22,7 @@ def test_names_are_checked() -> None:
 def test_open_refuses_missing_and_changed_files(tiny_workspace: Path, tmp_path: Path) -> None:
     ws_dir = tmp_path / "ws"
     shutil.copytree(tiny_workspace, ws_dir)
-    assert [e.name for e in Workspace.open(ws_dir).entries] == ["gan", "family", "dtrak"]
+    assert [e.name for e in Workspace.open(ws_dir).entries] == ["gan", "family", "dtrak", "sim"]
     (ws_dir / "entries" / "dtrak" / "train.npz").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match=r"dtrak: file train\.npz changed"):
         Workspace.open(ws_dir)
@@ -46,7 +46,7 @@ def test_failed_add_leaves_the_workspace_as_it_was(tiny_workspace: Path, tmp_pat
     with pytest.raises(DataError, match="does not say which generator"):
         add_flipad(ws, "nogen", runs / "detector")
     reopened = Workspace.open(ws_dir)
-    assert [e.name for e in reopened.entries] == ["gan", "family", "dtrak"]
-    assert sorted(p.name for p in (ws_dir / "entries").iterdir()) == ["dtrak", "family", "gan"]
+    assert [e.name for e in reopened.entries] == ["gan", "family", "dtrak", "sim"]
+    assert sorted(p.name for p in (ws_dir / "entries").iterdir()) == ["dtrak", "family", "gan", "sim"]
     reopened.remove("family")
-    assert [e.name for e in Workspace.open(ws_dir).entries] == ["gan", "dtrak"]
+    assert [e.name for e in Workspace.open(ws_dir).entries] == ["gan", "dtrak", "sim"]

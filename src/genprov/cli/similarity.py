@@ -1,0 +1,362 @@
+"""``genprov similarity``: which training images is a generated image built on, by feature similarity.
+
+``index`` featurizes a training set with a feature extractor into a resumable index folder and records in
+``similarity.json`` everything needed to rebuild the attributor (extractor name, config and weights,
+mapper, calibration, image size, channels, training data spec); ``tune`` trains a feature mapper on a
+customization benchmark (the folder ``genprov reproduce similarity`` writes under ``customizations/``) and
+calibrates the soft attribution; ``query`` attributes image files against an index: JSON, an ``.npz`` and
+HTML galleries in which each training image is drawn with an area proportional to its share of influence.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+
+from genprov.attribution.data.features import TuningConfig
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
+from genprov.data import load_images
+from genprov.data.images import IMAGE_EXTENSIONS
+from genprov.exceptions import DataError
+from genprov.experiments.similarity import (
+    SimilarityExperimentConfig,
+    build_similarity_index,
+    extractor_from_spec,
+    open_similarity_index,
+    read_index_info,
+    tune_on_customizations,
+)
+from genprov.report import Gallery, GalleryRow, Report, Section, Text
+from genprov.report.figures import to_png_bytes
+from genprov.utils.io import atomic_write_json, atomic_write_text
+
+app = typer.Typer(
+    help="Data attribution by feature similarity: index a training set, optionally tune the features on a "
+    "customization benchmark, then ask which training images a generated image is built on (with soft shares of "
+    "influence).\n\nExample: genprov similarity index --extractor pixels --data digits --store runs/sim && "
+    "genprov similarity query --store runs/sim sample.png --top-k 20 --out runs/why",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SETS_OPTION = typer.Option(
+    [],
+    "--set",
+    help="Extractor config KEY=VALUE (JSON values), e.g. --set batch_size=64; 'similarity.KEY=VALUE' sets a "
+    "SimilarityConfig field (e.g. similarity.shard_size=4096).",
+)
+
+
+def _split_sets(sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    values = parse_sets(sets)
+    similarity = values.pop("similarity", {})
+    if not isinstance(similarity, dict):
+        raise DataError("--set similarity takes sub-keys, e.g. --set similarity.shard_size=4096.")
+    return values, similarity
+
+
+@app.command("index")
+@handle_errors
+def index_cmd(
+    extractor: str = typer.Option(
+        ..., "--extractor", help="pixels, classifier, simclr, random-cnn, local-weights or efficientnet-lite0."
+    ),
+    data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
+    store: Path = typer.Option(..., "--store", help="Index folder (created; an unfinished build is resumed)."),
+    split: str = typer.Option("train", "--split", help="Dataset split to attribute to."),
+    n: int | None = typer.Option(None, "--n", help="Use a seeded random subset of N training images."),
+    resize: int | None = typer.Option(
+        None, "--resize", help="Resize training images to SIZE x SIZE (default: native; a classifier's own size)."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="classifier: checkpoint folder; simclr: saved encoder (.safetensors; default: train one on the data); "
+        "local-weights / efficientnet-lite0: weights file.",
+    ),
+    mapper: Path | None = typer.Option(
+        None, "--mapper", help="A tuned feature mapper from 'genprov similarity tune' (tuned index)."
+    ),
+    faiss: bool = typer.Option(False, "--faiss", help="Also build a FAISS HNSW index (needs genprov[faiss])."),
+    sets: list[str] = SETS_OPTION,
+    seed: int = SEED_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Featurize a training set into a similarity index folder (resumable) and record how to rebuild it.
+
+    Example: genprov similarity index --extractor classifier --checkpoint runs/clf --data digits --store runs/sim
+    """
+    extractor_config, similarity_config = _split_sets(sets)
+    data_spec = {
+        "name": data,
+        "split": split,
+        "n": n,
+        "seed": seed,
+        "resize": resize,
+        "data_root": str(data_root) if data_root is not None else None,
+    }
+    attributor, train, info = build_similarity_index(
+        extractor,
+        store,
+        data_spec,
+        extractor_config=extractor_config,
+        weights=str(checkpoint) if checkpoint is not None else None,
+        mapper=str(mapper) if mapper is not None else None,
+        similarity_config=similarity_config,
+        faiss=faiss,
+    )
+    summary = {
+        "store": str(store),
+        "method": attributor.method,
+        "n_train": len(train),
+        "image_size": info["image_size"],
+        "channels": info["channels"],
+        "feature_dim": attributor.index_.dim if attributor.index_ is not None else None,
+        "calibrated": info["calibration"] is not None,
+    }
+    emit(summary, as_json=as_json, title="similarity index")
+
+
+@app.command("tune")
+@handle_errors
+def tune_cmd(
+    store: Path = typer.Option(..., "--store", help="An untuned index ('genprov similarity index'): extractor + pool."),
+    customizations: Path = typer.Option(
+        ...,
+        "--customizations",
+        help="Customization benchmark folder with manifest.json (e.g. <reproduce out>/customizations).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Mapper file to write (.safetensors; a .json sidecar is added)."),
+    n_val_classes: int = typer.Option(2, "--n-val-classes", help="Seen classes held out for early stopping."),
+    grid: bool = typer.Option(
+        False,
+        "--grid",
+        help="Also try the learning rates / tower settings of 'genprov reproduce similarity' and keep the mapper "
+        "with the best validation mAP.",
+    ),
+    sets: list[str] = typer.Option(
+        [], "--set", help="TuningConfig KEY=VALUE, e.g. --set mapper=mlp --set max_steps=1000."
+    ),
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Tune a feature mapper on a benchmark's seen customizations and calibrate the soft attribution.
+
+    The mapper early-stops on the validation mAP of held-out seen classes; the soft attribution's two scalars
+    are fitted on the same validation queries. Index the training set again with --mapper to use it.
+
+    Example: genprov similarity tune --store runs/sim --customizations runs/repro/customizations --out runs/mapper.safetensors
+    """
+    info = read_index_info(store)
+    extractor = extractor_from_spec(info["extractor"], info["extractor_config"], weights=info.get("weights"))
+    if info.get("mapper"):
+        raise DataError(f"{store} is already a tuned index; tune on an untuned one (index without --mapper).")
+    _, train, _ = open_similarity_index(store)
+    config = TuningConfig.from_dict({"seed": seed, **parse_sets(sets)})
+    mapper, calibration, summary = tune_on_customizations(
+        extractor,
+        train.images,
+        customizations,
+        config,
+        n_val_classes=n_val_classes,
+        seed=seed,
+        grid=SimilarityExperimentConfig().tuning_grid if grid else (),
+    )
+    mapper.save(out)
+    sidecar = Path(f"{out}.json")
+    atomic_write_json(
+        sidecar,
+        {
+            "calibration": calibration.to_dict(),
+            "extractor": info["extractor"],
+            "store": str(store),
+            "customizations": str(customizations),
+            **summary,
+        },
+    )
+    emit({"mapper": str(out), "sidecar": str(sidecar), **summary}, as_json=as_json, title="tuned mapper")
+
+
+def _query_images(paths: list[Path], *, size: int, channels: int, convert: bool) -> torch.Tensor:
+    """Read query files, resized to the index's size; a channel mismatch is an error unless ``convert``."""
+    if not paths:
+        raise DataError("No query images given; pass one or more image files.")
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"Query image {path} does not exist.")
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{path} is not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)}).")
+        x = load_images([path], size=size)
+        if x.shape[1] != channels:
+            if not convert:
+                raise DataError(
+                    f"{path} has {x.shape[1]} channel(s) but the index holds {channels}-channel images; pass --convert "
+                    f"to convert it to {'grey' if channels == 1 else 'RGB'}, or query with a matching image."
+                )
+            x = load_images([path], size=size, channels=channels)
+        images.append(x)
+    return torch.cat(images)
+
+
+def _data_uri(image: torch.Tensor, scale: int) -> str:
+    png = to_png_bytes(image, scale=scale)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def sized_gallery_html(
+    title: str,
+    queries: list[tuple[str, torch.Tensor, list[dict[str, Any]], float]],
+    train_images: torch.Tensor,
+    *,
+    max_px: int = 220,
+) -> str:
+    """A self-contained HTML page: per query, its top training images drawn with area ∝ share of influence.
+
+    Args:
+        title: Page title.
+        queries: ``(name, image (C, H, W), top [{"index", "score", "share"}], remaining share)`` per query.
+        train_images: (n, C, H, W) the training set the indices point into.
+        max_px: Side of an image holding all the influence (share 1).
+    """
+    side = int(train_images.shape[-1])
+    scale = max(1, math.ceil(max_px / side))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
+        ".q{display:flex;gap:18px;align-items:flex-end;margin:18px 0;padding-bottom:12px;border-bottom:1px solid #ddd}"
+        ".t{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-end}figure{margin:0;text-align:center}"
+        "img{image-rendering:pixelated;border:1px solid #ccc}figcaption{font-size:11px;color:#555}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+        "<p>Each training image is drawn with an area proportional to its share of influence on the query "
+        "(soft attribution); the rest of the influence is spread over the images not shown.</p>",
+    ]
+    for name, image, top, remaining in queries:
+        parts.append("<div class='q'>")
+        parts.append(
+            f"<figure><img src='{_data_uri(image, scale)}' width='{max_px // 2}' alt='query'>"
+            f"<figcaption>{html.escape(name)}</figcaption></figure><div class='t'>"
+        )
+        for item in top:
+            px = max(12, round(max_px * math.sqrt(max(float(item["share"]), 0.0))))
+            parts.append(
+                f"<figure><img src='{_data_uri(train_images[int(item['index'])], scale)}' width='{px}' height='{px}' "
+                f"alt='#{item['index']}'><figcaption>#{item['index']}<br>{100 * float(item['share']):.1f}%"
+                "</figcaption></figure>"
+            )
+        parts.append(f"</div><p>remaining influence: {100 * remaining:.1f}%</p></div>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+@app.command("query")
+@handle_errors
+def query_cmd(
+    images: list[Path] = typer.Argument(..., help="Query image files (resized to the index's image size)."),
+    store: Path = typer.Option(..., "--store", help="Index folder written by 'genprov similarity index'."),
+    out: Path = typer.Option(..., "--out", help="Folder for results.json, attribution.npz, gallery.html, report.html."),
+    top_k: int = typer.Option(20, "--top-k", help="Training images listed per query."),
+    convert: bool = typer.Option(
+        False, "--convert", help="Convert images whose channel count differs from the index's (RGB <-> grey)."
+    ),
+    search: str = typer.Option("exact", "--search", help="exact (default) or faiss (candidates re-ranked exactly)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Attribute generated images to an index's training images: top-k with soft shares of influence.
+
+    Higher scores mean more similar, read as more influence; 'share' is the calibrated soft attribution (the
+    shares of all training images sum to 1; 'remaining' is the share outside the top-k).
+
+    Example: genprov similarity query --store runs/sim samples/0001.png samples/0002.png --top-k 20 --out runs/why
+    """
+    attributor, train, info = open_similarity_index(store, similarity_config={"search": search})
+    x = _query_images(list(images), size=int(info["image_size"]), channels=int(info["channels"]), convert=convert)
+    k = min(top_k, len(train))
+    result = attributor.attribute(x, k=k)
+    assert result.soft is not None
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "attribution.npz")
+    rows: list[dict[str, Any]] = []
+    for q, path in enumerate(images):
+        top = [
+            {"index": int(i), "score": float(s), "share": float(p)}
+            for i, s, p in zip(result.indices[q], result.scores[q], result.soft[q], strict=True)
+        ]
+        rows.append(
+            {"query": str(path), "top": top, "remaining_influence": max(0.0, 1.0 - float(result.soft[q].sum()))}
+        )
+    calibration = attributor.calibration_
+    summary = {
+        "method": attributor.method,
+        "store": str(store),
+        "n_train": len(train),
+        "image_size": info["image_size"],
+        "calibration": calibration.to_dict() if calibration is not None else None,
+        "calibrated": bool(info.get("calibration")),
+        "queries": rows,
+    }
+    atomic_write_json(out / "results.json", summary)
+    atomic_write_text(
+        out / "gallery.html",
+        sized_gallery_html(
+            f"{attributor.method}: share of influence",
+            [(r["query"], x[q], r["top"], r["remaining_influence"]) for q, r in enumerate(rows)],
+            train.images,
+        ),
+    )
+    report = Report(
+        f"{attributor.method}: top training images",
+        subtitle=f"index {store}",
+        meta={"method": attributor.method, "training images": len(train), "queries": len(x)},
+    )
+    section = Section(
+        "influencers",
+        "Top training images per query",
+        intro="Most similar training images with their soft share of influence (gallery.html draws them sized "
+        "by share).",
+    )
+    if not info.get("calibration"):
+        section.add(Text("Uncalibrated soft attribution (default inv_tau and bias): tune to calibrate.", tone="note"))
+    for q, r in enumerate(rows):
+        idx = torch.as_tensor([t["index"] for t in r["top"]])
+        section.add(
+            Gallery(
+                [
+                    GalleryRow.from_tensors(
+                        "top-k (share of influence)",
+                        train.images[idx],
+                        scores=[t["share"] for t in r["top"]],
+                        captions=[f"#{t['index']}" for t in r["top"]],
+                        tone="positive",
+                    )
+                ],
+                query=x[q],
+                query_caption=f"query {q}",
+                caption=f"{r['query']} (remaining influence {100 * r['remaining_influence']:.1f}%)",
+            )
+        )
+    report.add(section).write(out, filename="report.html")
+    if as_json:
+        emit(summary, as_json=True)
+    else:
+        emit(
+            [
+                {
+                    "query": r["query"],
+                    "top": ", ".join(f"#{t['index']} ({100 * t['share']:.1f}%)" for t in r["top"][:5]),
+                    "remaining": f"{100 * r['remaining_influence']:.1f}%",
+                }
+                for r in rows
+            ],
+            as_json=False,
+            title=f"{attributor.method}: most influential training images",
+        )
+        console.print(f"[green]wrote[/] {out / 'results.json'}, {out / 'gallery.html'} and {out / 'report.html'}")
