@@ -597,7 +597,9 @@ def train_ddpm(
         model.load_state_dict(init.state_dict())
         start = torch.cat([p.detach().flatten() for p in init.parameters()])
     task = _DDPMTask(model_config, cfg, x, torch.device(device), model)
-    return _run(task, out_dir, _fingerprint(x, start), resume=resume, show_progress=show_progress)
+    # the start weights join the fingerprint only when given, so runs from scratch keep their fingerprints
+    fingerprint = _fingerprint(x) if start is None else _fingerprint(x, start)
+    return _run(task, out_dir, fingerprint, resume=resume, show_progress=show_progress)
 
 
 def train_classifier(
