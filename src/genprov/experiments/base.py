@@ -13,11 +13,12 @@ from the options and calls the runner, which writes ``results.json`` and ``repor
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from genprov.config import Config, require
+from genprov.exceptions import ConfigError
 from genprov.registry import Registry
 
 __all__ = ["EXPERIMENTS", "ExperimentConfig", "ExperimentRunner", "run_experiment"]
@@ -44,6 +45,37 @@ class ExperimentConfig(Config):
 
     def validate(self) -> None:
         require(isinstance(self.seed, int) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
+
+    @classmethod
+    def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
+        """Field values of the dataset's preset and, with ``quick``, the few-minute sizes (none by default).
+
+        :meth:`from_dict` applies them before the keys it is given; subclasses override this.
+        """
+        return {}
+
+    @classmethod
+    def from_dict(cls: type[_E], data: Mapping[str, Any]) -> _E:
+        """Build from a dict, starting from :meth:`preset_values` of ``data["data"]`` and ``data["quick"]``.
+
+        Nested config dicts (e.g. ``family``) merge key by key with the preset's.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
+        base = cls.preset_values(str(data.get("data", "digits")), bool(data.get("quick", False)))
+        merged = {**base, **data}
+        for key, value in base.items():
+            if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
+                merged[key] = {**value, **data[key]}
+        return super().from_dict(merged)
+
+    @classmethod
+    def preset_for(cls: type[_E], data: str = "digits", *, seed: int = 0, quick: bool = False, **values: Any) -> _E:
+        """The full run on ``data`` or, with ``quick``, the few-minute smoke run (``values`` override fields)."""
+        return cls.from_dict({"data": data, "seed": seed, "quick": quick, **values})
+
+
+_E = TypeVar("_E", bound=ExperimentConfig)
 
 
 def run_experiment(

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from genprov.data import ImageDataset, load_dataset, random_subsets, split_indic
 from genprov.data.dataset import fingerprint_arrays
 from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
 from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
-from genprov.exceptions import ConfigError, DataError
+from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
 from genprov.experiments.quickstart import DEMO_SECTIONS, DemoContext, grid_image
 from genprov.models.checkpoints import load_checkpoint
@@ -110,8 +110,6 @@ _QUICK: dict[str, Any] = {
     "n_workers": 1,
     "study": [],
 }
-
-_C = TypeVar("_C", bound="DTRAKExperimentConfig")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -226,19 +224,9 @@ class DTRAKExperimentConfig(ExperimentConfig):
         )
 
     @classmethod
-    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-        """Build from a dict, starting from the dataset's preset and (``quick``) the quick sizes."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
-        base = dict(_DATA_PRESETS.get(str(data.get("data", "digits")), {}))
-        if data.get("quick", False):
-            base.update(_QUICK)
-        return super().from_dict({**base, **data})
-
-    @classmethod
-    def preset_for(cls, data: str = "digits", *, seed: int = 0, quick: bool = False) -> DTRAKExperimentConfig:
-        """The full run on ``data`` or, with ``quick``, the few-minute smoke run."""
-        return cls.from_dict({"data": data, "seed": seed, "quick": quick})
+    def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
+        """The dataset's preset (:data:`_DATA_PRESETS`) and, with ``quick``, the few-minute sizes."""
+        return {**_DATA_PRESETS.get(data, {}), **(_QUICK if quick else {})}
 
 
 # ------------------------------------------------------------------------------------------ measuring

@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,22 +182,9 @@ class FlipadExperimentConfig(ExperimentConfig):
             require(isinstance(label, Mapping) and "label" in label, "study_grid", "dicts with a 'label'", label)
 
     @classmethod
-    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-        """Build from a dict, starting from the preset of ``data["data"]`` and ``data["quick"]``."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
-        base = _preset_values(str(data.get("data", "digits")), bool(data.get("quick", False)))
-        return super().from_dict({**base, **data})
-
-    @classmethod
-    def preset(
-        cls, data: str = "digits", *, seed: int = 0, quick: bool = False, data_root: str | None = None
-    ) -> FlipadExperimentConfig:
-        """The full run (about 30 minutes on 2 cores) or, with ``quick``, a few-minute smoke run."""
-        return cls.from_dict({"data": data, "seed": seed, "quick": quick, "data_root": data_root})
-
-
-_C = TypeVar("_C", bound=FlipadExperimentConfig)
+    def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
+        """Sizes for non-digits data and, with ``quick``, the few-minute run."""
+        return _preset_values(data, quick)
 
 
 def _preset_values(data: str, quick: bool) -> dict[str, Any]:
@@ -981,7 +968,7 @@ def reproduce_flipad(
     Returns:
         The results dict (also written to ``out/results.json``).
     """
-    config = FlipadExperimentConfig.preset(
+    config = FlipadExperimentConfig.preset_for(
         data, seed=seed, quick=quick, data_root=str(data_root) if data_root is not None else None
     )
     return run_flipad(config, out, show_progress=show_progress)

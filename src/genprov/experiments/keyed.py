@@ -41,7 +41,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +90,6 @@ logger = logging.getLogger(__name__)
 _DATA_SIZES = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
 #: Ablations beside the paper's plain and robust families.
 VARIANTS = ("alternating", "robust-keys", "noise-margin", "compliance-margin")
-_C = TypeVar("_C", bound="KeyedExperimentConfig")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -164,17 +163,6 @@ class KeyedExperimentConfig(ExperimentConfig):
         require(self.test_blur_sigma >= 0 and self.test_noise_sigma >= 0, "test strengths", "non-negative", self)
         check_post_process_names(tuple(k for k, _ in self.test_combination), allow_combination=False)
 
-    @classmethod
-    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-        """Build from a dict, starting from the quick preset when ``data["quick"]`` is true."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
-        base = _preset_values(str(data.get("data", "digits")), bool(data.get("quick", False)))
-        merged = {**base, **data}
-        if "family" in base and "family" in data and isinstance(data["family"], Mapping):
-            merged["family"] = {**base["family"], **data["family"]}
-        return super().from_dict(merged)
-
     def strengths(self, name: str) -> dict[str, float]:
         """Test strengths of the condition ``name``: ``{step: value}`` for each step it applies."""
         single = {
@@ -190,6 +178,11 @@ class KeyedExperimentConfig(ExperimentConfig):
     def family_config(self) -> KeyedGeneratorsConfig:
         """The plain family's config (experiment seed; data settings of the experiment)."""
         return self.family.replace(seed=self.seed, data=self.data, n_real=self.n_gan_train)
+
+    @classmethod
+    def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
+        """Sizes for non-digits data and, with ``quick``, the few-minute run (family settings merge)."""
+        return _preset_values(data, quick)
 
 
 def _preset_values(data: str, quick: bool) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,8 +140,6 @@ _QUICK: dict[str, Any] = {
     "tuning_grid": [{"lr": 1e-4}, {"lr": 1e-4, "two_towers": False}],
     "gallery_queries": 2,
 }
-
-_C = TypeVar("_C", bound="SimilarityExperimentConfig")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -286,19 +284,9 @@ class SimilarityExperimentConfig(ExperimentConfig):
         return TuningConfig(seed=self.seed).replace(**{**self.tuning, **dict(change or {})})
 
     @classmethod
-    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
-        """Build from a dict, starting from the dataset's preset and (``quick``) the quick sizes."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__} expects a mapping of field names to values; got {type(data).__name__}.")
-        base = dict(_DATA_PRESETS.get(str(data.get("data", "digits")), {}))
-        if data.get("quick", False):
-            base.update(_QUICK)
-        return super().from_dict({**base, **data})
-
-    @classmethod
-    def preset_for(cls, data: str = "digits", *, seed: int = 0, quick: bool = False) -> SimilarityExperimentConfig:
-        """The full run on ``data`` or, with ``quick``, the few-minute smoke run."""
-        return cls.from_dict({"data": data, "seed": seed, "quick": quick})
+    def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
+        """The dataset's preset (:data:`_DATA_PRESETS`) and, with ``quick``, the few-minute sizes."""
+        return {**_DATA_PRESETS.get(data, {}), **(_QUICK if quick else {})}
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -21,8 +21,8 @@ def test_presets_and_from_dict() -> None:
     assert quick.n_train == 123
     assert quick.gan_steps < FlipadExperimentConfig().gan_steps
     assert quick.n_resamples == 1
-    assert FlipadExperimentConfig.preset("mnist").n_gan_train == 10_000
-    full = FlipadExperimentConfig.preset()
+    assert FlipadExperimentConfig.preset_for("mnist").n_gan_train == 10_000
+    full = FlipadExperimentConfig.preset_for()
     assert FlipadExperimentConfig.from_dict(full.to_dict()) == full
     assert EXPERIMENTS.config_type("flipad") is FlipadExperimentConfig
     with pytest.raises(ConfigError, match="data must be one of"):
