@@ -40,7 +40,12 @@ def test_health_entries_examples_and_docs(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health == {"status": "ok", "entries": 4, "unavailable": {}}
     entries = {e["name"]: e for e in client.get("/api/entries").json()}
-    assert {n: e["kind"] for n, e in entries.items()} == {"gan": "flipad", "family": "keyed", "dtrak": "trak", "sim": "similarity"}
+    assert {n: e["kind"] for n, e in entries.items()} == {
+        "gan": "flipad",
+        "family": "keyed",
+        "dtrak": "trak",
+        "sim": "similarity",
+    }
     assert all(e["loaded"] for e in entries.values())
     examples = client.get("/api/examples").json()
     assert [e["name"] for e in examples] == ["digit_00000", "digit_00001"]
