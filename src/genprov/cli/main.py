@@ -10,6 +10,7 @@ from genprov.cli import data as data_cmd
 from genprov.cli import demo as demo_cmd
 from genprov.cli import flipad as flipad_cmd
 from genprov.cli import keyed as keyed_cmd
+from genprov.cli import privacy as privacy_cmd
 from genprov.cli import reproduce as reproduce_cmd
 from genprov.cli import sample as sample_cmd
 from genprov.cli import serve as serve_cmd
@@ -33,8 +34,10 @@ app.add_typer(flipad_cmd.app, name="flipad")
 app.add_typer(keyed_cmd.app, name="keyed")
 app.add_typer(trak_cmd.app, name="trak")
 app.add_typer(similarity_cmd.app, name="similarity")
+app.add_typer(privacy_cmd.app, name="privacy")
 app.add_typer(workspace_cmd.app, name="workspace")
 app.command("sample")(sample_cmd.sample)
+app.command("explain")(privacy_cmd.explain)
 app.command("demo")(demo_cmd.demo)
 app.command("reproduce")(reproduce_cmd.reproduce)
 app.command("serve")(serve_cmd.serve)

@@ -4,10 +4,21 @@ Importing this package registers every experiment in :data:`EXPERIMENTS` and eve
 ``genprov.experiments.quickstart.DEMO_SECTIONS``.
 """
 
-from genprov.experiments import dtrak, flipad, keyed, quickstart, similarity
+from genprov.experiments import dtrak, flipad, gnime, keyed, quickstart, similarity
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, run_experiment
 
 quickstart.DEMO_SECTIONS.register("keyed")(keyed.keyed_section)
 quickstart.DEMO_SECTIONS.register("similarity")(similarity.similarity_section)
+quickstart.DEMO_SECTIONS.register("privacy")(gnime.privacy_section)
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "dtrak", "flipad", "keyed", "quickstart", "run_experiment", "similarity"]
+__all__ = [
+    "EXPERIMENTS",
+    "ExperimentConfig",
+    "dtrak",
+    "flipad",
+    "gnime",
+    "keyed",
+    "quickstart",
+    "run_experiment",
+    "similarity",
+]
