@@ -21,7 +21,7 @@ from genprov.config import Config, require
 from genprov.exceptions import ConfigError
 from genprov.registry import Registry
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "ExperimentRunner", "run_experiment"]
+__all__ = ["EXPERIMENTS", "ExperimentConfig", "ExperimentRunner", "run_experiment", "start_run"]
 
 ExperimentRunner = Callable[..., dict[str, Any]]
 
@@ -76,6 +76,16 @@ class ExperimentConfig(Config):
 
 
 _E = TypeVar("_E", bound=ExperimentConfig)
+
+
+def start_run(config: _E, out_dir: str | Path, data_root: str | Path | None) -> tuple[_E, Path]:
+    """What a runner does first: ``config`` with ``data_root`` (when given, it overrides the config's own
+    ``data_root`` field), and ``out_dir`` created."""
+    if data_root is not None:
+        config = config.replace(data_root=str(data_root))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return config, out
 
 
 def run_experiment(

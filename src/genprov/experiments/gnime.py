@@ -41,9 +41,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ from genprov.eval.reconstruction import (
 )
 from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
 from genprov.exceptions import CheckpointError, ConfigError, DataError
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.quickstart import DemoContext, grid_image
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.training import default_train_config, train_classifier
@@ -330,15 +330,12 @@ def fit_attack(
             the folder name unique to the settings and data).
         show_progress: Progress bars.
     """
-    if cache is not None and (cache / "config.json").is_file():
-        try:
-            return kind.load(cache)
-        except CheckpointError as err:
-            logger.warning("ignoring the cached attack at %s: %s", cache, err)
-    attack = kind(config).fit(train[0], train[1], validation=val, show_progress=show_progress)
-    if cache is not None:
-        attack.save(cache)
-    return attack
+    return _cached(
+        cache,
+        kind.load,
+        lambda: kind(config).fit(train[0], train[1], validation=val, show_progress=show_progress),
+        "attack",
+    )
 
 
 def fit_gnime(
@@ -350,15 +347,32 @@ def fit_gnime(
     show_progress: bool | None = None,
 ) -> GNIMEDefense:
     """Fit GNIME on the defender's images ``x``; reuse ``cache`` if already fitted there."""
+    return _cached(
+        cache,
+        lambda folder: cast(GNIMEDefense, GNIMEDefense.load(folder, explainer)),
+        lambda: GNIMEDefense(explainer, config).fit(x, show_progress=show_progress),
+        "defense",
+    )
+
+
+class _Saveable(Protocol):
+    def save(self, folder: str | Path) -> Any: ...
+
+
+_S = TypeVar("_S", bound=_Saveable)
+
+
+def _cached(cache: Path | None, load: Callable[[Path], _S], fit: Callable[[], _S], what: str) -> _S:
+    """``load(cache)`` when a fitted ``what`` is saved there (a broken one is refitted), else ``fit()`` and save."""
     if cache is not None and (cache / "config.json").is_file():
         try:
-            return cast(GNIMEDefense, GNIMEDefense.load(cache, explainer))
+            return load(cache)
         except CheckpointError as err:
-            logger.warning("ignoring the cached defense at %s: %s", cache, err)
-    defense = GNIMEDefense(explainer, config).fit(x, show_progress=show_progress)
+            logger.warning("ignoring the cached %s at %s: %s", what, cache, err)
+    fitted = fit()
     if cache is not None:
-        defense.save(cache)
-    return defense
+        fitted.save(cache)
+    return fitted
 
 
 def attack_metrics(
@@ -509,10 +523,7 @@ def run_gnime(
     Returns:
         The ``results.json`` content.
     """
-    if data_root is not None and config.data_root is None:
-        config = config.replace(data_root=str(data_root))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    config, out = start_run(config, out_dir, data_root)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     seed = config.seed

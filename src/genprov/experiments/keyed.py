@@ -65,7 +65,7 @@ from genprov.config import require
 from genprov.data import ImageDataset, jpeg_roundtrip, load_dataset, png_roundtrip
 from genprov.eval import FrechetDistance, attributability, distinguishability, psnr, ssim
 from genprov.exceptions import ConfigError
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.quickstart import DemoContext, grid_image
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.gans import GANConfig
@@ -385,10 +385,7 @@ def run_keyed(
     Returns:
         The ``results.json`` content.
     """
-    if data_root is not None and config.data_root is None:
-        config = config.replace(data_root=str(data_root))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    config, out = start_run(config, out_dir, data_root)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     train, test = _load_data(config)
