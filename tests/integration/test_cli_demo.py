@@ -35,6 +35,10 @@ def test_reproduce_unknown_experiment_and_bad_set(tmp_path) -> None:
     assert result.exit_code == 2 and "Unknown experiment 'nope'" in result.output
     result = runner.invoke(app, ["reproduce", "nope", "--set", "novalue", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    result = runner.invoke(app, ["reproduce", "gnime", "--explainer", "saliency", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "explainer" in result.output and "grad-cam" in result.output
+    result = runner.invoke(app, ["reproduce", "keyed", "--explainer", "lrp", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "no parameter 'explainer'" in result.output
 
 
 def test_quick_demo_builds_a_servable_workspace(tmp_path) -> None:

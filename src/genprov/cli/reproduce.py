@@ -17,6 +17,9 @@ def reproduce(
     data_root: Path | None = DATA_ROOT_OPTION,
     seed: int = SEED_OPTION,
     quick: bool = typer.Option(False, "--quick", help="A smaller run that finishes in minutes."),
+    explainer: str | None = typer.Option(
+        None, "--explainer", help="gnime only: gradient, grad-cam, lrp or lrp-epsilon (default: gradient)."
+    ),
     sets: list[str] = typer.Option(
         [], "--set", help="Override any experiment parameter: --set KEY=VALUE (JSON values)."
     ),
@@ -28,6 +31,8 @@ def reproduce(
     Example: genprov reproduce flipad --data digits --seed 0 --quick --out runs/flipad
     """
     config = {"data": data, "seed": seed, "quick": quick, **parse_sets(sets)}
+    if explainer is not None:
+        config["explainer"] = explainer
     results = run_experiment(name, config, out, data_root=data_root)
     if as_json:
         emit(results, as_json=True)
