@@ -63,7 +63,7 @@ ATTACKS: Registry[InversionAttack] = Registry("attack")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-_FORMAT = "genprov-inversion-attack-v1"
+_FORMAT = "genprov-inversion-attack-v2"  # v2: linear decoder head (v1: tanh)
 _LOG_EPS = 1e-6
 
 
@@ -168,7 +168,11 @@ class InversionNet(nn.Module):
         self.out = nn.Conv2d(widths[0], c, 1)
 
     def forward(self, predictions: Tensor, explanations: Tensor | None = None) -> Tensor:
-        """(n, n_classes) predictions [+ (n, E, H, W) explanations] -> (n, C, H, W) images in [-1, 1]."""
+        """(n, n_classes) predictions [+ (n, E, H, W) explanations] -> (n, C, H, W) images.
+
+        The head is linear (trained with MSE against images in [-1, 1]; callers clamp to [-1, 1]): a tanh head
+        saturated at the background value of MNIST in the first epoch and never learned again.
+        """
         bh, bw = self.sizes[-1]
         z = self.embed(predictions).view(len(predictions), self.widths[-1], bh, bw)
         skips: list[Tensor] = []
@@ -187,7 +191,7 @@ class InversionNet(nn.Module):
             if self.explanation_channels > 0:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h)
-        out: Tensor = torch.tanh(self.out(h))
+        out: Tensor = self.out(h)
         return out
 
 
@@ -386,7 +390,7 @@ class InversionAttack(ABC):
         with torch.no_grad():
             for i in range(0, len(x), 512):
                 sl = slice(i, i + 512)
-                rec = net(p[sl], e[sl] if e is not None else None)
+                rec = net(p[sl], e[sl] if e is not None else None).clamp(-1.0, 1.0)
                 total += float(F.mse_loss(rec, x[sl], reduction="sum"))
         return total / x.numel()
 
@@ -424,7 +428,7 @@ class InversionAttack(ABC):
             for i in range(0, len(p), batch_size):
                 sl = slice(i, i + batch_size)
                 eb = e[sl].to(dev) if e is not None else None
-                parts.append(self.net_(p[sl].to(dev), eb).to("cpu"))
+                parts.append(self.net_(p[sl].to(dev), eb).clamp(-1.0, 1.0).to("cpu"))
         if not parts:
             return torch.empty(0, *self.image_shape_)
         return torch.cat(parts)

@@ -70,7 +70,7 @@ DEFENSES: Registry[Defense] = Registry("defense")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-_FORMAT = "genprov-explanation-defense-v1"
+_FORMAT = "genprov-explanation-defense-v2"  # v2: GNIME trained against a linear-head inverter
 _LOG_EPS = 1e-6
 
 
@@ -568,10 +568,11 @@ class GNIMEDefense(Defense):
                 opt_i.zero_grad(set_to_none=True)
                 (loss_def + loss_clean).backward()
                 opt_i.step()
-                # generator: stay close to e, make the inverter fail (reconstruction error on [0, 1] images)
+                # generator: stay close to e, make the inverter fail (reconstruction error on [0, 1] images;
+                # the inverter's linear output is clamped so the error stays bounded, as with the paper's sigmoid)
                 d = self._apply(e)
                 distortion = F.mse_loss(d, e)
-                privacy = F.mse_loss((inv(p, d) + 1) / 2, xb01)
+                privacy = F.mse_loss((inv(p, d).clamp(-1.0, 1.0) + 1) / 2, xb01)
                 loss_g = distortion - cfg.a * privacy
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()

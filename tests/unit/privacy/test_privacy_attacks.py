@@ -105,3 +105,19 @@ def test_bad_inputs_get_clear_errors(data: tuple[torch.Tensor, Observations]) ->
         attack.reconstruct(small)
     with pytest.raises(DataError, match="must have 10 classes"):
         attack.reconstruct(Observations(explanations=obs.explanations, predictions=torch.zeros(120, 3)))
+
+
+def test_sparse_bright_images_on_a_dark_background_are_learned() -> None:
+    """MNIST-like targets (mostly -1, a class-dependent bright stroke): a tanh head saturated at the all-background
+    image in the first epochs there (MSE 0.156 from then on) and never learned again; the linear head must."""
+    n, side = 256, 16
+    labels = torch.arange(n) % 4
+    x = torch.full((n, 1, side, side), -1.0)
+    for i, c in enumerate(labels.tolist()):
+        x[i, 0, 2 + 3 * c, 3:13] = 1.0
+    predictions = torch.nn.functional.one_hot(labels, 4).float()
+    attack = PredMIAttack(AttackConfig(width=8, depth=2, max_epochs=30, patience=30, lr=1e-2, batch_size=32, seed=0))
+    attack.fit(predictions, x)
+    background = float(((x + 1) ** 2).mean())
+    assert attack.val_mse_ < 0.25 * background
+    assert float(((attack.reconstruct(predictions) - x) ** 2).mean()) < 0.25 * background
