@@ -58,7 +58,7 @@ def test_full_digits_reproduction(tmp_path: Path) -> None:
     last = saved["sweep"][-1]
     assert last["gnime"]["adaptive"]["mse"]["mean"] <= predmi["mse"]["high"] * 1.25
     assert len(saved["sweep"]) == 5 and saved["finding"]["text"]
-    assert results["timings_seconds"]["total"] < 1800
+    assert results["finding"]["text"] == saved["finding"]["text"]
 
 
 @pytest.mark.skipif(_data_root() is None, reason="needs the Olivetti faces (GENPROV_DATA or ../shared/data)")
