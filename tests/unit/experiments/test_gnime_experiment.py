@@ -104,9 +104,13 @@ def test_tiny_run_writes_results_report_and_reuses_cache(tmp_path: Path) -> None
     # the non-adaptive ExpMI row without defense equals the clean baseline
     assert saved["table"]["adaptive"][0]["mse"] == saved["baseline"]["exp-mi"]["mse"]
 
+    cached = {f: f.stat().st_mtime_ns for f in (out / "cache").rglob("*.safetensors")}
+    assert len(cached) >= 2 + 3 * len(saved["sweep"])  # ExpMI, PredMI; per a: GNIME + two adaptive attacks
     again = run_experiment("gnime", TINY, out, show_progress=False)  # every model comes from the cache
-    assert json.loads((out / "results.json").read_text())["table"] == saved["table"]
-    assert again["timings_seconds"]["total"] < results["timings_seconds"]["total"]
+    assert (
+        json.loads((out / "results.json").read_text())["table"] == saved["table"] == again["table"] == results["table"]
+    )
+    assert {f: f.stat().st_mtime_ns for f in (out / "cache").rglob("*.safetensors")} == cached  # nothing refitted
 
 
 def test_privacy_demo_section_on_a_small_context(tmp_path: Path) -> None:
