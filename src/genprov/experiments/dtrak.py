@@ -52,7 +52,7 @@ from genprov.data.dataset import fingerprint_arrays
 from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
 from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
 from genprov.exceptions import DataError
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.quickstart import DEMO_SECTIONS, DemoContext, grid_image
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
@@ -604,8 +604,8 @@ def _train_recipe(cfg: DTRAKExperimentConfig, channels: int, seed: int) -> tuple
     return model_cfg, train_cfg.to_dict()
 
 
-def _load(cfg: DTRAKExperimentConfig, data_root: str | Path | None) -> tuple[ImageDataset, ImageDataset]:
-    root = data_root if data_root is not None else cfg.data_root
+def _load(cfg: DTRAKExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
+    root = cfg.data_root
     train = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_train, seed=cfg.seed)
     test_all = load_dataset(cfg.data, split="test", data_root=root, resize=cfg.image_size)
     n_real = min(cfg.n_real_queries, len(test_all))
@@ -636,8 +636,7 @@ def run_dtrak(
     Returns:
         The ``results.json`` content.
     """
-    cfg = config
-    out = Path(out_dir)
+    cfg, out = start_run(config, out_dir, data_root)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -647,7 +646,7 @@ def run_dtrak(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    train, test = _load(cfg, data_root)
+    train, test = _load(cfg)
     channels = train.n_channels
     model_cfg, train_cfg = _train_recipe(cfg, channels, cfg.seed)
     _run_job(_Job(str(out / "models" / "main"), model_cfg.to_dict(), train_cfg, train.images))  # trains or reuses

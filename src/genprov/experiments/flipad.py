@@ -56,7 +56,7 @@ from genprov.config import Config, is_positive_int, require
 from genprov.data import PERTURBATIONS, load_dataset, load_tabular, perturb, png_roundtrip
 from genprov.eval import accuracy_at_threshold, roc_auc, roc_curve
 from genprov.exceptions import ConfigError
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.quickstart import DEMO_SECTIONS, DemoContext
 from genprov.models.gans import GANConfig, Generator
 from genprov.models.sampling import sample
@@ -411,8 +411,7 @@ def run_flipad(
     t_start = time.perf_counter()
     if not isinstance(config, FlipadExperimentConfig):
         raise ConfigError(f"run_flipad takes a FlipadExperimentConfig; got {type(config).__name__}.")
-    cfg = config if data_root is None else config.replace(data_root=str(data_root))
-    out = Path(out_dir)
+    cfg, out = start_run(config, out_dir, data_root)
     models = out / "models"
     timings: dict[str, float] = {}
 

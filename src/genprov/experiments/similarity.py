@@ -75,7 +75,7 @@ from genprov.config import is_int, require
 from genprov.data import ImageDataset, load_dataset, load_images, resize_images, save_images
 from genprov.eval.retrieval import average_precision, recall_per_query
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.customization import (
     Customization,
     CustomizationConfig,
@@ -371,8 +371,8 @@ def _roles(cases: Sequence[Customization], seen_classes: Sequence[int], n_val: i
     return roles
 
 
-def _load_data(cfg: SimilarityExperimentConfig, data_root: str | Path | None) -> tuple[ImageDataset, ImageDataset]:
-    root = data_root if data_root is not None else cfg.data_root
+def _load_data(cfg: SimilarityExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
+    root = cfg.data_root
     pool = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_pool, seed=cfg.seed)
     heldout = load_dataset(
         cfg.data, split="test", data_root=root, resize=cfg.image_size, n=cfg.n_heldout, seed=cfg.seed
@@ -767,8 +767,7 @@ def run_similarity(
     Returns:
         The ``results.json`` content.
     """
-    cfg = config
-    out = Path(out_dir)
+    cfg, out = start_run(config, out_dir, data_root)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -779,7 +778,7 @@ def run_similarity(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    pool, heldout = _load_data(cfg, data_root)
+    pool, heldout = _load_data(cfg)
     base = _base_model(cfg, pool, out, show_progress)
     lap("base model")
     bench = _bench(cfg, pool, heldout, base, out, show_progress)
