@@ -64,7 +64,7 @@ from genprov.models.tabular import TabularGANConfig
 from genprov.models.training import default_train_config, train_gan, train_tabular_gan
 from genprov.report import Figure, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import roc_curves, score_histograms
-from genprov.utils.io import atomic_write_json
+from genprov.utils.io import atomic_write_json, json_safe
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
 
@@ -556,7 +556,7 @@ def run_flipad(
         "timings_s": timings,
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", _json_safe(results))
+    atomic_write_json(out / "results.json", json_safe(results))
     report = _report(cfg, results, raw1, flipad_cfg)
     report.write(out, filename="report.html")
     return results
@@ -643,16 +643,6 @@ def _table_means(
             for m in methods
         }
     return out
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ----------------------------------------------------------------------------------------------- tabular

@@ -83,7 +83,7 @@ from genprov.privacy import (
 from genprov.privacy.defenses import GaussianNoiseDefense
 from genprov.report import Figure, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import PALETTE, training_curves
-from genprov.utils.io import atomic_write_json
+from genprov.utils.io import atomic_write_json, json_safe
 from genprov.utils.seeding import derive_seed
 
 __all__ = [
@@ -562,9 +562,7 @@ def run_gnime(
         "n_data": config.n_data,
         "seed": seed,
         "explainer": config.explainer,
-        # the architecture joins the key only when it is not the default (keeps older caches valid)
-        "classifier": [config.classifier_steps, config.classifier_width]
-        + ([victim_cfg.to_dict()] if config.classifier_n_conv != 3 or config.classifier_n_pool is not None else []),
+        "classifier": [config.classifier_steps, victim_cfg.to_dict()],
         "attack": attack_cfg.to_dict(),
     }
     cache = out / "cache"
@@ -688,7 +686,7 @@ def run_gnime(
         class_names=class_names,
     )
     results["report"] = str(report.write(out, filename="report.html"))
-    atomic_write_json(out / "results.json", _json_safe(results))
+    atomic_write_json(out / "results.json", json_safe(results))
     return results
 
 
@@ -840,18 +838,6 @@ def _plain_point(p: Mapping[str, Any]) -> dict[str, Any]:
         "comparison": {threat: {k: _plain_value(v) for k, v in c.items()} for threat, c in p["comparison"].items()},
         "gnime_history": p["gnime_history"],
     }
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return _json_safe(obj.item())
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------- report

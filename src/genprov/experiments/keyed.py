@@ -72,7 +72,7 @@ from genprov.models.gans import GANConfig
 from genprov.models.training import default_train_config, train_classifier, train_gan
 from genprov.report import Image, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import make_grid
-from genprov.utils.io import atomic_write_json
+from genprov.utils.io import atomic_write_json, json_safe
 from genprov.utils.seeding import derive_seed, torch_generator
 
 __all__ = [
@@ -458,22 +458,12 @@ def run_keyed(
     }
     report = _report(config, families, metrics, key_info, eval_seed)
     results["report"] = str(report.write(out, filename="report.html"))
-    atomic_write_json(out / "results.json", _json_safe(results))
+    atomic_write_json(out / "results.json", json_safe(results))
     return results
 
 
 def _strip(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "per_user"}
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------- report

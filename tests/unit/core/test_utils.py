@@ -87,3 +87,11 @@ def test_torchvision_is_not_importable() -> None:
         "torchvision is installed in this environment; genprov must not depend on it (nor on timm, "
         "open-clip-torch or zennit). Remove it: pip uninstall torchvision"
     )
+
+
+def test_json_safe_nulls_undefined_numbers_and_unwraps_numpy() -> None:
+    from genprov.utils.io import json_safe
+
+    raw = {1: [float("nan"), np.float32(0.5), (np.int64(3), float("inf"))], "ok": np.float64(np.nan), "s": "x"}
+    assert json_safe(raw) == {"1": [None, 0.5, [3, None]], "ok": None, "s": "x"}
+    assert type(json_safe(np.float32(0.5))) is float
