@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, Union, get_args, get_origin
+
+import numpy as np
 
 from genprov.exceptions import ConfigError
 
@@ -94,6 +97,10 @@ class Config:
                 f"Valid parameters: {', '.join(sorted(names))}."
             )
         hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            expected = _type_mismatch(value, hints.get(key, Any))
+            if expected is not None:
+                raise ConfigError(f"{cls.__name__}: {key} must be {expected}; got {value!r} ({type(value).__name__}).")
         kwargs = {k: _from_plain(v, hints.get(k, Any)) for k, v in data.items()}
         try:
             return cls(**kwargs)
@@ -129,6 +136,58 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _to_plain(v) for k, v in value.items()}
     return value
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_mismatch(value: Any, hint: Any) -> str | None:
+    """What ``hint`` expects, in words, when ``value`` (a JSON-like value) does not fit it; else ``None``.
+
+    Checks the annotations configs use (bool, int, float, str, Literal, optional and union types, tuples,
+    dicts, nested configs); any other annotation accepts every value (``validate`` checks it).
+    """
+    origin = get_origin(hint)
+    if hint is Any:
+        return None
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        problems = [_type_mismatch(value, o) for o in options if o is not type(None)]
+        if any(p is None for p in problems):
+            return None
+        return " or ".join(str(p) for p in problems) + (" or null" if type(None) in options else "")
+    if origin is typing.Literal:
+        choices = get_args(hint)
+        return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
+    if hint is bool:
+        return None if isinstance(value, (bool, np.bool_)) else _TYPE_NAMES[bool]
+    if hint is int:
+        ok = isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+        return None if ok else _TYPE_NAMES[int]
+    if hint is float:
+        ok = isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+        return None if ok else _TYPE_NAMES[float]
+    if hint is str:
+        return None if isinstance(value, str) else _TYPE_NAMES[str]
+    if isinstance(hint, type) and issubclass(hint, Config):
+        return None if isinstance(value, (Mapping, hint)) else f"a mapping of {hint.__name__} parameters"
+    if origin is dict or hint is dict:
+        return None if isinstance(value, Mapping) else "a mapping"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return "a list"
+        args = get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            inner = [_type_mismatch(v, args[0]) for v in value]
+            bad = next((p for p in inner if p is not None), None)
+            return None if bad is None else f"a list whose items are each {bad}"
+        if args and len(args) != len(value):
+            return f"a list of {len(args)} items"
+        bad = next((p for p, v in zip(args, value, strict=False) if _type_mismatch(v, p) is not None), None)
+        return None if bad is None else "a list of " + ", ".join(_TYPE_NAMES.get(a, str(a)) for a in args)
+    return None
 
 
 def _from_plain(value: Any, hint: Any) -> Any:

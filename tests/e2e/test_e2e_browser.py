@@ -98,6 +98,6 @@ def test_upload_on_the_page_shows_verdicts_and_gallery(server: str, tiny_workspa
             page.set_input_files("#file", str(bad))
             page.click("#submit")
             page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
-            assert "convert it to PNG or JPEG" in page.inner_text("#error")
+            assert "use a PNG or JPEG file" in page.inner_text("#error")
         finally:
             browser.close()

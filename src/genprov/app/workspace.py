@@ -43,6 +43,7 @@ __all__ = [
     "Entry",
     "Workspace",
     "check_name",
+    "check_outside",
 ]
 
 MANIFEST = "workspace.json"
@@ -61,6 +62,23 @@ def check_name(name: str) -> str:
             f"Invalid entry name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit."
         )
     return name
+
+
+def check_outside(folder: str | Path, source: str | Path, name: str) -> None:
+    """Refuse to copy ``source`` into the workspace ``folder`` when the workspace lies inside it.
+
+    Copying a folder into a place inside itself never ends (every copy holds the copy), so the workspace
+    must live outside every item it holds.
+
+    Raises:
+        ConfigError: Naming both folders and the fix.
+    """
+    workspace, item = Path(folder).resolve(), Path(source).resolve()
+    if workspace == item or workspace.is_relative_to(item):
+        raise ConfigError(
+            f"Cannot add {name!r}: the workspace {folder} is inside {source}, which would be copied into itself. "
+            "Put the workspace outside the item, e.g. next to it."
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -119,16 +137,18 @@ class Workspace:
         return ws
 
     @classmethod
-    def open(cls, folder: str | Path, *, verify: bool = True) -> Workspace:
+    def open(cls, folder: str | Path, *, verify: bool = True, strict: bool = True) -> Workspace:
         """Open a workspace.
 
         Args:
             folder: The workspace folder.
             verify: Check every entry's files against their recorded SHA-256 (else only that they exist).
+            strict: Refuse entries with missing or changed files; ``False`` opens the workspace anyway (for
+                reporting them with :meth:`all_problems`).
 
         Raises:
-            CheckpointError: Not a workspace, an unreadable manifest, or an entry with missing or changed
-                files (the message names the entry and the file and says how to fix it).
+            CheckpointError: Not a workspace, an unreadable manifest, or (``strict``) an entry with missing
+                or changed files (the message names the entry and the file and says how to fix it).
         """
         folder = Path(folder)
         path = folder / MANIFEST
@@ -148,12 +168,11 @@ class Workspace:
                 raise CheckpointError(f"{path} has a malformed entry {record!r}: {err}.") from None
             entries[entry.name] = entry
         ws = cls(folder, entries)
-        problems = [p for e in entries.values() for p in ws.problems(e.name, verify=verify)]
+        problems = ws.all_problems(verify=verify) if strict else []
         if problems:
             raise CheckpointError(
-                "The workspace has entries whose files are missing or changed:\n  "
-                + "\n  ".join(problems)
-                + "\nRe-add them ('genprov workspace add ...') or remove them ('genprov workspace remove NAME')."
+                f"The workspace {folder} has entries whose files are missing or changed: {'; '.join(problems)}. "
+                "Re-add them ('genprov workspace add ...') or remove them ('genprov workspace remove NAME')."
             )
         return ws
 
@@ -171,10 +190,13 @@ class Workspace:
         return list(self._entries.values())
 
     def entry(self, name: str) -> Entry:
-        """The entry ``name``; an unknown name raises ``KeyError`` with the known ones."""
+        """The entry ``name``; an unknown name raises :class:`ConfigError` naming the known ones."""
         if name not in self._entries:
             known = ", ".join(self._entries) or "none"
-            raise KeyError(f"No workspace entry named {name!r} (registered: {known}).")
+            raise ConfigError(
+                f"The workspace {self.folder} has no entry named {name!r} (registered: {known}); "
+                f"'genprov workspace list --workspace {self.folder}' lists them."
+            )
         return self._entries[name]
 
     def entry_dir(self, name: str) -> Path:
@@ -195,6 +217,10 @@ class Workspace:
             elif verify and _sha256(path) != digest:
                 out.append(f"{name}: file {rel} changed since it was added (SHA-256 mismatch)")
         return out
+
+    def all_problems(self, *, verify: bool = True) -> list[str]:
+        """What is wrong with every entry's files (see :meth:`problems`), entry by entry."""
+        return [p for name in self._entries for p in self.problems(name, verify=verify)]
 
     def remove(self, name: str) -> None:
         """Unregister entry ``name`` and delete its copy."""
@@ -227,6 +253,7 @@ class Workspace:
             check_name(part)
             if not Path(source).exists():
                 raise DataError(f"Cannot add {name!r}: {source} does not exist.")
+            check_outside(self.folder, Path(source), name)
         target = self.entry_dir(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import re
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -23,7 +28,9 @@ __all__ = [
     "console",
     "emit",
     "handle_errors",
+    "ignore_file_size_signal",
     "merge_dicts",
+    "os_error_message",
     "parse_sets",
     "print_table",
 ]
@@ -41,23 +48,85 @@ DATA_ROOT_OPTION = typer.Option(
 )
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a test runner swaps it for every command it invokes)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(verbose: bool) -> None:
     """Configure logging once, for the CLI only (the library never configures logging)."""
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[_StderrHandler()],
     )
 
 
+def ignore_file_size_signal() -> None:
+    """Ignore SIGXFSZ, so that a write past a file-size limit (``ulimit -f``) fails with EFBIG, which
+    :func:`handle_errors` reports, instead of killing the process without a word."""
+    if hasattr(signal, "SIGXFSZ"):
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread, where no signal can be set
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+#: Options through which commands name where they write, most specific first (``--store`` is an input of
+#: commands that also have ``--out``); a failed write without a file name names the first one given.
+_OUTPUT_OPTIONS = ("out", "workspace", "store")
+#: errno -> (what happened, how to fix it); ``{where}`` is the output option to change, e.g. "--out".
+_OS_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("disk full", "free space or choose another {where}"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota or choose another {where}"),
+    errno.EFBIG: (
+        "file too large (a file-size limit such as 'ulimit -f', or the file system's largest file)",
+        "raise the limit or choose another {where}",
+    ),
+    errno.EROFS: ("read-only file system", "choose a writable {where}"),
+    errno.EACCES: ("permission denied", "give this user access to it or choose another {where}"),
+    errno.EPERM: ("operation not permitted", "give this user access to it or choose another {where}"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose another {where}"),
+    errno.EISDIR: ("it is a folder, not a file", "pass a file there or choose another {where}"),
+    errno.EEXIST: ("it already exists", "remove it or choose another {where}"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+}
+_TEMP_FILE = re.compile(r"^\..+\.tmp$")  # genprov.utils.io's temporary files: name their folder instead
+
+
+def os_error_message(err: OSError, outputs: dict[str, Any]) -> str:
+    """One line for a failed file operation: the cause at the path, and the fix.
+
+    Args:
+        err: The error (its ``filename`` names the path when the operating system gave one).
+        outputs: The command's output options and their values, e.g. ``{"--out": Path("runs/x")}``; named
+            when the error carries no path, and offered as what to change.
+    """
+    cause, fix = _OS_ERRORS.get(err.errno or -1, (err.strerror or str(err), "check the path and try again"))
+    where = next(iter(outputs), "output location")
+    path = err.filename if err.filename is not None else next(iter(outputs.values()), None)
+    if path is not None and _TEMP_FILE.match(os.path.basename(os.fsdecode(path))):
+        path = os.path.dirname(os.fsdecode(path))
+    at = f" at {os.fsdecode(path)}" if path is not None else " while writing"
+    return f"{cause[0].upper()}{cause[1:]}{at}: {fix.format(where=where)}."
+
+
 def handle_errors(func: F) -> F:
-    """Turn :class:`GenprovError` into a one-line message on stderr and exit code 2 (no traceback)."""
+    """Turn :class:`GenprovError` and file-system errors (:class:`OSError`: disk full, file-size limit,
+    read-only, no permission, ...) into a one-line message on stderr and exit code 2 (no traceback)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except GenprovError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            message = str(err)
+        except OSError as err:
+            outputs = {f"--{k}": kwargs[k] for k in _OUTPUT_OPTIONS if kwargs.get(k) is not None}
+            message = os_error_message(err, outputs)
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -103,13 +172,25 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set takes KEY=VALUE (e.g. --set alpha=0.001); got {pair!r}.")
         try:
             value: Any = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if raw.lstrip().startswith(("[", "{", '"')):  # meant as JSON: a plain word is taken as a string
+                raise ConfigError(
+                    f"--set {key}: {raw!r} is not valid JSON ({err.msg} at character {err.pos + 1}); write a list "
+                    'as [1, 2], a mapping as {"a": 1} and quote the whole value for the shell.'
+                ) from None
             value = raw
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set key {key!r} has an empty part; write KEY or PARENT.KEY (e.g. detector.n_epochs).")
         target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
+        for depth, parent in enumerate(parts[:-1]):
             target = target.setdefault(parent, {})
-        target[leaf] = value
+            if not isinstance(target, dict):
+                raise ConfigError(
+                    f"--set {key}: {'.'.join(parts[: depth + 1])} was already set to a value, so it has no "
+                    "parameter to set inside it; pass one of the two."
+                )
+        target[parts[-1]] = value
     return values
 
 

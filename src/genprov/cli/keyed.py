@@ -16,7 +16,8 @@ import typer
 
 from genprov.attribution.model.keyed import KeyedGenerators, KeyedGeneratorsConfig, attribution_rule
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
-from genprov.data import expand_image_paths, load_images, png_roundtrip
+from genprov.data import expand_image_paths, image_sizes, load_images, png_roundtrip
+from genprov.exceptions import DataError
 
 app = typer.Typer(
     help="Decentralized attribution with keyed generators: give each user a keyed copy of your GAN, then tell "
@@ -105,7 +106,15 @@ def attribute_cmd(
     """
     fam = KeyedGenerators.load(family)
     files = expand_image_paths(images)
-    result = fam.attribute(load_images(files))
+    channels, height, width = fam.image_shape
+    for path, (w, h) in zip(files, image_sizes(files), strict=True):
+        if (w, h) != (width, height):
+            raise DataError(
+                f"{path} is {w}x{h} pixels but the family's models make {width}x{height} images; keyed attribution "
+                "reads images only at that size (resizing or cropping would erase the keys' signal). Pass the "
+                "images as the models saved them."
+            )
+    result = fam.attribute(load_images(files, channels=channels))
     if out is not None:
         result.save(out)
     rows = [

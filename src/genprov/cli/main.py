@@ -18,7 +18,7 @@ from genprov.cli import similarity as similarity_cmd
 from genprov.cli import train as train_cmd
 from genprov.cli import trak as trak_cmd
 from genprov.cli import workspace as workspace_cmd
-from genprov.cli.common import configure_logging
+from genprov.cli.common import configure_logging, ignore_file_size_signal
 
 app = typer.Typer(
     name="genprov",
@@ -63,6 +63,7 @@ def _root(
     ),
 ) -> None:
     configure_logging(verbose)
+    ignore_file_size_signal()
     torch.set_num_threads(threads)
 
 

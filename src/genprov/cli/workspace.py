@@ -7,15 +7,16 @@ verifies every file against its recorded SHA-256.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import typer
 
 from genprov.app.register import add_flipad, add_keyed, add_similarity, add_trak
-from genprov.app.workspace import Workspace, check_name
+from genprov.app.workspace import Workspace, check_name, check_outside
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, console, emit, handle_errors
+from genprov.data.images import read_pil_image
 from genprov.exceptions import DataError
+from genprov.utils.io import atomic_write_bytes
 
 app = typer.Typer(
     help="Register fitted detectors, keyed families and attribution stores for 'genprov serve'.\n\nExample: "
@@ -28,6 +29,14 @@ app.add_typer(add_app, name="add")
 
 WORKSPACE_OPTION = typer.Option(..., "--workspace", help="The workspace folder (created if missing).")
 NAME_OPTION = typer.Option(..., "--name", help="Entry name: letters, digits, '_', '.', '-'.")
+
+
+def _open_for(workspace: Path, name: str, *items: Path | None) -> Workspace:
+    """Open (or create) the workspace an item is added to, refusing first a workspace inside an item."""
+    for item in items:
+        if item is not None:
+            check_outside(workspace, item, name)
+    return Workspace.create(workspace)
 
 
 def _summary(ws: Workspace, name: str, as_json: bool) -> None:
@@ -58,7 +67,7 @@ def add_flipad_cmd(
 
     Example: genprov workspace add flipad --workspace ws --name my-gan --detector runs/det
     """
-    ws = Workspace.create(workspace)
+    ws = _open_for(workspace, name, detector, generator)
     add_flipad(ws, name, detector, generator=generator)
     _summary(ws, name, as_json)
 
@@ -75,7 +84,7 @@ def add_keyed_cmd(
 
     Example: genprov workspace add keyed --workspace ws --name users --family runs/family
     """
-    ws = Workspace.create(workspace)
+    ws = _open_for(workspace, name, family)
     add_keyed(ws, name, family)
     _summary(ws, name, as_json)
 
@@ -94,7 +103,7 @@ def add_trak_cmd(
 
     Example: genprov workspace add trak --workspace ws --name dtrak --store runs/dtrak
     """
-    ws = Workspace.create(workspace)
+    ws = _open_for(workspace, name, store, model)
     add_trak(ws, name, store, model=model, data_root=data_root)
     _summary(ws, name, as_json)
 
@@ -112,7 +121,7 @@ def add_similarity_cmd(
 
     Example: genprov workspace add similarity --workspace ws --name sim --store runs/sim
     """
-    ws = Workspace.create(workspace)
+    ws = _open_for(workspace, name, store)
     add_similarity(ws, name, store, data_root=data_root)
     _summary(ws, name, as_json)
 
@@ -125,15 +134,21 @@ def examples_cmd(
 ) -> None:
     """Copy example images into the workspace (the page offers them).
 
+    Every image is decoded fully first (a truncated, corrupt or over-large PNG is refused, naming it), and
+    nothing is copied unless all of them are sound.
+
     Example: genprov workspace examples --workspace ws samples/*.png
     """
-    ws = Workspace.create(workspace)
-    folder = ws.folder / "examples"
-    folder.mkdir(exist_ok=True)
     for image in images:
         if image.suffix.lower() != ".png" or not image.is_file():
             raise DataError(f"{image} is not a PNG file; examples must be PNG images.")
-        shutil.copy2(image, folder / f"{check_name(image.stem)}.png")
+        check_name(image.stem)
+        if read_pil_image(image).format != "PNG":
+            raise DataError(f"{image} is named .png but is not a PNG image; convert it to PNG.")
+    ws = Workspace.create(workspace)
+    folder = ws.folder / "examples"
+    for image in images:
+        atomic_write_bytes(folder / f"{image.stem}.png", image.read_bytes())
     console.print(f"{len(images)} example(s) in {folder}")
 
 
@@ -155,11 +170,25 @@ def list_cmd(
 @app.command("check")
 @handle_errors
 def check_cmd(workspace: Path = typer.Option(..., "--workspace", help="The workspace folder.")) -> None:
-    """Verify every entry's files against their recorded SHA-256 (exit 1 and name them when one differs).
+    """Verify every entry's files against their recorded SHA-256.
+
+    Exit code 0 when every file is as added; 1 when an entry's file is missing or changed (each is named,
+    one per line); 2 on any other error, e.g. a folder that is not a workspace.
 
     Example: genprov workspace check --workspace ws
     """
-    ws = Workspace.open(workspace)
+    ws = Workspace.open(workspace, strict=False)
+    problems = ws.all_problems()
+    if problems:
+        for problem in problems:
+            console.print(problem, highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold red]check failed:[/] {len(problems)} file(s) missing or changed in {workspace}; re-add those "
+            "entries ('genprov workspace add ...') or remove them ('genprov workspace remove NAME').",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
     console.print(f"[green]ok[/]: {len(ws)} entr{'y' if len(ws) == 1 else 'ies'}, every file as added.")
 
 

@@ -19,12 +19,16 @@ from genprov.data.dataset import ImageDataset
 from genprov.data.download import DOWNLOADABLE, download
 from genprov.data.idx import read_idx
 from genprov.data.images import (
+    MAX_DECODED_PIXELS,
     decode_image,
     expand_image_paths,
+    image_sizes,
     image_to_tensor,
     load_image,
     load_images,
     make_grid,
+    max_decoded_pixels,
+    min_image_size,
     png_roundtrip,
     resize_images,
     save_image_grid,
@@ -46,6 +50,7 @@ from genprov.data.tabular import TABULAR_DATASETS, TabularDataset, load_tabular
 
 __all__ = [
     "DOWNLOADABLE",
+    "MAX_DECODED_PIXELS",
     "PERTURBATIONS",
     "TABULAR_DATASETS",
     "DatasetInfo",
@@ -56,6 +61,7 @@ __all__ = [
     "download",
     "expand_image_paths",
     "gaussian_blur",
+    "image_sizes",
     "image_to_tensor",
     "jpeg_roundtrip",
     "list_datasets",
@@ -64,6 +70,8 @@ __all__ = [
     "load_images",
     "load_tabular",
     "make_grid",
+    "max_decoded_pixels",
+    "min_image_size",
     "missing_files",
     "perturb",
     "png_roundtrip",

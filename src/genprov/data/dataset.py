@@ -57,7 +57,7 @@ def sample_indices(total: int, n: int | None, seed: int) -> np.ndarray | None:
         return None
     require(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1, "n", "a positive integer", n)
     if n > total:
-        raise DataError(f"n={n} examples were asked for but the data has only {total}; pass n <= {total}.")
+        raise DataError(f"{n} examples were asked for but the data has only {total}; ask for at most {total}.")
     return np.sort(numpy_rng(seed, "sample", total).choice(total, size=n, replace=False)).astype(np.int64)
 
 

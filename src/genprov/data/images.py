@@ -5,6 +5,17 @@ genprov's images are float32 tensors of shape (N, C, H, W) with values in [-1, 1
 way a PNG file stores them, so ``png_roundtrip(x)`` equals saving ``x`` with :func:`save_images` and
 reading it back with :func:`load_image`.
 
+Every image read from outside (files, folders, uploads) passes the same checks, each failing with a
+:class:`~genprov.exceptions.DataError` that names the image:
+
+* at most :func:`max_decoded_pixels` pixels (default :data:`MAX_DECODED_PIXELS` = 4096 x 4096, or the
+  environment variable ``GENPROV_MAX_PIXELS``; the ``max_pixels`` argument overrides both), checked from the
+  header before any pixel is decoded;
+* fully decoded: a truncated or corrupt file is an error, never padded (whatever
+  ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says);
+* when resized to ``size``: a shorter side of at least :func:`min_image_size` (half of ``size``; the
+  ``min_size`` argument overrides it), and a logged warning saying how many images were resized.
+
 Example:
     >>> import torch
     >>> x = torch.rand(4, 3, 8, 8) * 2 - 1
@@ -14,9 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import math
 import os
+import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +39,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 
 from genprov.exceptions import ConfigError, DataError
@@ -34,12 +49,16 @@ from genprov.utils.validation import check_images
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_DECODED_PIXELS",
+    "MAX_PIXELS_ENV",
     "decode_image",
     "expand_image_paths",
+    "image_sizes",
     "image_to_tensor",
     "load_image",
     "load_images",
     "make_grid",
+    "max_decoded_pixels",
+    "min_image_size",
     "png_roundtrip",
     "resize_images",
     "save_image_grid",
@@ -54,6 +73,49 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 PathLike = str | os.PathLike[str]
+
+#: Default cap on an image's pixels (width x height), checked from the file header before decoding: a
+#: guard against decompression bombs (a small file whose header claims e.g. 50000x50000 pixels). Every
+#: reader here (the CLI's loaders and the service's :func:`decode_image`) applies the same cap.
+MAX_DECODED_PIXELS = 4096 * 4096
+#: Environment variable that overrides :data:`MAX_DECODED_PIXELS` (a positive integer number of pixels).
+MAX_PIXELS_ENV = "GENPROV_MAX_PIXELS"
+
+logger = logging.getLogger(__name__)
+_TRUNCATED_FLAG_LOCK = threading.Lock()
+
+
+def max_decoded_pixels() -> int:
+    """The pixel cap in force: ``$GENPROV_MAX_PIXELS`` when set, else :data:`MAX_DECODED_PIXELS`.
+
+    Pillow refuses on its own any image above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million
+    pixels), so a larger cap has no effect beyond that.
+
+    Raises:
+        ConfigError: If the environment variable is not a positive integer.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_DECODED_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(
+            f"{MAX_PIXELS_ENV} must be a positive whole number of pixels (e.g. {MAX_DECODED_PIXELS}); got {raw!r}. "
+            "Unset it to use the default."
+        )
+    return value
+
+
+def min_image_size(size: int) -> int:
+    """Smallest side (pixels) an image may have to be resized to ``size`` x ``size``: half of it, rounded up.
+
+    Upscaling more than 2x invents the fine detail that the detectors and attribution methods score, so a
+    verdict on such an image would be confident and meaningless; the loaders refuse it instead.
+    """
+    return (size + 1) // 2
 
 
 def uint8_to_model(x: Tensor) -> Tensor:
@@ -162,46 +224,120 @@ ImageSource = PathLike | bytes
 """An image file path, or encoded image bytes (PNG/JPEG/WebP...)."""
 
 
-def _decode(source: ImageSource, name: str, *, header_only: bool = False) -> Image.Image:
-    """Open an image (a path or encoded bytes) and decode it fully unless ``header_only``.
+def _too_large(name: str, what: str, cap: int) -> DataError:
+    return DataError(
+        f"{name} is {what}, more than the {cap:,} allowed (a guard against decompression bombs); use a smaller "
+        f"image, or raise the cap with the environment variable {MAX_PIXELS_ENV}."
+    )
 
-    ``name`` is how error messages refer to the image. With ``header_only`` the file is closed again at
-    once and only ``size`` and ``mode`` of the returned image are meaningful.
+
+def _load_complete(image: Image.Image) -> None:
+    """Decode all of ``image``'s pixels; truncated data is an error even if another library set
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (which pads missing pixels with grey)."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        image.load()
+        return
+    with _TRUNCATED_FLAG_LOCK:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            image.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+
+
+def _decode(source: ImageSource, name: str, *, max_pixels: int | None = None, header_only: bool = False) -> Image.Image:
+    """Open an image (a path or encoded bytes), check its header against the pixel cap, and decode it fully
+    unless ``header_only``.
+
+    ``name`` is how error messages refer to the image; ``max_pixels`` defaults to :func:`max_decoded_pixels`.
+    With ``header_only`` the file is closed again at once and only ``size`` and ``mode`` of the returned
+    image are meaningful.
     """
+    cap = max_decoded_pixels() if max_pixels is None else max_pixels
+    if isinstance(source, bytes) and not source:
+        raise DataError(f"{name} is empty (0 bytes); use a PNG or JPEG file.")
     stream: PathLike | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         image = Image.open(stream)
+        width, height = image.size
+        if width * height > cap:
+            image.close()
+            raise _too_large(name, f"{width}x{height} pixels", cap)
         if header_only:
             image.close()
         else:
-            image.load()
+            _load_complete(image)
+    except Image.DecompressionBombError as err:  # Pillow's own, larger cap refused it while opening
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        what = f"{int(claimed[1]):,} pixels" if claimed else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
+        raise _too_large(name, what, cap) from None
     except UnidentifiedImageError:
+        empty = not isinstance(source, bytes) and os.path.getsize(source) == 0
+        what = "is empty (0 bytes)" if empty else "is not an image Pillow can read (PNG, JPEG, WebP, ...)"
+        raise DataError(f"{name} {what}; use a PNG or JPEG file.") from None
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, OSError) and err.errno is not None:  # the file system's answer, e.g. no permission
+            raise DataError(f"Cannot read image {name}: {err.strerror or errno.errorcode.get(err.errno)}.") from None
         raise DataError(
-            f"{name} is not an image Pillow can read (PNG, JPEG, WebP, ...); convert it to PNG or JPEG."
+            f"Cannot read image {name}: {err}. The file is truncated or corrupt; export or copy it again."
         ) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"Cannot read image {name}: {err}. The data is probably truncated or corrupt.") from None
     return image
 
 
-def read_pil_image(path: Path) -> Image.Image:
-    """Decode the image file ``path``; a missing or unreadable file raises :class:`DataError`."""
+def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise DataError(f"Image file {path} does not exist.")
-    return _decode(path, str(path))
+        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        raise DataError(f"Image file {path} {what}.")
+
+
+def read_pil_image(path: Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode the image file ``path``; a missing, unreadable, too large or truncated file raises :class:`DataError`."""
+    _check_file(path)
+    return _decode(path, str(path), max_pixels=max_pixels)
 
 
 def _image_channels(image: Image.Image) -> int:
     return 1 if image.mode in _GRAY_MODES else 3
 
 
-def _to_tensor(image: Image.Image, channels: int) -> Tensor:
-    """(C, H, W) float32 tensor in [-1, 1] from a decoded Pillow image."""
-    if image.mode.startswith("I;16"):
-        arr16 = np.asarray(image, dtype=np.float32) / 65535.0
-        gray = torch.from_numpy(arr16)[None] * 2.0 - 1.0
+def _deep_gray(image: Image.Image, name: str) -> np.ndarray | None:
+    """Values in [0, 1] of a grayscale image deeper than 8 bits (16-bit, 32-bit integer or float), else None.
+
+    Converting these to 8-bit ``L`` would clip: 16-bit values above 255 all become white, floats in [0, 1]
+    black. Integer pixels are read as 16-bit (0..65535), float pixels must lie in [0, 1].
+    """
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return None
+    arr = np.asarray(image, dtype=np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
+            raise DataError(
+                f"{name} is a floating-point (mode F) image with values in [{lo:.4g}, {hi:.4g}]; genprov reads float "
+                "pixels in [0, 1] only. Save it as an 8- or 16-bit PNG."
+            )
+        return arr
+    if lo < 0 or hi > 65535:
+        raise DataError(
+            f"{name} is a 32-bit integer (mode {image.mode}) image with values in [{lo:.0f}, {hi:.0f}]; genprov reads "
+            "integer pixels in 0..65535 (16-bit) only. Save it as an 8- or 16-bit PNG."
+        )
+    return arr / 65535.0
+
+
+def _to_tensor(image: Image.Image, channels: int, name: str) -> Tensor:
+    """(C, H, W) float32 tensor in [-1, 1] from a decoded Pillow image (``name`` for error messages)."""
+    deep = _deep_gray(image, name)
+    if deep is not None:
+        gray = torch.from_numpy(deep.astype(np.float32))[None] * 2.0 - 1.0
         return gray.expand(channels, -1, -1).contiguous()
-    arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    target = "L" if channels == 1 else "RGB"
+    try:
+        arr = np.asarray(image.convert(target), dtype=np.uint8)
+    except ValueError as err:
+        raise DataError(f"{name} has pixel mode {image.mode} ({err}); save it as an RGB or grayscale PNG.") from None
     t = torch.from_numpy(arr.copy())
     t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
     return uint8_to_model(t.contiguous())
@@ -240,17 +376,14 @@ def expand_image_paths(paths: Sequence[PathLike]) -> list[Path]:
     return files
 
 
-#: Largest image (in pixels) :func:`decode_image` accepts: a guard against decompression bombs.
-MAX_DECODED_PIXELS = 4096 * 4096
-
-
-def decode_image(data: bytes, *, name: str = "the upload", max_pixels: int = MAX_DECODED_PIXELS) -> Image.Image:
+def decode_image(data: bytes, *, name: str = "the upload", max_pixels: int | None = None) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, WebP, ...) that came from outside, e.g. an upload.
 
     Args:
         data: The file's bytes.
         name: How error messages refer to the image.
-        max_pixels: Refuse larger images (checked from the header, before decoding).
+        max_pixels: Refuse larger images (checked from the header, before decoding); default
+            :func:`max_decoded_pixels` (``$GENPROV_MAX_PIXELS`` or :data:`MAX_DECODED_PIXELS`).
 
     Returns:
         The decoded Pillow image; turn it into a tensor with :func:`image_to_tensor`.
@@ -258,77 +391,131 @@ def decode_image(data: bytes, *, name: str = "the upload", max_pixels: int = MAX
     Raises:
         DataError: Empty data, not an image, truncated or corrupt, or too large.
     """
-    if not data:
-        raise DataError(f"{name} is empty (0 bytes); send a PNG or JPEG file.")
-    header = _decode(data, name, header_only=True)
-    width, height = header.size
-    if width * height > max_pixels:
-        raise DataError(
-            f"{name} is {width}x{height} pixels, more than the {max_pixels:,} allowed; send a smaller image."
-        )
-    return _decode(data, name)
+    return _decode(data, name, max_pixels=max_pixels)
 
 
-def image_to_tensor(image: Image.Image, *, size: int | None = None, channels: int | None = None) -> Tensor:
+def _check_min_size(name: str, width: int, height: int, size: int | None, min_size: int | None) -> None:
+    """Refuse an image whose shorter side is below ``min_size`` (default: :func:`min_image_size` of ``size``)."""
+    floor = min_size if min_size is not None else (min_image_size(size) if size is not None else None)
+    if floor is None or min(width, height) >= floor:
+        return
+    target = f" to be resized to {size}x{size}" if size is not None else ""
+    raise DataError(
+        f"{name} is {width}x{height} pixels; images must be at least {floor}x{floor}{target} (upscaling more "
+        "than 2x invents the detail the method scores, so its answer would mean nothing). Use the original, "
+        "larger image."
+    )
+
+
+def image_to_tensor(
+    image: Image.Image,
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    min_size: int | None = None,
+    name: str = "the image",
+) -> Tensor:
     """A decoded Pillow image as a (C, H, W) float32 tensor in [-1, 1].
 
     Args:
         image: The image (any mode Pillow converts to L or RGB; 16-bit grayscale is kept at full depth).
         size: If given, resize (centre-crop non-square images first) to ``size`` x ``size``.
         channels: 1 (grayscale, by luminance) or 3 (RGB, grayscale replicated); ``None`` keeps the image's own.
+        min_size: Refuse an image whose shorter side is below this many pixels (e.g.
+            ``min_image_size(size)``); ``None`` checks nothing.
+        name: How error messages refer to the image.
+
+    Raises:
+        DataError: The image is smaller than ``min_size`` or its pixels cannot be read as 8- or 16-bit values.
     """
     _check_channels(channels)
-    x = _to_tensor(image, channels or _image_channels(image))
+    if min_size is not None:
+        _check_min_size(name, image.width, image.height, size, min_size)
+    x = _to_tensor(image, channels or _image_channels(image), name)
     return resize_images(x[None], size)[0] if size is not None else x
 
 
-def load_image(path: PathLike, *, size: int | None = None, channels: int | None = None) -> Tensor:
-    """Read one image file as a float tensor.
-
-    Args:
-        path: A PNG, JPEG or other file Pillow reads.
-        size: If given, resize (centre-crop non-square images first) to ``size`` x ``size``.
-        channels: 1 (grayscale) or 3 (RGB); ``None`` keeps the file's own (grayscale files give 1, colour
-            files 3; an alpha channel is dropped).
+def load_image(
+    path: PathLike,
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    min_size: int | None = None,
+    max_pixels: int | None = None,
+) -> Tensor:
+    """Read one image file as a float tensor (see :func:`load_images` for the arguments).
 
     Returns:
         (C, H, W) float32 tensor in [-1, 1].
 
     Raises:
-        DataError: If the file is missing, not an image, or truncated.
+        DataError: If the file is missing, not an image, truncated, too large or too small.
     """
-    _check_channels(channels)
-    return image_to_tensor(read_pil_image(Path(path)), size=size, channels=channels)
+    return load_images([path], size=size, channels=channels, min_size=min_size, max_pixels=max_pixels)[0]
 
 
-def load_images(paths: Sequence[PathLike], *, size: int | None = None, channels: int | None = None) -> Tensor:
+def load_images(
+    paths: Sequence[PathLike],
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    min_size: int | None = None,
+    max_pixels: int | None = None,
+) -> Tensor:
     """Read several image files into one batch.
+
+    Every file's header is checked before any is decoded: at most ``max_pixels`` pixels, at least
+    ``min_size`` pixels on its shorter side. Resizing is logged as a warning (one line for the batch).
 
     Args:
         paths: Image files.
         size: If given, resize every image to ``size`` x ``size``; required when the files differ in size.
-        channels: 1 or 3; ``None`` gives 1 when every file is grayscale and 3 otherwise.
+        channels: 1 or 3; ``None`` gives 1 when every file is grayscale and 3 otherwise (an alpha channel
+            is dropped).
+        min_size: Refuse images whose shorter side is smaller (pixels). Default: when resizing, half of
+            ``size`` rounded up (:func:`min_image_size`), since upscaling further invents detail; else none.
+        max_pixels: Refuse images with more pixels (width x height); default :func:`max_decoded_pixels`.
 
     Returns:
         (N, C, H, W) float32 tensor in [-1, 1].
 
     Raises:
-        DataError: If ``paths`` is empty, a file is unreadable, or sizes differ and ``size`` is ``None``
-            (the message names the first file whose size differs).
+        DataError: If ``paths`` is empty, a file is missing, not an image, truncated, too large or too small,
+            or sizes differ and ``size`` is ``None`` (the message names the file).
     """
     files = [Path(p) for p in paths]
     if not files:
         raise DataError("load_images got no paths; pass at least one image file.")
     for path in files:
-        if not path.is_file():
-            raise DataError(f"Image file {path} does not exist.")
-    return stack_images([(str(p), p) for p in files], size=size, channels=channels)
+        _check_file(path)
+    return stack_images(
+        [(str(p), p) for p in files], size=size, channels=channels, min_size=min_size, max_pixels=max_pixels
+    )
+
+
+def image_sizes(paths: Sequence[PathLike], *, max_pixels: int | None = None) -> list[tuple[int, int]]:
+    """``(width, height)`` of each image file, read from its header (nothing is decoded).
+
+    Raises:
+        DataError: A file is missing, not an image, or over the pixel cap (``max_pixels``, default
+            :func:`max_decoded_pixels`); the message names it.
+    """
+    sizes = []
+    for path in map(Path, paths):
+        _check_file(path)
+        sizes.append(_decode(path, str(path), max_pixels=max_pixels, header_only=True).size)
+    return sizes
 
 
 def stack_images(
-    sources: Sequence[tuple[str, ImageSource]], *, size: int | None = None, channels: int | None = None
+    sources: Sequence[tuple[str, ImageSource]],
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    min_size: int | None = None,
+    max_pixels: int | None = None,
 ) -> Tensor:
-    """Decode images (paths or encoded bytes) into one batch (see :func:`load_images`).
+    """Decode images (paths or encoded bytes) into one batch (see :func:`load_images` for the checks).
 
     Headers are read first (size and mode, to pick C and check sizes), then each image is decoded and
     written into the output, so only one decoded image is held at a time.
@@ -337,6 +524,8 @@ def stack_images(
         sources: ``(name, path or bytes)`` pairs; names appear in error messages.
         size: Resize every image to ``size`` x ``size``; required when sizes differ.
         channels: 1, 3, or ``None`` (1 when every image is grayscale, else 3).
+        min_size: Smallest accepted shorter side; default :func:`min_image_size` of ``size`` when resizing.
+        max_pixels: Largest accepted width x height; default :func:`max_decoded_pixels`.
 
     Returns:
         (N, C, H, W) float32 tensor in [-1, 1].
@@ -344,7 +533,10 @@ def stack_images(
     _check_channels(channels)
     if not sources:
         raise DataError("No images to stack; pass at least one image.")
-    headers = [_decode(source, name, header_only=True) for name, source in sources]
+    cap = max_decoded_pixels() if max_pixels is None else max_pixels
+    headers = [_decode(source, name, max_pixels=cap, header_only=True) for name, source in sources]
+    for (name, _), header in zip(sources, headers, strict=True):
+        _check_min_size(name, header.width, header.height, size, min_size)
     if channels is None:
         channels = 1 if all(_image_channels(im) == 1 for im in headers) else 3
     width, height = headers[0].size
@@ -353,13 +545,36 @@ def stack_images(
             if header.size != (width, height):
                 raise DataError(
                     f"Images differ in size: {sources[0][0]} is {width}x{height} but {name} is "
-                    f"{header.size[0]}x{header.size[1]} (width x height). Pass a size (--resize N) to resize them all."
+                    f"{header.size[0]}x{header.size[1]} (width x height); use images of one size, or let the "
+                    "command resize them where it offers that (see its --help)."
                 )
+    else:
+        _warn_resized([name for name, _ in sources], [h.size for h in headers], size)
     out = torch.empty((len(sources), channels, size or height, size or width), dtype=torch.float32)
     for k, (name, source) in enumerate(sources):
-        image = _to_tensor(_decode(source, name), channels)
+        image = _to_tensor(_decode(source, name, max_pixels=cap), channels, name)
         out[k] = resize_images(image[None], size)[0] if size is not None else image
     return out
+
+
+def _warn_resized(names: Sequence[str], sizes: Sequence[tuple[int, int]], size: int) -> None:
+    """Log one warning for a batch whose images had to be resized to ``size`` x ``size``."""
+    changed = [(name, w, h) for name, (w, h) in zip(names, sizes, strict=True) if (w, h) != (size, size)]
+    if not changed:
+        return
+    name, w, h = changed[0]
+    cropped = " (non-square ones centre-cropped)" if any(cw != ch for _, cw, ch in changed) else ""
+    logger.warning(
+        "resized %d of %d image(s) to %dx%d%s, e.g. %s from %dx%d; answers on resized images are less certain",
+        len(changed),
+        len(names),
+        size,
+        size,
+        cropped,
+        name,
+        w,
+        h,
+    )
 
 
 def make_grid(images: Tensor, *, nrow: int | None = None, padding: int = 1, pad_value: float = 1.0) -> Tensor:

@@ -31,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,6 +340,8 @@ def _to_nchw(array: np.ndarray, where: str) -> np.ndarray:
 def _images_from_array(array: np.ndarray, where: str) -> np.ndarray | Tensor:
     """uint8 (N, C, H, W) pixels, or a float32 tensor in [-1, 1], from an image array of any layout/range."""
     array = _to_nchw(array, where)
+    if array.shape[0] == 0 or array.size == 0:
+        raise DataError(f"{where} has shape {array.shape}: it holds no image pixels. Point at a file with images.")
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
     if np.issubdtype(array.dtype, np.integer):
@@ -381,6 +385,25 @@ def _pick(keys: Sequence[str], candidates: Sequence[str]) -> str | None:
     return next((k for k in candidates if k in keys), None)
 
 
+def _unreadable_array(where: str, err: Exception) -> DataError:
+    """The error for an array file (or member) NumPy cannot read without unpickling, or at all."""
+    if "Object arrays" in str(err):
+        return DataError(
+            f"{where} holds Python objects (a pickled dtype=object array); genprov never unpickles data files "
+            "(that can run code). Save plain numeric arrays, e.g. np.savez(path, x=images.astype(np.uint8))."
+        )
+    if isinstance(err, OSError) and err.errno is not None:  # the file system's answer, e.g. no permission
+        return DataError(f"Cannot read {where}: {err.strerror}.")
+    if "pickled data" in str(err):
+        return DataError(
+            f"Cannot read {where}: it is not a NumPy .npz/.npy file (reading it would mean unpickling, which "
+            "genprov never does); save the images with np.savez."
+        )
+    return DataError(
+        f"Cannot read {where}: {err}. It is not a complete NumPy .npz/.npy file; save it again with np.savez."
+    )
+
+
 def _read_array_file(path: Path, split: str | None) -> _Arrays:
     """Read images (and labels) from an ``.npz`` or ``.npy`` file.
 
@@ -391,13 +414,20 @@ def _read_array_file(path: Path, split: str | None) -> _Arrays:
     """
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"Cannot read {path}: {err}. Is it a NumPy .npz/.npy file (saved without pickles)?") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise _unreadable_array(str(path), err) from None
     if isinstance(loaded, np.ndarray):
         if split not in (None, "train"):
-            raise DataError(f"{path} holds one array and so has no {split!r} split; use split='train'.")
+            raise DataError(f"{path} holds one array and so has no {split!r} split; use the 'train' split instead.")
         return _Arrays(_images_from_array(loaded, str(path)), None)
     with loaded as npz:
+
+        def member(key: str) -> np.ndarray:
+            try:
+                return np.asarray(npz[key])
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise _unreadable_array(f"{path}[{key!r}]", err) from None
+
         keys = list(npz.files)
         image_key = label_key = None
         if split is not None:
@@ -411,10 +441,10 @@ def _read_array_file(path: Path, split: str | None) -> _Arrays:
                 f"'x_{split}' or 'images_{split}'" if split not in (None, "train") else "'x', 'images' or 'x_train'"
             )
             raise DataError(f"{path} has no image array for this split: expected a key {wanted}; found keys {keys}.")
-        images = _images_from_array(npz[image_key], f"{path}[{image_key!r}]")
-        labels = _labels_from_array(npz[label_key], f"{path}[{label_key!r}]") if label_key else None
+        images = _images_from_array(member(image_key), f"{path}[{image_key!r}]")
+        labels = _labels_from_array(member(label_key), f"{path}[{label_key!r}]") if label_key else None
         names_key = _pick(keys, _CLASS_NAME_KEYS)
-        class_names = tuple(str(c) for c in npz[names_key].tolist()) if names_key else None
+        class_names = tuple(str(c) for c in member(names_key).tolist()) if names_key else None
     if labels is not None and len(labels) != len(images):
         raise DataError(
             f"{path}: {image_key!r} holds {len(images)} images but {label_key!r} holds {len(labels)} labels; "
@@ -446,7 +476,7 @@ def _split_folder(path: Path, split: str) -> Path:
     if split != "train":
         raise DataError(
             f"{path} holds a single set of images and so has no {split!r} split. Put the images in "
-            f"{path}/train and {path}/{split} to have splits, or use split='train'."
+            f"{path}/train and {path}/{split} to have splits, or use the 'train' split instead."
         )
     return path
 
@@ -493,7 +523,7 @@ def _load_lmdb(path: Path, split: str, n: int | None, seed: int, resize: int | N
         raise MissingDependencyError("lmdb", "lmdb", "Reading LSUN-style LMDB datasets") from None
     if split != "train":
         raise DataError(
-            f"The LMDB {path} holds a single set of images and so has no {split!r} split; use split='train'."
+            f"The LMDB {path} holds a single set of images and so has no {split!r} split; use the 'train' split instead."
         )
     try:
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=True)
@@ -549,7 +579,7 @@ def _load_path(path: Path, split: str, n: int | None, seed: int, resize: int | N
         return _finish(_read_array_file(path, split), str(path), n, seed, resize, None)
     raise DataError(
         f"Cannot load {path}: expected a folder of images, an .npz/.npy file, or an LMDB folder (with data.mdb); "
-        f"got a {path.suffix or 'suffix-less'} file. Use load_image for single images."
+        f"got a {path.suffix or 'suffix-less'} file. Put single images into a folder and pass the folder."
     )
 
 

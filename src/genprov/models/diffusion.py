@@ -327,8 +327,8 @@ def ddpm_sample(
         raise ConfigError(f"n must be >= 0 and batch_size > 0; got n={n}, batch_size={batch_size}.")
     if ddim_steps is not None and not 1 <= ddim_steps <= model.config.num_train_timesteps:
         raise ConfigError(
-            f"ddim_steps must be between 1 and num_train_timesteps={model.config.num_train_timesteps} "
-            f"(or None for ancestral DDPM sampling); got {ddim_steps}."
+            f"ddim_steps (--ddim-steps) must be between 1 and the model's {model.config.num_train_timesteps} "
+            f"training timesteps (0 on the command line, None in Python: ancestral sampling); got {ddim_steps}."
         )
     cfg = model.config
     device = next(model.parameters()).device

@@ -71,7 +71,7 @@ def check_images(
         if tuple(x.shape[2:]) != tuple(hw):
             raise DataError(
                 f"{name} must be {hw[0]}x{hw[1]} pixels; got {x.shape[2]}x{x.shape[3]}. "
-                "Resize the images (e.g. --resize on the command line) to the model's size."
+                "Resize them to the model's size first (genprov.data.resize_images; commands that offer it take --resize)."
             )
     check_finite(x, name)
     if value_range is not None:

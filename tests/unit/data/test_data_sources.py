@@ -156,7 +156,7 @@ def test_folder_errors(tmp_path: Path, write_png: Callable[..., Path]) -> None:
     mixed = tmp_path / "mixed"
     write_png(mixed / "a.png", size=(8, 8))
     write_png(mixed / "b.png", size=(10, 10))
-    with pytest.raises(DataError, match=r"b\.png is 10x10.*--resize"):
+    with pytest.raises(DataError, match=r"b\.png is 10x10.*images of one size"):
         load_dataset(mixed)
     assert load_dataset(mixed, resize=6).images.shape == (2, 1, 6, 6)
     broken = tmp_path / "broken"

@@ -185,8 +185,8 @@ def resolve_final_layer(
             raise ConfigError(
                 f"Cannot find the final layer of this {kind}: FLIPAD needs the generator's last linear layer and "
                 f"its output activation, and the module has no 'final_layer' attribute. Pass "
-                f"final_layer='<submodule path>' (its last submodules are {_last_layers(generator)}) and "
-                f"activation='tanh', 'sigmoid' or 'identity'."
+                f"final_layer='<submodule path>' (CLI: --set final_layer=...; its last submodules are "
+                f"{_last_layers(generator)}) and activation='tanh', 'sigmoid' or 'identity'."
             )
     try:
         layer = generator.get_submodule(name)
@@ -200,7 +200,7 @@ def resolve_final_layer(
         raise ConfigError(
             f"The final layer {name!r} of this {kind} is a {type(layer).__name__}; FLIPAD inverts a linear last "
             f"layer: one of {', '.join(t.__name__ for t in SUPPORTED_LAYERS)}. Pass final_layer='<path>' naming "
-            "the last such layer (the activation after it must be tanh, sigmoid or identity)."
+            "the last such layer (CLI: --set final_layer=...; the activation after it must be tanh, sigmoid or identity)."
         )
     act = activation_name
     if act is None:
