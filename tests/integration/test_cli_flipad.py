@@ -77,12 +77,16 @@ def test_baseline_method_and_errors(runner: CliRunner, gan: Path, tmp_path: Path
     assert result.exit_code == 0, result.output
     before = (det / "config.json").read_bytes()
 
-    result = runner.invoke(app, [*base, "--set", "alpah=1", "--out", str(det)])
+    result = runner.invoke(app, [*base, "--set", "alpha=1", "--out", str(det)])
+    assert result.exit_code == 2
+    assert "already holds a raw-pixels detector" in result.output
+    assert (det / "config.json").read_bytes() == before  # a refused fit leaves the saved detector intact
+
+    result = runner.invoke(app, [*base, "--set", "alpah=1", "--out", str(tmp_path / "other")])
     assert result.exit_code == 2
     assert "Did you mean 'alpha'" in result.output
-    assert (det / "config.json").read_bytes() == before  # a failed fit leaves the saved detector intact
 
-    result = runner.invoke(app, [*base, "--method", "flipadd", "--out", str(det)])
+    result = runner.invoke(app, [*base, "--method", "flipadd", "--out", str(tmp_path / "other")])
     assert result.exit_code == 2
     assert "Did you mean 'flipad'" in result.output
 
@@ -94,6 +98,6 @@ def test_baseline_method_and_errors(runner: CliRunner, gan: Path, tmp_path: Path
     assert result.exit_code == 2
     assert "does not exist" in result.output
 
-    result = runner.invoke(app, ["fit", "--generator", str(tmp_path), "--real", "digits", "--out", str(det)])
+    result = runner.invoke(app, ["fit", "--generator", str(tmp_path), "--real", "digits", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "not a checkpoint" in result.output

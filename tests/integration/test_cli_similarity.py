@@ -184,5 +184,8 @@ def test_tune_then_tuned_index_is_calibrated(queries: list[Path], tmp_path: Path
     answer = json.loads(result.stdout)
     assert answer["method"] == "similarity[simclr+tuned]" and answer["calibrated"] is True
     assert answer["calibration"]["inv_tau"] == pytest.approx(summary["calibration"]["inv_tau"])
-    bad = CliRunner().invoke(app, ["tune", "--store", str(tuned), "--customizations", str(bench), "--out", str(mapper)])
+    again = ["tune", "--store", str(tuned), "--customizations", str(bench)]
+    bad = CliRunner().invoke(app, [*again, "--out", str(tmp_path / "m2.safetensors")])
     assert bad.exit_code == 2 and "already a tuned index" in bad.output
+    taken = CliRunner().invoke(app, [*again, "--out", str(mapper)])
+    assert taken.exit_code == 2 and "is an existing file" in taken.output

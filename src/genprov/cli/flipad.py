@@ -31,6 +31,7 @@ from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from genprov.models.gans import GANConfig
 from genprov.models.sampling import sample
+from genprov.utils.artifacts import check_output_folder
 from genprov.utils.io import atomic_write_json, read_json
 
 app = typer.Typer(
@@ -81,7 +82,7 @@ def fit_cmd(
     ),
     method: str = typer.Option("flipad", "--method", help="flipad, raw-pixels, dct, prnu or latent-inversion."),
     n_samples: int = typer.Option(1000, "--n-samples", help="Generator samples to fit on (20% set the threshold)."),
-    n_real: int = typer.Option(1000, "--n-real", help="Real images to fit on (at most)."),
+    n_real: int = typer.Option(1000, "--n-real", min=1, help="Real images to fit on (at most)."),
     sets: list[str] = typer.Option(
         [], "--set", help="Any method parameter, KEY=VALUE (JSON), e.g. --set alpha=0.001 --set detector.n_epochs=10."
     ),
@@ -98,6 +99,7 @@ def fit_cmd(
     """
     if n_samples < 10:
         raise ConfigError(f"--n-samples must be at least 10; got {n_samples}.")
+    check_output_folder(out)
     ckpt = _image_generator(generator)
     model_config = ckpt.model_config
     assert isinstance(model_config, GANConfig)

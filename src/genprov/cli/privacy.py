@@ -43,7 +43,8 @@ from genprov.privacy import (
     privacy_splits,
 )
 from genprov.report import Image, KeyValue, Report, Section, Table, Text
-from genprov.utils.io import atomic_write_json, read_json
+from genprov.utils.artifacts import check_output_folder
+from genprov.utils.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json
 from genprov.utils.seeding import derive_seed
 
 __all__ = ["app", "audit", "defend", "explain"]
@@ -143,7 +144,9 @@ def explain(
     model: Path = typer.Option(..., "--model", help="Classifier checkpoint folder (genprov train classifier)."),
     method: str = typer.Option("gradient", "--method", help=METHOD_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs, index.html, explanations.npz and results.json."),
-    target: int | None = typer.Option(None, "--target", help="Class to explain (default: each image's prediction)."),
+    target: int | None = typer.Option(
+        None, "--target", min=0, help="Class to explain (default: each image's prediction)."
+    ),
     resize: bool = typer.Option(False, "--resize", help="Resize the images to the model's input size."),
     sets: list[str] = typer.Option(
         [], "--set", help="Explainer parameters, KEY=VALUE (JSON), e.g. --set layer=conv.2."
@@ -157,6 +160,7 @@ def explain(
 
     Example: genprov explain --model runs/classifier --method lrp digits/*.png --out runs/explain
     """
+    check_output_folder(out)
     net, size, channels = _classifier(model)
     files = expand_image_paths(images)
     x = load_images(files, size=size if resize else None, channels=channels)
@@ -169,9 +173,6 @@ def explain(
         raise DataError(
             f"The {method} explainer returned maps of shape {tuple(maps.shape)} for images {tuple(x.shape)}."
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
-    (out / "maps").mkdir(exist_ok=True)
     scale = max(1, 128 // int(x.shape[-1]))
     rows, blocks = [], []
     stems: dict[str, int] = {}
@@ -180,8 +181,8 @@ def explain(
         stems[stem] = stems.get(stem, 0) + 1
         name = stem if stems[stem] == 1 else f"{stem}-{stems[stem]}"
         overlay, heat = _overlay_png(x[i], maps[i], scale), _heat_png(maps[i], scale)
-        (out / "overlays" / f"{name}.png").write_bytes(overlay)
-        (out / "maps" / f"{name}.png").write_bytes(heat)
+        atomic_write_bytes(out / "overlays" / f"{name}.png", overlay)
+        atomic_write_bytes(out / "maps" / f"{name}.png", heat)
         pred = int(probs[i].argmax())
         explained = pred if tgt is None else int(tgt[i])
         rows.append(
@@ -195,7 +196,7 @@ def explain(
             }
         )
         blocks.append(Image(overlay, caption=f"{path.name}: predicted {pred} ({float(probs[i, pred]):.2f})"))
-    np.savez(out / "explanations.npz", maps=maps.numpy(), predictions=probs.numpy())
+    atomic_save_npz(out / "explanations.npz", {"maps": maps.numpy(), "predictions": probs.numpy()})
     report = Report(
         f"{method} explanations",
         subtitle=f"model {model}",
@@ -210,7 +211,7 @@ def explain(
     section.add(Table(rows, caption="Prediction and explained class per image.", columns=list(rows[0])[:4]), *blocks)
     report.add(section)
     page = report.write(out)
-    summary = {"method": method, "model": str(model), "images": rows, "report": str(page)}
+    summary = {"command": "explain", "method": method, "model": str(model), "images": rows, "report": str(page)}
     atomic_write_json(out / "results.json", summary)
     if as_json:
         emit(summary, as_json=True)
@@ -255,7 +256,7 @@ def audit(
         100.0, "--a", help="GNIME's privacy weight when it is fitted here (paper: 100; faces 500)."
     ),
     split: str = typer.Option("test", "--split", help="Dataset split to use."),
-    n: int | None = typer.Option(None, "--n", help="Use a seeded random subset of N images."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N images."),
     evaluator_path: Path | None = typer.Option(
         None, "--evaluator", help="An independent classifier for TCA (default: the model itself: re-classification)."
     ),
@@ -275,6 +276,7 @@ def audit(
 
     Example: genprov privacy audit --model runs/classifier --data digits --explainer lrp --out runs/audit
     """
+    check_output_folder(out)
     net, size, channels = _classifier(model)
     groups = _split_sets(sets)
     if explainer_name is None:
@@ -367,6 +369,7 @@ def audit(
     report.add(section)
     page = report.write(out, filename="report.html")
     summary = {
+        "command": "privacy audit",
         "model": str(model),
         "explainer": explainer_name,
         "defense": defense.describe(),
@@ -404,7 +407,7 @@ def defend(
         None, "--match", help="gaussian-noise: match the distortion of this saved defense (measured on --data)."
     ),
     split: str = typer.Option("train", "--split", help="Dataset split to use."),
-    n: int | None = typer.Option(None, "--n", help="Use a seeded random subset of N images."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N images."),
     sets: list[str] = typer.Option([], "--set", help=SETS_HELP),
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -418,6 +421,7 @@ def defend(
 
     Example: genprov privacy defend --model runs/classifier --data digits --explainer lrp --a 100 --out runs/gnime
     """
+    check_output_folder(out)
     net, size, channels = _classifier(model)
     groups = _split_sets(sets)
     explainer = _explainer(explainer_name, net, groups["explainer"])

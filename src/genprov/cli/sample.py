@@ -10,28 +10,34 @@ from genprov.cli.common import JSON_OPTION, SEED_OPTION, emit, handle_errors
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.sampling import sample as draw_samples
 from genprov.models.sampling import save_samples
+from genprov.utils.artifacts import check_output_folder
 
 
 @handle_errors
 def sample(
     checkpoint: Path = typer.Argument(..., help="Checkpoint folder written by 'genprov train'."),
-    n: int = typer.Option(64, "--n", "-n", help="Number of samples."),
+    n: int = typer.Option(64, "--n", "-n", min=1, help="Number of samples."),
     seed: int = SEED_OPTION,
     out: Path = typer.Option(..., "--out", help="Folder for samples.npz and grid.png (created)."),
     ddim_steps: int = typer.Option(
-        100, "--ddim-steps", help="DDPM only: DDIM steps; 0 runs ancestral sampling over all training steps."
+        100, "--ddim-steps", min=0, help="DDPM only: DDIM steps; 0 runs ancestral sampling over all training steps."
     ),
     eta: float = typer.Option(
         1.0, "--eta", help="DDPM only: DDIM noise (1 = stochastic, cleaner for small models; 0 = deterministic)."
     ),
-    batch_size: int = typer.Option(256, "--batch-size", help="Samples per forward pass (same samples either way)."),
-    scale: int = typer.Option(4, "--scale", help="Upscaling factor of grid.png (small images are easier to see)."),
+    batch_size: int = typer.Option(
+        256, "--batch-size", min=1, help="Samples per forward pass (same samples either way)."
+    ),
+    scale: int = typer.Option(
+        4, "--scale", min=1, help="Upscaling factor of grid.png (small images are easier to see)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Draw samples from a GAN or DDPM checkpoint; sample i depends only on (seed, i).
 
     Example: genprov sample runs/dcgan --n 64 --seed 0 --out runs/dcgan-samples
     """
+    check_output_folder(out)
     loaded = load_checkpoint(checkpoint)
     x = draw_samples(loaded, n, seed=seed, batch_size=batch_size, ddim_steps=ddim_steps or None, eta=eta)
     paths = save_samples(x, out, scale=scale)

@@ -34,6 +34,7 @@ from genprov.experiments.similarity import (
 )
 from genprov.report import Gallery, GalleryRow, Report, Section, Text
 from genprov.report.figures import to_png_bytes
+from genprov.utils.artifacts import INCOMPLETE_INDEX, check_output_file, check_output_folder
 from genprov.utils.io import atomic_write_json, atomic_write_text
 
 app = typer.Typer(
@@ -70,9 +71,12 @@ def index_cmd(
     data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
     store: Path = typer.Option(..., "--store", help="Index folder (created; an unfinished build is resumed)."),
     split: str = typer.Option("train", "--split", help="Dataset split to attribute to."),
-    n: int | None = typer.Option(None, "--n", help="Use a seeded random subset of N training images."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N training images."),
     resize: int | None = typer.Option(
-        None, "--resize", help="Resize training images to SIZE x SIZE (default: native; a classifier's own size)."
+        None,
+        "--resize",
+        min=1,
+        help="Resize training images to SIZE x SIZE (default: native; a classifier's own size).",
     ),
     checkpoint: Path | None = typer.Option(
         None,
@@ -93,6 +97,7 @@ def index_cmd(
 
     Example: genprov similarity index --extractor classifier --checkpoint runs/clf --data digits --store runs/sim
     """
+    check_output_folder(store, accept={"similarity index", "feature index", INCOMPLETE_INDEX}, option="--store")
     extractor_config, similarity_config = _split_sets(sets)
     data_spec = {
         "name": data,
@@ -134,7 +139,7 @@ def tune_cmd(
         help="Customization benchmark folder with manifest.json (e.g. <reproduce out>/customizations).",
     ),
     out: Path = typer.Option(..., "--out", help="Mapper file to write (.safetensors; a .json sidecar is added)."),
-    n_val_classes: int = typer.Option(2, "--n-val-classes", help="Seen classes held out for early stopping."),
+    n_val_classes: int = typer.Option(2, "--n-val-classes", min=1, help="Seen classes held out for early stopping."),
     grid: bool = typer.Option(
         False,
         "--grid",
@@ -154,6 +159,9 @@ def tune_cmd(
 
     Example: genprov similarity tune --store runs/sim --customizations runs/repro/customizations --out runs/mapper.safetensors
     """
+    sidecar = Path(f"{out}.json")
+    for path in (out, sidecar):
+        check_output_file(path)
     info = read_index_info(store)
     extractor = extractor_from_spec(info["extractor"], info["extractor_config"], weights=info.get("weights"))
     if info.get("mapper"):
@@ -170,7 +178,6 @@ def tune_cmd(
         grid=SimilarityExperimentConfig().tuning_grid if grid else (),
     )
     mapper.save(out)
-    sidecar = Path(f"{out}.json")
     atomic_write_json(
         sidecar,
         {
@@ -263,7 +270,7 @@ def query_cmd(
     images: list[Path] = typer.Argument(..., help="Query image files (resized to the index's image size)."),
     store: Path = typer.Option(..., "--store", help="Index folder written by 'genprov similarity index'."),
     out: Path = typer.Option(..., "--out", help="Folder for results.json, attribution.npz, gallery.html, report.html."),
-    top_k: int = typer.Option(20, "--top-k", help="Training images listed per query."),
+    top_k: int = typer.Option(20, "--top-k", min=1, help="Training images listed per query."),
     convert: bool = typer.Option(
         False, "--convert", help="Convert images whose channel count differs from the index's (RGB <-> grey)."
     ),
@@ -277,6 +284,7 @@ def query_cmd(
 
     Example: genprov similarity query --store runs/sim samples/0001.png samples/0002.png --top-k 20 --out runs/why
     """
+    check_output_folder(out)
     attributor, train, info = open_similarity_index(store, similarity_config={"search": search})
     x = _query_images(list(images), size=int(info["image_size"]), channels=int(info["channels"]), convert=convert)
     k = min(top_k, len(train))
@@ -295,6 +303,7 @@ def query_cmd(
         )
     calibration = attributor.calibration_
     summary = {
+        "command": "similarity query",
         "method": attributor.method,
         "store": str(store),
         "n_train": len(train),

@@ -36,12 +36,12 @@ app = typer.Typer(
 DATA_OPTION = typer.Option(
     "digits", "--data", help="Dataset name (digits, mnist, fashion-mnist, cifar10, ...) or path (folder, .npz)."
 )
-RESIZE_OPTION = typer.Option(None, "--resize", help="Resize images to RESIZE x RESIZE pixels (e.g. 16 or 32).")
-BATCH_OPTION = typer.Option(None, "--batch-size", help="Examples per step (default 64).")
+RESIZE_OPTION = typer.Option(None, "--resize", min=1, help="Resize images to RESIZE x RESIZE pixels (e.g. 16 or 32).")
+BATCH_OPTION = typer.Option(None, "--batch-size", min=1, help="Examples per step (default 64).")
 LR_OPTION = typer.Option(None, "--lr", help="Learning rate (default: the model's recommended one).")
 OUT_OPTION = typer.Option(..., "--out", help="Checkpoint folder (created; holds config.json, model.safetensors).")
 CHECKPOINT_EVERY_OPTION = typer.Option(
-    None, "--checkpoint-every", help="Save a resumable checkpoint every N steps (default 500)."
+    None, "--checkpoint-every", min=0, help="Save a resumable checkpoint every N steps (default 500)."
 )
 
 
@@ -88,9 +88,9 @@ def gan(
     data_root: Path | None = DATA_ROOT_OPTION,
     resize: int | None = RESIZE_OPTION,
     arch: str = typer.Option("dcgan", "--arch", help=f"GAN variant: {', '.join(GAN_OBJECTIVES.names())}."),
-    width: int = typer.Option(32, "--width", help="Feature maps of the generator's penultimate layer."),
-    latent_dim: int = typer.Option(32, "--latent-dim", help="Dimension of the latent vector z."),
-    steps: int = typer.Option(2000, "--steps", help="Generator updates."),
+    width: int = typer.Option(32, "--width", min=1, help="Feature maps of the generator's penultimate layer."),
+    latent_dim: int = typer.Option(32, "--latent-dim", min=1, help="Dimension of the latent vector z."),
+    steps: int = typer.Option(2000, "--steps", min=1, help="Generator updates."),
     batch_size: int | None = BATCH_OPTION,
     lr: float | None = LR_OPTION,
     checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
@@ -121,7 +121,7 @@ def ddpm(
     data_root: Path | None = DATA_ROOT_OPTION,
     resize: int | None = RESIZE_OPTION,
     preset: str = typer.Option("small", "--preset", help=f"U-Net size: {', '.join(DDPM_PRESETS)}."),
-    steps: int = typer.Option(3000, "--steps", help="Training steps."),
+    steps: int = typer.Option(3000, "--steps", min=1, help="Training steps."),
     batch_size: int | None = BATCH_OPTION,
     lr: float | None = LR_OPTION,
     checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
@@ -145,8 +145,8 @@ def classifier(
     data: str = DATA_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
     resize: int | None = RESIZE_OPTION,
-    width: int = typer.Option(32, "--width", help="Feature maps of the first conv layer."),
-    steps: int = typer.Option(1000, "--steps", help="Training steps."),
+    width: int = typer.Option(32, "--width", min=1, help="Feature maps of the first conv layer."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Training steps."),
     batch_size: int | None = BATCH_OPTION,
     lr: float | None = LR_OPTION,
     checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,

@@ -32,7 +32,8 @@ from genprov.models.diffusion import DDPM
 from genprov.report import Figure, Report, Section, Table
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
-from genprov.utils.io import atomic_write_json
+from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder
+from genprov.utils.io import atomic_open, atomic_write_json
 
 app = typer.Typer(
     help="Data attribution for diffusion models with TRAK and D-TRAK: featurize a training set, then ask which "
@@ -86,18 +87,18 @@ def featurize_cmd(
     data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
     store: Path = typer.Option(..., "--store", help="Feature store folder (created; an unfinished one is resumed)."),
     split: str = typer.Option("train", "--split", help="Dataset split to attribute to."),
-    n: int | None = typer.Option(None, "--n", help="Use a seeded random subset of N training images."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N training images."),
     output_function: str = typer.Option(
         "loss", "--output-function", help="loss (TRAK), squared-l2-norm (D-TRAK), mean, l1-norm, l2-norm, ..."
     ),
-    n_timesteps: int = typer.Option(10, "--n-timesteps", help="K, timesteps per example."),
+    n_timesteps: int = typer.Option(10, "--n-timesteps", min=1, help="K, timesteps per example."),
     schedule: str = typer.Option(
         "uniform",
         "--schedule",
         help="uniform (t = 0, T/K, ...) or cumulative (t = 0..K-1); a list: --set timesteps=[...]",
     ),
     projector: str = typer.Option("sjlt", "--projector", help="sjlt (fast on CPU), gaussian, rademacher, identity."),
-    proj_dim: int = typer.Option(2048, "--proj-dim", help="Feature dimension k."),
+    proj_dim: int = typer.Option(2048, "--proj-dim", min=1, help="Feature dimension k."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -107,6 +108,7 @@ def featurize_cmd(
 
     Example: genprov trak featurize --model runs/ddpm --data digits --store runs/dtrak --output-function squared-l2-norm
     """
+    check_output_folder(store, accept={"feature store", INCOMPLETE_STORE}, option="--store")
     ddpm = _ddpm(model)
     size, channels = ddpm.config.image_size, ddpm.config.channels
     data_spec = {
@@ -177,13 +179,16 @@ def score_cmd(
         ..., "--queries", help="Query images: image files, a folder, an .npz or a dataset name; repeatable."
     ),
     out: Path = typer.Option(..., "--out", help="Folder for attribution.npz/.json, results.json and report.html."),
-    top_k: int = typer.Option(10, "--top-k", help="Training images listed per query."),
-    negatives: int = typer.Option(3, "--negatives", help="Most negative influencers shown in the gallery."),
+    top_k: int = typer.Option(10, "--top-k", min=1, help="Training images listed per query."),
+    negatives: int = typer.Option(3, "--negatives", min=0, help="Most negative influencers shown in the gallery."),
     query_split: str = typer.Option(
         "test", "--query-split", help="Split when --queries names a dataset (or a folder with splits)."
     ),
     n_queries: int | None = typer.Option(
-        None, "--n-queries", help="Seeded random subset of a named query dataset (folders and files are used whole)."
+        None,
+        "--n-queries",
+        min=1,
+        help="Seeded random subset of a named query dataset (folders and files are used whole).",
     ),
     save_scores: bool = typer.Option(False, "--save-scores", help="Also write the full (n_queries, n_train) scores."),
     sets: list[str] = SETS_OPTION,
@@ -198,6 +203,7 @@ def score_cmd(
 
     Example: genprov trak score --store runs/dtrak --queries samples/ --top-k 10 --out runs/why
     """
+    check_output_folder(out)
     attributor, train, info = _attributor(store, sets)
     x, names = _query_images(
         queries,
@@ -212,7 +218,8 @@ def score_cmd(
     result = attributor.attribute(x, k=min(top_k, len(train)))
     result.save(out / "attribution.npz")
     if save_scores:
-        np.save(out / "scores.npy", scores.numpy())
+        with atomic_open(out / "scores.npy") as handle:
+            np.save(handle, scores.numpy())
     rows: list[dict[str, Any]] = []
     report = Report(
         f"{attributor.method}: top influencers",
@@ -240,7 +247,13 @@ def score_cmd(
         )
     report.add(section)
     report.write(out, filename="report.html")
-    summary = {"method": attributor.method, "store": str(store), "n_train": len(train), "queries": rows}
+    summary = {
+        "command": "trak score",
+        "method": attributor.method,
+        "store": str(store),
+        "n_train": len(train),
+        "queries": rows,
+    }
     atomic_write_json(out / "results.json", summary)
     if as_json:
         emit(summary, as_json=True)
@@ -268,7 +281,7 @@ def lds_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for results.json and report.html."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the confidence intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=1, help="Bootstrap resamples of the confidence intervals."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Linear datamodeling score of a store's attribution, lambda chosen on the benchmark's validation queries.
@@ -278,6 +291,7 @@ def lds_cmd(
 
     Example: genprov trak lds --store runs/dtrak --benchmark runs/repro/lds_benchmark.npz --out runs/lds
     """
+    check_output_folder(out)
     attributor, train, _ = _attributor(store, sets)
     bench = LDSBenchmark.load(benchmark).with_validation_split(seed)
     if bench.masks.shape[1] != len(train):
@@ -294,7 +308,13 @@ def lds_cmd(
         "pixel similarity": pixel_similarity(queries, train.images)[None],
     }
     lds = evaluate_lds(method_scores, bench, dampings=DAMPING_GRID, seed=seed, n_boot=n_boot)
-    results = {"method": attributor.method, "store": str(store), "benchmark": str(benchmark), "lds": lds}
+    results = {
+        "command": "trak lds",
+        "method": attributor.method,
+        "store": str(store),
+        "benchmark": str(benchmark),
+        "lds": lds,
+    }
     atomic_write_json(out / "results.json", results)
     rows = [
         {

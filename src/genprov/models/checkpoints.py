@@ -10,6 +10,11 @@
 its config class and builder, so :func:`load_checkpoint` rebuilds the modules from the config and then
 checks the tensors against them, naming the keys and shapes that differ.
 
+Every safetensors file records the SHA-256 of its tensor data in its metadata (``genprov_sha256``,
+:mod:`genprov.utils.checksums`); :func:`load_tensors` verifies it, so flipped bytes are refused with the
+file named. :func:`save_checkpoint` refuses a folder holding another kind of artefact
+(:func:`genprov.utils.artifacts.check_output_folder`).
+
 Optimiser states (for resumable training) use the same two files idea: tensors in safetensors, the
 non-tensor structure in JSON (:func:`flatten_optimizer_state` / :func:`unflatten_optimizer_state`).
 """
@@ -35,6 +40,8 @@ from genprov.models.diffusion import DDPMConfig, build_ddpm
 from genprov.models.gans import GANConfig, build_gan
 from genprov.models.tabular import TabularGANConfig, build_tabular_gan
 from genprov.models.train_config import TrainConfig
+from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, check_output_folder, refuse_pickle
+from genprov.utils.checksums import sign_safetensors, verify_safetensors
 from genprov.utils.io import atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = [
@@ -145,18 +152,26 @@ def state_tensors(modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` as a safetensors file at ``path`` atomically."""
+    """Write ``tensors`` as a safetensors file at ``path`` atomically, with the SHA-256 of its tensor data
+    in its metadata (checked by :func:`load_tensors`)."""
     data = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {}))
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, sign_safetensors(data))
 
 
 def load_tensors(path: str | Path, *, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read a safetensors file; a missing or unreadable file raises :class:`CheckpointError` naming it."""
+    """Read a safetensors file, verifying its recorded SHA-256 (files written before checksums: unchecked).
+
+    Raises:
+        CheckpointError: The file is missing, a pickle file, unreadable, or does not match its checksum.
+    """
     path = Path(path)
+    refuse_pickle(path, "a weights file")
     if not path.is_file():
         raise CheckpointError(f"Tensor file {path} does not exist.")
+    data = path.read_bytes()
+    verify_safetensors(data, path)
     try:
-        tensors = st_load(path.read_bytes())
+        tensors = st_load(data)
     except Exception as err:  # safetensors raises its own error types (and OSError) on bad files
         raise CheckpointError(
             f"Cannot read {path}: {err}. The file is truncated or corrupted; re-create it (e.g. retrain, "
@@ -195,6 +210,7 @@ def save_checkpoint(
     if not modules:
         raise CheckpointError("save_checkpoint needs at least one module to save; got none.")
     folder = Path(folder)
+    check_output_folder(folder, accept={f"{kind} checkpoint", INCOMPLETE_CHECKPOINT}, option="--out")
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / WEIGHTS_FILE, state_tensors(modules), metadata={"kind": kind})
     atomic_write_json(
@@ -218,6 +234,15 @@ def is_checkpoint(folder: str | Path) -> bool:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
+    refuse_pickle(folder)
+    if folder.is_file():
+        parent = (
+            f" (pass the folder that holds it, {folder.parent})" if folder.name in (CONFIG_FILE, WEIGHTS_FILE) else ""
+        )
+        raise CheckpointError(
+            f"{folder} is a file, not a checkpoint folder{parent}; a genprov checkpoint is a folder holding "
+            f"{CONFIG_FILE} and {WEIGHTS_FILE}, written by 'genprov train'."
+        )
     if not folder.is_dir():
         raise CheckpointError(
             f"No checkpoint at {folder}: the folder does not exist. Train one first, e.g. "
@@ -281,8 +306,10 @@ def load_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu") -
         The :class:`LoadedCheckpoint`, modules in eval mode.
 
     Raises:
-        CheckpointError: The folder or a file is missing or unreadable, the kind or config is invalid,
-            or the tensors do not match the config (names the first keys and shapes that differ).
+        CheckpointError: The folder or a file is missing or unreadable, ``folder`` is a file (a pickle
+            file is explained), the kind or config is invalid, the weights do not match their recorded
+            SHA-256, hold NaN or infinite values, or do not match the config (names the first keys and
+            shapes that differ).
     """
     folder = Path(folder)
     data = _read_config(folder)
@@ -313,6 +340,12 @@ def load_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu") -
         where=str(weights),
         hint=f" Was {CONFIG_FILE} edited or copied from another model?",
     )
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{weights} holds NaN or infinite weights ({_describe(sorted(bad))}): the training diverged or the file "
+            "is damaged; retrain it (e.g. with a lower --lr) or restore it from a copy."
+        )
     load_modules(modules, tensors)
     for module in modules.values():
         module.to(device).eval()

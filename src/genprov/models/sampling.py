@@ -14,11 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from genprov.data import save_image_grid
-from genprov.exceptions import ConfigError
+from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from genprov.models.diffusion import DDPM, ddpm_sample
 from genprov.models.gans import Generator
 from genprov.models.tabular import TabularGenerator
+from genprov.utils.artifacts import check_output_folder
 from genprov.utils.io import atomic_save_npz
 from genprov.utils.progress import progress
 
@@ -54,10 +55,33 @@ def sample(
     Returns:
         (n, C, H, W) images in [-1, 1] for GANs and DDPMs; (n, D) rows for tabular GANs (not clamped:
         exactly ``G(z)``, as final-layer inversion needs). Always on CPU.
+
+    Raises:
+        CheckpointError: The model produced NaN or infinite values (names the checkpoint).
     """
     if isinstance(source, (str, Path)):
         source = load_checkpoint(source, device=device)
+    where = f"the checkpoint {source.path}" if isinstance(source, LoadedCheckpoint) else f"this {type(source).__name__}"
     model = source.model if isinstance(source, LoadedCheckpoint) else source
+    x = _draw(model, n, seed=seed, batch_size=batch_size, ddim_steps=ddim_steps, eta=eta, show_progress=show_progress)
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise CheckpointError(
+            f"Sampling {where} gave NaN or infinite values: its weights are broken (a diverged training run); "
+            "retrain it, e.g. with a lower --lr."
+        )
+    return x
+
+
+def _draw(
+    model: nn.Module,
+    n: int,
+    *,
+    seed: int,
+    batch_size: int,
+    ddim_steps: int | None,
+    eta: float,
+    show_progress: bool | None,
+) -> Tensor:
     if not isinstance(n, int) or n < 0:
         raise ConfigError(f"n must be a non-negative integer; got {n!r}.")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -108,12 +132,21 @@ def save_samples(x: Tensor, out_dir: str | Path, *, nrow: int | None = None, sca
         scale: Integer upscaling of the grid (small images are easier to see).
 
     Returns:
-        ``{"samples": path, "grid": path}`` (no ``"grid"`` for tabular rows or ``n == 0``).
+        ``{"samples": path, "grid": path}`` (no ``"grid"`` for tabular rows).
+
+    Raises:
+        DataError: ``x`` is empty or holds NaN / infinite values (nothing is written).
+        ConfigError: ``out_dir`` is a file or holds another kind of artefact.
     """
+    if len(x) == 0:
+        raise DataError("There are no samples to save (n = 0); ask for at least one sample.")
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(f"The samples hold NaN or infinite values; refusing to save them to {out_dir}.")
     out = Path(out_dir)
+    check_output_folder(out, accept={"set of samples"}, option="--out")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"samples": out / SAMPLES_FILE}
     atomic_save_npz(paths["samples"], {"samples": x.detach().cpu().to(torch.float32).numpy()})
-    if x.ndim == 4 and len(x) > 0:
+    if x.ndim == 4:
         paths["grid"] = save_image_grid(x.detach().cpu(), out / GRID_FILE, nrow=nrow, scale=scale)
     return paths

@@ -59,6 +59,7 @@ from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_loss
 from genprov.models.gans import GANConfig, GANObjective, build_gan
 from genprov.models.tabular import TabularGANConfig, build_tabular_gan
 from genprov.models.train_config import TrainConfig
+from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, check_output_folder
 from genprov.utils.io import atomic_write_json, atomic_write_text, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
@@ -421,6 +422,48 @@ def _clear_state(state_dir: Path) -> None:
         old.unlink(missing_ok=True)
 
 
+def _differences(task: _Task, saved: Mapping[str, Any], fingerprint: str) -> dict[str, tuple[Any, Any]]:
+    """Fields where a saved run (``{"model", "training", "data"}``) differs from ``task``: ``{field: (saved, now)}``."""
+    saved_model = type(task.model_config).from_dict(saved["model"])
+    diffs = {k: (theirs, mine) for k, (mine, theirs) in task.model_config.diff(saved_model).items()}
+    if saved.get("training") is None:
+        diffs["training"] = (None, "a training run")
+    else:
+        saved_train = TrainConfig.from_dict(saved["training"])
+        diffs.update(
+            {
+                k: (theirs, mine)
+                for k, (mine, theirs) in task.cfg.diff(saved_train).items()
+                if k not in _RESUMABLE_FIELDS
+            }
+        )
+    if saved.get("data") != fingerprint:
+        diffs["data (fingerprint of the training set)"] = (saved.get("data"), fingerprint)
+    return diffs
+
+
+def _check_out(task: _Task, out_dir: Path, fingerprint: str, *, resume: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, holds another kind of artefact, or holds a checkpoint of another
+    run without resumable state (a run with state is checked by :func:`_restore`)."""
+    found = check_output_folder(out_dir, accept={f"{task.kind} checkpoint", INCOMPLETE_CHECKPOINT}, option="--out")
+    if (
+        found is None
+        or found.kind == INCOMPLETE_CHECKPOINT
+        or not resume
+        or (out_dir / STATE_DIR / _STATE_JSON).is_file()
+    ):
+        return
+    config = out_dir / CONFIG_FILE
+    try:
+        saved = read_json(config)
+        extra = saved.get("extra") or {}
+        diffs = _differences(task, {**saved, "data": extra.get("data")}, fingerprint)
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"Cannot read {config}: {err}. Use another --out folder.") from err
+    if diffs:
+        raise _mismatch(config, diffs)
+
+
 def _restore(task: _Task, out_dir: Path, fingerprint: str) -> _Progress:
     """Check ``out_dir/state`` against the task's configs and data, then load it into ``task``."""
     state_dir = out_dir / STATE_DIR
@@ -432,14 +475,7 @@ def _restore(task: _Task, out_dir: Path, fingerprint: str) -> _Progress:
         ) from err
     if meta.get("kind") != task.kind:
         raise _mismatch(state_dir, {"kind": (meta.get("kind"), task.kind)})
-    saved_model = type(task.model_config).from_dict(meta["model"])
-    diffs = {k: (theirs, mine) for k, (mine, theirs) in task.model_config.diff(saved_model).items()}
-    saved_train = TrainConfig.from_dict(meta["training"])
-    diffs.update(
-        {k: (theirs, mine) for k, (mine, theirs) in task.cfg.diff(saved_train).items() if k not in _RESUMABLE_FIELDS}
-    )
-    if meta.get("data") != fingerprint:
-        diffs["data (fingerprint of the training set)"] = (meta.get("data"), fingerprint)
+    diffs = _differences(task, meta, fingerprint)
     if diffs:
         raise _mismatch(state_dir, diffs)
     step = int(meta["step"])
@@ -475,6 +511,7 @@ def _run(
     """The loop shared by every trainer: resume, step, log, checkpoint, return."""
     t_start = time.perf_counter()
     out = Path(out_dir)
+    _check_out(task, out, fingerprint, resume=resume)
     cfg = task.cfg
     state_dir = out / STATE_DIR
     prog = _Progress()

@@ -39,6 +39,7 @@ from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFitte
 from genprov.models.checkpoints import check_state, load_tensors, save_tensors
 from genprov.privacy.explainers import Observations
 from genprov.registry import Registry
+from genprov.utils.artifacts import check_output_folder, refuse_pickle
 from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
@@ -443,6 +444,7 @@ class InversionAttack(ABC):
         """
         self._check_fitted()
         folder = Path(folder)
+        check_output_folder(folder, accept={f"{self.name} inversion attack"})
         folder.mkdir(parents=True, exist_ok=True)
         save_tensors(folder / WEIGHTS_FILE, self.net_.state_dict(), metadata={"method": self.name})
         atomic_write_json(
@@ -471,6 +473,7 @@ class InversionAttack(ABC):
                 fit the recorded architecture (the message names them).
         """
         folder = Path(folder)
+        refuse_pickle(folder, "an attack folder")
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise CheckpointError(f"No fitted attack at {folder}: {path} is missing. Fit one and .save(folder) it.")

@@ -45,6 +45,7 @@ from genprov.models.checkpoints import check_state, load_tensors, save_tensors
 from genprov.privacy.attacks import InversionNet
 from genprov.privacy.explainers import Explainer, ExplainerConfig
 from genprov.registry import Registry
+from genprov.utils.artifacts import check_output_folder, refuse_pickle
 from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
@@ -154,6 +155,7 @@ class Defense(Explainer):
         """
         meta, tensors = self._state()
         folder = Path(folder)
+        check_output_folder(folder, accept={f"{self.name} defense"})
         folder.mkdir(parents=True, exist_ok=True)
         if tensors:
             save_tensors(folder / WEIGHTS_FILE, tensors, metadata={"method": self.name})
@@ -188,6 +190,7 @@ class Defense(Explainer):
                 than recorded (the message names the differences), or weights that do not fit.
         """
         folder = Path(folder)
+        refuse_pickle(folder, "a defense folder")
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise CheckpointError(f"No saved defense at {folder}: {path} is missing. Fit one and .save(folder) it.")

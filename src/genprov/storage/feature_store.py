@@ -12,8 +12,15 @@ point resumes by recomputing only the shards not marked done. Reopening a store 
 raises :class:`~genprov.exceptions.StoreMismatchError` naming the fields (see
 :func:`genprov.storage.manifest.check_spec`).
 
+Disk space: creating a store first checks that the file system has room for it, then reserves every
+data block (``posix_fallocate``), and shards are written with ordinary file writes (never through a
+writable memory map), so a full disk or a file-size limit is a one-line :class:`DataError`, not a
+``SIGBUS``; the store stays resumable. Each finished shard's SHA-256 is recorded in the manifest and
+checked, once per shard and :class:`FeatureStore` object, when the array is read.
+
 Several processes may fill different shards of one store at once: the manifest update re-reads the
-manifest under an exclusive lock (``fcntl.flock`` on ``.lock``) before it marks a shard done.
+manifest under an exclusive lock (``fcntl.flock`` on ``.lock``) before it marks a shard done. Only
+writers take the lock: opening and reading a finished store needs no write access.
 
 :func:`read_raw_features` reads the headerless float32 ``(n, k)`` memmaps that D-TRAK's original code
 writes (Zheng et al., 2024), so its users can score their existing features with genprov.
@@ -29,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -47,6 +55,8 @@ from genprov.storage.manifest import (
     read_manifest,
     write_manifest,
 )
+from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder, ensure_free_space, storage_error
+from genprov.utils.checksums import sha256_hex
 
 __all__ = ["STORE_DTYPES", "FeatureStore", "read_raw_features"]
 
@@ -71,6 +81,38 @@ def _locked(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the open file ``size`` bytes with every block reserved (a sparse file where that is unsupported)."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    os.ftruncate(fd, size)
+
+
+def _allocate(file: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
+    """Create a zero-filled ``.npy`` file of ``shape`` with its blocks reserved; a full disk fails here."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    try:
+        with open(file, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            _reserve(handle.fileno(), handle.tell() + shape[0] * shape[1] * dtype.itemsize)
+    except OSError as err:
+        file.unlink(missing_ok=True)
+        raise storage_error(err, file, "the feature store's data file") from err
+
+
+def _allocated(file: Path) -> int:
+    """Bytes already allocated to ``file`` on disk (0 when it does not exist)."""
+    try:
+        return int(getattr(file.stat(), "st_blocks", 0)) * 512
+    except OSError:
+        return 0
 
 
 def _layout(n_rows: int, arrays: Mapping[str, int], dtype: str, shard_size: int) -> dict[str, Any]:
@@ -110,6 +152,7 @@ class FeatureStore:
         self.path = Path(path)
         self._manifest: Manifest | None = None
         self._maps: dict[str, np.memmap] = {}
+        self._verified: set[tuple[str, int]] = set()
 
     def __repr__(self) -> str:
         state = "unopened"
@@ -145,37 +188,69 @@ class FeatureStore:
             resume: Keep the finished shards of an existing store with the same spec; ``False`` clears
                 them (the data files are rewritten).
 
+        A finished store with the same spec whose manifest already holds ``info`` is opened without any
+        write (and without the lock), so it may live on a read-only file system.
+
         Raises:
             StoreMismatchError: The folder holds a store with another spec or layout (names the fields).
-            ConfigError: On an invalid layout.
+            ConfigError: On an invalid layout, or a path that is a file or holds another kind of artefact.
+            DataError: The file system has too little free space for the store, or is full (names both).
         """
         _check_layout(n_rows, arrays, dtype, shard_size)
         store = cls(path)
         layout = _layout(int(n_rows), {str(k): int(v) for k, v in arrays.items()}, dtype, int(shard_size))
         full_spec = {"layout": layout, **dict(spec)}
         n_shards = -(-int(n_rows) // int(shard_size))
+        facts = dict(info or {})
+        check_output_folder(store.path, accept={"feature store", INCOMPLETE_STORE}, option="--store")
+        manifest = store._reusable(full_spec, resume=resume)
+        if manifest is not None and all(manifest.info.get(k) == v for k, v in facts.items()):
+            store._manifest = manifest
+            return store
         store.path.mkdir(parents=True, exist_ok=True)
         with _locked(store.path):
-            if (store.path / MANIFEST_FILE).is_file():
-                manifest = read_manifest(store.path)
-                if manifest.kind != _KIND:
-                    raise StoreMismatchError(
-                        f"{store.path} holds a {manifest.kind!r} store, not a feature store; use another folder."
-                    )
-                check_spec(manifest.spec, full_spec, where=str(store.path))
-                if resume and store._files_ok(layout):
-                    manifest.info.update(info or {})
-                    write_manifest(store.path, manifest)
-                    store._manifest = manifest
-                    return store
+            manifest = store._reusable(full_spec, resume=resume)
+            if manifest is not None:
+                manifest.info.update(facts)
+                write_manifest(store.path, manifest)
+                store._manifest = manifest
+                return store
+            itemsize = np.dtype(dtype).itemsize
+            files = {name: store.path / f"{name}.npy" for name in layout["arrays"]}
+            needed = sum(
+                int(n_rows) * dim * itemsize - _allocated(files[name]) for name, dim in layout["arrays"].items()
+            )
+            ensure_free_space(store.path, needed, f"A feature store of {int(n_rows)} rows")
+            # no manifest while the files are re-created: a failure midway leaves an incomplete store
+            (store.path / MANIFEST_FILE).unlink(missing_ok=True)
             for name, dim in layout["arrays"].items():
-                np.lib.format.open_memmap(
-                    store.path / f"{name}.npy", mode="w+", dtype=np.dtype(dtype), shape=(int(n_rows), dim)
-                ).flush()
-            manifest = Manifest(kind=_KIND, spec=full_spec, shards=["pending"] * n_shards, info=dict(info or {}))
+                _allocate(files[name], (int(n_rows), dim), np.dtype(dtype))
+            manifest = Manifest(
+                kind=_KIND,
+                spec=full_spec,
+                shards=["pending"] * n_shards,
+                info=facts,
+                checksums={name: [None] * n_shards for name in layout["arrays"]},
+            )
             write_manifest(store.path, manifest)
             store._manifest = manifest
         return store
+
+    def _reusable(self, full_spec: Mapping[str, Any], *, resume: bool) -> Manifest | None:
+        """The existing manifest when the folder holds a store of ``full_spec`` to resume, else ``None``.
+
+        Raises:
+            StoreMismatchError: The folder holds another kind of store or one with another spec.
+        """
+        if not (self.path / MANIFEST_FILE).is_file():
+            return None
+        manifest = read_manifest(self.path)
+        if manifest.kind != _KIND:
+            raise StoreMismatchError(
+                f"{self.path} holds a {manifest.kind!r} store, not a feature store; use another folder."
+            )
+        check_spec(manifest.spec, full_spec, where=str(self.path))
+        return manifest if resume and self._files_ok(full_spec["layout"]) else None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> FeatureStore:
@@ -293,12 +368,14 @@ class FeatureStore:
             data: ``{array name: (stop - start, dim) values}`` for every array of the store.
 
         Raises:
-            DataError: On a missing array, a wrong shape, or non-finite values.
+            DataError: On a missing array, a wrong shape, non-finite values, or a failed write (a full disk).
         """
         start, stop = self.shard_bounds(shard)
         names = set(self.layout["arrays"])
         if set(data) != names:
             raise DataError(f"write_shard needs exactly the arrays {sorted(names)}; got {sorted(data)}.")
+        dtype = np.dtype(self.layout["dtype"])
+        sums: dict[str, str] = {}
         for name, values in data.items():
             array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
             expected = (stop - start, self._array_dim(name))
@@ -306,14 +383,29 @@ class FeatureStore:
                 raise DataError(f"shard {shard} of {name!r} must have shape {expected}; got {array.shape}.")
             if not np.isfinite(array).all():
                 raise DataError(f"shard {shard} of {name!r} has NaN or infinite values; refusing to store them.")
-            mm = self._map(name, writable=True)
-            mm[start:stop] = array
-            mm.flush()
+            rows = np.ascontiguousarray(array, dtype=dtype)
+            self._write_rows(name, start, rows)
+            sums[name] = sha256_hex(rows)
         with _locked(self.path):
             manifest = read_manifest(self.path)
             manifest.shards[shard] = "done"
+            for name, digest in sums.items():
+                manifest.checksums.setdefault(name, [None] * len(manifest.shards))[shard] = digest
             write_manifest(self.path, manifest)
             self._manifest = manifest
+
+    def _write_rows(self, name: str, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` at row ``start`` of ``name.npy`` with ordinary file writes, then fsync."""
+        file = self.path / f"{name}.npy"
+        offset = int(self._map(name).offset) + start * rows.shape[1] * rows.itemsize
+        try:
+            with open(file, "r+b") as handle:
+                handle.seek(offset)
+                handle.write(rows.data.cast("B"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise storage_error(err, file, f"rows {start}..{start + len(rows) - 1}") from err
 
     def update_info(self, **facts: Any) -> None:
         """Merge ``facts`` into the manifest's ``info`` (atomically)."""
@@ -323,12 +415,27 @@ class FeatureStore:
             write_manifest(self.path, manifest)
             self._manifest = manifest
 
-    def _map(self, name: str, *, writable: bool) -> np.memmap:
+    def _map(self, name: str) -> np.memmap:
+        """The read-only memory map of array ``name`` (opened once; rows written later are visible in it)."""
         self._array_dim(name)
-        key = f"{name}:{'w' if writable else 'r'}"
-        if key not in self._maps:
-            self._maps[key] = np.lib.format.open_memmap(self.path / f"{name}.npy", mode="r+" if writable else "r")
-        return self._maps[key]
+        if name not in self._maps:
+            self._maps[name] = np.lib.format.open_memmap(self.path / f"{name}.npy", mode="r")
+        return self._maps[name]
+
+    def _verify(self, name: str, array: np.ndarray) -> None:
+        """Check every finished shard of ``name`` not checked yet against its recorded SHA-256."""
+        recorded = self.manifest.checksums.get(name) or []
+        for shard, digest in enumerate(recorded):
+            if digest is None or self.manifest.shards[shard] != "done" or (name, shard) in self._verified:
+                continue
+            start, stop = self.shard_bounds(shard)
+            if sha256_hex(np.ascontiguousarray(array[start:stop])) != digest:
+                raise DataError(
+                    f"{self.path / f'{name}.npy'} rows {start}..{stop - 1} (shard {shard}) do not match their recorded "
+                    f"SHA-256: the file is corrupted; restore the store from a copy, or delete {self.path} and "
+                    "featurize again."
+                )
+            self._verified.add((name, shard))
 
     # ------------------------------------------------------------------------------------ reading
 
@@ -340,7 +447,8 @@ class FeatureStore:
             allow_incomplete: Return it even if shards are missing (their rows are zeros).
 
         Raises:
-            DataError: If shards are missing and ``allow_incomplete`` is false.
+            DataError: If shards are missing and ``allow_incomplete`` is false, or a finished shard does not
+                match its recorded SHA-256 (names the file and rows).
         """
         self.refresh()
         if not allow_incomplete and not self.is_complete:
@@ -349,8 +457,10 @@ class FeatureStore:
                 f"{self.path} is incomplete: {len(missing)} of {self.n_shards} shards are missing "
                 f"(e.g. {missing[:5]}). Run the featurization again to resume it."
             )
-        self._maps.pop(f"{name}:r", None)  # reopen: other writers may have filled rows since
-        return self._map(name, writable=False)
+        self._maps.pop(name, None)  # reopen: another writer may have re-created the file since
+        array = self._map(name)
+        self._verify(name, array)
+        return array
 
     def read_tensor(self, name: str = "features", *, rows: slice | None = None) -> Tensor:
         """Rows of a complete array as a float32 torch tensor (a copy)."""

@@ -53,6 +53,7 @@ from torch import Tensor
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError, StoreMismatchError
 from genprov.storage.feature_store import FeatureStore
 from genprov.storage.manifest import spec_differences
+from genprov.utils.artifacts import INCOMPLETE_INDEX, check_output_folder
 from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 
@@ -244,7 +245,8 @@ class FeatureIndex:
 
         Raises:
             StoreMismatchError: The folder holds an index with another dim, metric or spec (names the fields).
-            ConfigError: On an invalid ``dim`` or ``metric``.
+            ConfigError: On an invalid ``dim`` or ``metric``, or a path that is a file or holds another kind
+                of artefact.
         """
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ConfigError(f"dim must be a positive integer (the feature dimension); got {dim!r}.")
@@ -252,6 +254,9 @@ class FeatureIndex:
             raise ConfigError(f"metric must be one of {METRICS}; got {metric!r}.")
         index = cls(path)
         wanted = {"dim": int(dim), "metric": metric, "spec": dict(spec or {})}
+        check_output_folder(
+            index.path, accept={"feature index", "similarity index", INCOMPLETE_INDEX}, option="--store"
+        )
         if (index.path / INDEX_FILE).is_file():
             index._load_meta()
             saved = {key: index.meta[key] for key in ("dim", "metric", "spec")}

@@ -10,6 +10,8 @@ The manifest has three parts:
 * ``shards``: the status of each block of rows; a shard is marked ``"done"`` only after its data was
   flushed to disk, so a crash at any point leaves a store that resumes correctly.
 * ``info``: free-form facts that do not change the numbers (paths, timings, genprov version).
+* ``checksums``: per array, the SHA-256 of each finished shard's rows as stored (``None`` while pending),
+  verified when the store is read; stores written before checksums have none and are read unchecked.
 
 Writes are atomic (temporary file, fsync, rename; :func:`genprov.utils.io.atomic_write_json`).
 """
@@ -56,6 +58,7 @@ class Manifest:
         shards: One status per shard, ``"pending"`` or ``"done"``.
         info: Free-form facts that do not change the numbers (not compared).
         version: Manifest format version.
+        checksums: ``{array name: [hex SHA-256 of shard i's rows, or None]}`` (empty for older stores).
     """
 
     kind: str
@@ -63,10 +66,18 @@ class Manifest:
     shards: list[str]
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    checksums: dict[str, list[str | None]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, as written to disk."""
-        return {"version": self.version, "kind": self.kind, "spec": self.spec, "shards": self.shards, "info": self.info}
+        return {
+            "version": self.version,
+            "kind": self.kind,
+            "spec": self.spec,
+            "shards": self.shards,
+            "info": self.info,
+            "checksums": self.checksums,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "manifest") -> Manifest:
@@ -89,12 +100,18 @@ class Manifest:
             raise DataError(f"{where}: 'shards' must be a list of 'pending' / 'done'; got {shards!r:.120}.")
         if not isinstance(data["spec"], dict) or not isinstance(data.get("info", {}), dict):
             raise DataError(f"{where}: 'spec' and 'info' must be JSON objects.")
+        checksums = data.get("checksums", {})
+        if not isinstance(checksums, dict) or any(
+            not isinstance(v, list) or len(v) != len(shards) for v in checksums.values()
+        ):
+            raise DataError(f"{where}: 'checksums' must map array names to one entry per shard.")
         return cls(
             kind=str(data["kind"]),
             spec=dict(data["spec"]),
             shards=list(shards),
             info=dict(data.get("info", {})),
             version=version,
+            checksums={str(k): list(v) for k, v in checksums.items()},
         )
 
 

@@ -61,16 +61,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save as st_save
 from scipy.stats import skew
 from torch import Tensor, nn
 
 from genprov.config import Config, is_int, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, MissingDependencyError, NotFittedError
-from genprov.models.checkpoints import check_state, load_checkpoint, load_tensors
+from genprov.models.checkpoints import check_state, load_checkpoint, load_tensors, save_tensors
 from genprov.registry import Registry
 from genprov.storage import fingerprint_state
-from genprov.utils.io import atomic_write_bytes
+from genprov.utils.artifacts import refuse_pickle
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
 from genprov.utils.validation import check_images
@@ -356,8 +355,11 @@ class ExtractorConfig(Config):
     Attributes:
         batch_size: Images per forward pass.
         normalize: L2-normalise the features (cosine geometry).
+        location_fields: Fields that only say where the weights are (a path); they are left out of the
+            extractor's :meth:`FeatureExtractor.spec`, which identifies the weights by their content.
     """
 
+    location_fields: ClassVar[tuple[str, ...]] = ()
     batch_size: int = 256
     normalize: bool = True
 
@@ -396,8 +398,13 @@ class FeatureExtractor(ABC):
         return None
 
     def spec(self) -> dict[str, Any]:
-        """What determines the features (name, config, weights), for store manifests."""
-        return {"extractor": self.name, "config": self.config.to_dict(), "weights": self.weights_fingerprint()}
+        """What determines the features (name, config, weights), for store manifests.
+
+        The weights are identified by a hash of their content, not by the path they were read from (the
+        config's ``location_fields`` are left out): a copied or relatively named weights file matches.
+        """
+        config = {k: v for k, v in self.config.to_dict().items() if k not in self.config.location_fields}
+        return {"extractor": self.name, "config": config, "weights": self.weights_fingerprint()}
 
     def extract(self, images: object, *, show_progress: bool | None = False) -> Tensor:
         """Features of ``images``.
@@ -470,6 +477,7 @@ class ClassifierFeaturesConfig(ExtractorConfig):
         checkpoint: A genprov classifier checkpoint folder, used when no model is passed.
     """
 
+    location_fields: ClassVar[tuple[str, ...]] = ("checkpoint",)
     checkpoint: str | None = None
 
     def validate(self) -> None:
@@ -806,8 +814,7 @@ class SimCLRExtractor(FeatureExtractor):
             "in_channels": str(encoder.in_channels),
         }
         file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(file, st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta))
+        save_tensors(file, tensors, metadata=meta)
         return file
 
     @classmethod
@@ -842,6 +849,7 @@ class SimCLRExtractor(FeatureExtractor):
 
 
 def _safetensors_metadata(file: Path) -> dict[str, str]:
+    refuse_pickle(file, "a weights file")
     if not file.is_file():
         raise CheckpointError(f"{file} does not exist.")
     try:
@@ -867,6 +875,7 @@ class LocalWeightsConfig(ExtractorConfig):
         strict: Require exactly the backbone's keys (see :func:`load_backbone_weights`).
     """
 
+    location_fields: ClassVar[tuple[str, ...]] = ("path",)
     batch_size: int = 64
     path: str = ""
     backbone: str = "conv-encoder"
@@ -988,6 +997,7 @@ class EfficientNetLite0Config(ExtractorConfig):
         image_size: Input side the images are resized to (224: the network's native size).
     """
 
+    location_fields: ClassVar[tuple[str, ...]] = ("weights",)
     batch_size: int = 32
     weights: str | None = None
     normalization: str = "inception"
@@ -1458,8 +1468,7 @@ class FeatureMapper:
             "best_val_map": json.dumps(self.best_val_map_),
         }
         file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(file, st_save({k: v.contiguous() for k, v in state.items()}, metadata=meta))
+        save_tensors(file, state, metadata=meta)
         return file
 
     @classmethod

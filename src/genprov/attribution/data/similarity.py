@@ -42,6 +42,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ from genprov.config import Config, is_int, is_positive_int, require
 from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import ConfigError, DataError, NotFittedError, StoreMismatchError
 from genprov.results import DataAttributionResult
-from genprov.storage import FeatureIndex, FeatureStore, exact_search, normalize_rows
+from genprov.storage import INDEX_FILE, FeatureIndex, FeatureStore, exact_search, normalize_rows
 
 __all__ = [
     "SEARCH_BACKENDS",
@@ -435,6 +436,25 @@ class SimilarityAttributor(DataAttributor):
             "image_shape": [int(v) for v in image_shape],
         }
 
+    def _with_recorded_locations(self, folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
+        """``spec`` with the weight paths an index built by an older genprov recorded in its extractor config.
+
+        Such indexes named the weights by path as well as by content; the path is taken from the index
+        (it says nothing about the features), while the content fingerprint still has to match.
+        """
+        if not (folder / INDEX_FILE).is_file():
+            return spec
+        saved = FeatureIndex.open(folder).spec.get("extractor")
+        saved_config = saved.get("config") if isinstance(saved, dict) else None
+        if not isinstance(saved_config, dict):
+            return spec
+        fields = self._extractor().config.location_fields
+        recorded = {k: saved_config[k] for k in fields if k in saved_config}
+        if not recorded:
+            return spec
+        extractor = spec["extractor"]
+        return {**spec, "extractor": {**extractor, "config": {**extractor["config"], **recorded}}}
+
     # ------------------------------------------------------------------------------------ fitting
 
     def fit(
@@ -480,7 +500,8 @@ class SimilarityAttributor(DataAttributor):
             return self
         key = fingerprint_arrays(images.detach().cpu().contiguous().numpy())
         path = store.path if isinstance(store, FeatureIndex) else store
-        index = FeatureIndex.create(path, dim=dim, metric=self.config.metric, spec=self.store_spec(shape))
+        spec = self._with_recorded_locations(Path(path), self.store_spec(shape))
+        index = FeatureIndex.create(path, dim=dim, metric=self.config.metric, spec=spec)
         segments = index.segments
         if segments and (segments[0]["key"] != key or int(segments[0]["n_rows"]) != n):
             raise StoreMismatchError(

@@ -562,6 +562,14 @@ class TRAKAttributor(DataAttributor):
             sq_norms[start : start + len(rows)] = np.einsum("ij,ij->i", rows, rows)
         if not np.isfinite(sq_norms).all():
             raise DataError("training features contain NaN or infinite values; featurize again.")
+        if not sq_norms.any():
+            where = f"in {self.store_.path} " if self.store_ is not None else ""
+            raise DataError(
+                f"The training features {where}are all zero, so no damping can make them informative: the model's "
+                "gradients vanished for the selected parameters (check the include / exclude parameter patterns), or "
+                "the features were never written. Featurize again with other parameters (--set include=[...]) into "
+                "a new store."
+            )
         self._kernel["sq_norms"] = sq_norms
         self._kernel["trace"] = float(sq_norms.sum())
         self._kernel["dual"] = k > n

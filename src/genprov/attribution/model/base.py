@@ -35,6 +35,7 @@ from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFitte
 from genprov.models.checkpoints import load_tensors, save_tensors
 from genprov.registry import Registry
 from genprov.results import ModelAttributionResult
+from genprov.utils.artifacts import check_output_folder, refuse_pickle
 from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.seeding import torch_generator
 from genprov.utils.validation import check_images, check_matrix
@@ -344,6 +345,9 @@ class ModelAttributor(ABC):
 
         Returns:
             The folder.
+
+        Raises:
+            ConfigError: ``folder`` is a file or holds another artefact than a detector of this method.
         """
         self._check_fitted()
         meta, tensors = self._state()
@@ -351,6 +355,7 @@ class ModelAttributor(ABC):
         if clash:
             raise ConfigError(f"state tensor names must not start with 'attributor.'; got {clash}.")
         folder = Path(folder)
+        check_output_folder(folder, accept={f"{self.name} detector"})
         folder.mkdir(parents=True, exist_ok=True)
         save_tensors(folder / STATE_FILE, {**tensors, "attributor.holdout_scores": self.holdout_scores_})
         atomic_write_json(
@@ -384,6 +389,7 @@ class ModelAttributor(ABC):
                 for, or a generator whose weights differ from the one it was fitted for.
         """
         folder = Path(folder)
+        refuse_pickle(folder, "a detector folder")
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise CheckpointError(

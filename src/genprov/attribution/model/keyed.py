@@ -118,6 +118,7 @@ from genprov.models.gans import GANConfig, Generator
 from genprov.models.sampling import sample
 from genprov.models.training import batch_indices
 from genprov.results import Result
+from genprov.utils.artifacts import check_output_folder
 from genprov.utils.io import atomic_write_bytes, atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
@@ -876,9 +877,11 @@ class KeyedGenerators:
         Raises:
             KeyConstraintError: If the keys cannot meet the angle constraint.
             StoreMismatchError: If ``out`` holds a family of another root, data or config.
+            ConfigError: If ``out`` is a file or holds another kind of artefact (nothing is written).
         """
         config = config if config is not None else KeyedGeneratorsConfig()
         require(is_int(n_keys) and n_keys >= 1, "n_keys", "a positive integer", n_keys)
+        check_output_folder(out, accept={"keyed family"})
         if not isinstance(config, KeyedGeneratorsConfig):
             raise ConfigError(f"config must be a KeyedGeneratorsConfig; got {type(config).__name__}.")
         g0, source = _load_root(root)
