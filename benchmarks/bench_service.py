@@ -1,12 +1,17 @@
-"""Load test of the provenance service: concurrent queries against a similarity index and a TRAK store.
+"""Load test of the provenance service: 100 concurrent uploads against a similarity index and a TRAK store.
 
 A workspace with two entries is built in a temporary folder: a feature-similarity index (raw pixels) over
 10,000 MNIST training images (digits repeated with shifts when MNIST is not in ``$GENPROV_DATA`` or
 ``../shared/data``) and a D-TRAK store of a tiny DDPM over 400 digits. The service runs in this process
-(uvicorn on 127.0.0.1, one worker) and 50 clients post 50 distinct images at once to ``/api/attribute``
-(distinct, so no answer comes from the result cache). Reported: throughput, latency percentiles and errors
-(goal: none). Analyses are serialised by the engine's lock, so latency grows with the queue while
-throughput stays that of one analysis at a time.
+(uvicorn on 127.0.0.1 only, one analysis worker, queue of 128) and 100 clients post 100 distinct MNIST test
+digits at once to ``/api/attribute`` (distinct, so no answer comes from the analysis cache), plus one corrupt
+PNG that must get a 400. Meanwhile a client asks ``/health`` every 20 ms. Reported: throughput, latency
+percentiles, ``/health`` latency during the load, how long requests queued, non-2xx answers (goal: none
+unexpected) and the workspace's size before and after (answers are stored at the analysed size).
+
+A second phase serves the same workspace with a deliberately small queue (4) and fires another 100
+distinct uploads at once: the 503s with ``Retry-After`` there are expected (back-pressure), and every
+request the service admitted must succeed.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-N_REQUESTS = 50
-CONCURRENCY = 50
+N_REQUESTS = 100
+SMALL_QUEUE = 4
+HEALTH_EVERY_S = 0.02
 
 
 def _data_root() -> Path | None:
@@ -48,11 +55,11 @@ def _workspace(folder: Path, n_index: int) -> tuple[Path, list[bytes], str]:
     if root is not None:
         spec = {"name": "mnist", "split": "train", "n": n_index, "seed": 0, "resize": None, "data_root": str(root)}
         source = f"{n_index} MNIST training images (28x28)"
-        queries = load_dataset("mnist", split="test", n=N_REQUESTS, seed=1, data_root=root).images
+        queries = load_dataset("mnist", split="test", n=N_REQUESTS + 1, seed=1, data_root=root).images
     else:  # pragma: no cover - without the shared data
         spec = {"name": "digits", "split": "train", "n": None, "seed": 0, "resize": None, "data_root": None}
         source = "1,437 digits (MNIST not found)"
-        queries = load_dataset("digits", split="test", n=N_REQUESTS, seed=1).images
+        queries = load_dataset("digits", split="test", n=N_REQUESTS + 1, seed=1).images
     build_similarity_index("pixels", folder / "sim", spec)
     add_similarity(ws, "similarity", folder / "sim")
 
@@ -81,72 +88,148 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _fire(url: str, images: list[bytes]) -> tuple[list[float], list[str], float]:
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class _Server:
+    """uvicorn on 127.0.0.1 in a thread, serving ``create_app(workspace, **options)``."""
+
+    def __init__(self, workspace: Path, **options: Any) -> None:
+        import uvicorn
+
+        from genprov.app.server import create_app
+
+        self.port = _free_port()
+        config = uvicorn.Config(create_app(workspace, **options), host="127.0.0.1", port=self.port, log_level="error")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+async def _load(base: str, images: list[bytes]) -> dict[str, Any]:
+    """Post every image at once while polling /health; latencies, statuses, timings, /health latencies."""
     import httpx
 
     latencies: list[float] = []
-    errors: list[str] = []
-    gate = asyncio.Semaphore(CONCURRENCY)
+    statuses: list[int] = []
+    queued: list[float] = []
+    health: list[float] = []
+    failures: list[str] = []
+    done = asyncio.Event()
+    limits = httpx.Limits(max_connections=len(images) + 8, max_keepalive_connections=len(images) + 8)
 
-    async def one(client: httpx.AsyncClient, data: bytes) -> None:
-        async with gate:
-            start = time.perf_counter()
-            try:
-                response = await client.post(url, files={"file": ("q.png", data, "image/png")})
-                if response.status_code != 200:
-                    errors.append(f"{response.status_code}: {response.text[:80]}")
-            except httpx.HTTPError as err:
-                errors.append(type(err).__name__)
-            latencies.append(time.perf_counter() - start)
-
-    async with httpx.AsyncClient(timeout=600) as client:
+    async def one(client: httpx.AsyncClient, i: int, data: bytes) -> None:
         start = time.perf_counter()
-        await asyncio.gather(*(one(client, data) for data in images))
+        try:
+            response = await client.post(base + "/api/attribute", files={"file": (f"q{i}.png", data, "image/png")})
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                queued.append(response.json()["timing"]["queued_s"])
+            elif response.status_code != 503:
+                failures.append(f"{response.status_code}: {response.text[:100]}")
+        except httpx.HTTPError as err:
+            statuses.append(0)
+            failures.append(type(err).__name__)
+        latencies.append(time.perf_counter() - start)
+
+    async def poll(client: httpx.AsyncClient) -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            response = await client.get(base + "/health")
+            health.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                failures.append(f"/health {response.status_code}")
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client, httpx.AsyncClient(timeout=60) as probe:
+        poller = asyncio.create_task(poll(probe))
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, i, data) for i, data in enumerate(images)))
         wall = time.perf_counter() - start
-    return latencies, errors, wall
+        done.set()
+        await poller
+    return {
+        "latencies": np.array(latencies),
+        "statuses": statuses,
+        "queued": np.array(queued or [0.0]),
+        "health": np.array(health),
+        "failures": failures,
+        "wall": wall,
+    }
+
+
+def _row(label: str, n: int, out: dict[str, Any], expected: str, expected_400: int) -> str:
+    lat, health, statuses = out["latencies"], out["health"], out["statuses"]
+    ok = sum(200 <= s < 300 for s in statuses)
+    non2xx = len(statuses) - ok
+    busy = statuses.count(503)
+    bad = statuses.count(400)
+    unexpected = len(out["failures"]) - min(expected_400, sum(f.startswith("400") for f in out["failures"]))
+    return (
+        f"| {label} | {n} | {out['wall']:.1f} | {ok / out['wall']:.2f} | {np.percentile(lat, 50):.2f} "
+        f"| {np.percentile(lat, 99):.2f} | {np.percentile(out['queued'], 99):.2f} | {len(health)} "
+        f"| {1000 * np.percentile(health, 50):.1f} | {1000 * np.percentile(health, 99):.1f} "
+        f"| {1000 * health.max():.1f} | {non2xx} ({bad} x 400, {busy} x 503; expected: {expected}) | {unexpected} |"
+    )
 
 
 def run(quick: bool) -> str:
-    """Build the workspace, serve it, fire the queries; return the Markdown section."""
-    import uvicorn
-
-    from genprov.app.server import create_app
-
+    """Build the workspace, serve it, fire the uploads; return the Markdown section."""
     torch.set_num_threads(1)
     n_index = 2000 if quick else 10_000
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         ws, pngs, source = _workspace(Path(tmp), n_index)
         build_s = time.perf_counter() - t0
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(ws), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
-        single, _, _ = asyncio.run(_fire(base + "/api/attribute", [pngs[0]]))  # warm-up (cached afterwards)
-        latencies, errors, wall = asyncio.run(_fire(base + "/api/attribute", [*pngs[1:], pngs[0][: len(pngs[0]) // 2]]))
-        server.should_exit = True
-        thread.join(timeout=10)
-    lat = np.array(latencies)
-    # the last image is deliberately corrupt: it must get a 400, not an error of the service
-    bad = [e for e in errors if not e.startswith("400")]
+        bytes_before = _folder_bytes(ws)
+        corrupt = pngs[0][: len(pngs[0]) // 2]
+        with _Server(ws, workers=1, queue_size=128) as base:
+            warm = asyncio.run(_load(base, [pngs[N_REQUESTS]]))  # not among the timed uploads
+            main = asyncio.run(_load(base, [*pngs[:N_REQUESTS], corrupt]))
+        bytes_after = _folder_bytes(ws)
+        results_bytes = _folder_bytes(ws / "results")
+        flipped = []
+        from PIL import Image
+
+        for data in pngs[:N_REQUESTS]:  # distinct from phase 1: no analysis cache hit
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(data)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buffer, format="PNG")
+            flipped.append(buffer.getvalue())
+        with _Server(ws, workers=1, queue_size=SMALL_QUEUE) as base:
+            small = asyncio.run(_load(base, flipped))
+    header = (
+        "| phase | uploads | wall (s) | throughput (2xx/s) | p50 latency (s) | p99 latency (s) | p99 queued (s) "
+        "| /health calls | /health p50 (ms) | /health p99 (ms) | /health max (ms) | non-2xx | unexpected |"
+    )
     return "\n".join(
         [
             "### Provenance service under load (bench_service)",
             "",
             f"Workspace: a similarity index (raw pixels, exact search) over {source} and a D-TRAK store (tiny "
-            f"8x8 DDPM, 400 digits, k=512); built in {build_s:.0f} s. {len(pngs)} requests from {CONCURRENCY} "
-            "concurrent clients (httpx) to `POST /api/attribute` on one uvicorn worker, each a distinct MNIST "
-            "test digit; the last one is a corrupt PNG that must get a 400. Warm single request: "
-            f"{single[0]:.2f} s.",
+            f"8x8 DDPM, 400 digits, k=512); built in {build_s:.0f} s. uvicorn on 127.0.0.1, one analysis worker. "
+            f"Phase 1: queue of 128, {N_REQUESTS} distinct MNIST test digits plus one corrupt PNG (must get a 400) "
+            f"posted at once by {N_REQUESTS + 1} concurrent httpx clients to `POST /api/attribute`, while another "
+            f"client asks `/health` every {1000 * HEALTH_EVERY_S:.0f} ms. Phase 2: the same with a queue of "
+            f"{SMALL_QUEUE} and {N_REQUESTS} other digits, where 503 + Retry-After is the expected answer to "
+            f"whatever finds the queue full. Warm single request: {warm['latencies'][0]:.2f} s.",
             "",
-            "| requests | concurrency | wall (s) | throughput (req/s) | p50 latency (s) | p99 latency (s) | max (s) "
-            "| 400s (expected 1) | other errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-            f"| {len(lat)} | {CONCURRENCY} | {wall:.1f} | {len(lat) / wall:.2f} | {np.percentile(lat, 50):.2f} "
-            f"| {np.percentile(lat, 99):.2f} | {lat.max():.2f} | {len(errors) - len(bad)} | {len(bad)} |",
+            header,
+            "| " + " | ".join("---" for _ in range(13)) + " |",
+            _row("queue 128", N_REQUESTS + 1, main, "1 x 400", 1),
+            _row(f"queue {SMALL_QUEUE}", N_REQUESTS, small, "503s", 0),
+            "",
+            f"Workspace bytes: {bytes_before:,} before, {bytes_after:,} after phase 1 ({results_bytes:,} in "
+            f"results/: {N_REQUESTS + 1} answers with their query image stored at the analysed size).",
             "",
         ]
     )

@@ -5,30 +5,64 @@ service and ``genprov workspace ask`` both use :meth:`ProvenanceEngine.analyze`.
 the image to its own model's size and channels and says so in ``notes`` when it had to.
 
 New entry kinds register a loader in :data:`ANALYZERS` (``kind -> loader(workspace, entry) -> Analyzer``).
+
+:class:`AnalysisPool` runs analyses off the service's event loop: a few worker threads, each with its own
+loaded engine (a model is only ever used by one thread), behind a bounded queue; it re-reads the workspace
+when its manifest changes, so answers never come from an entry that was removed or replaced.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from genprov.app.workspace import Entry, Workspace
+from genprov.app.workspace import MANIFEST, Entry, Workspace
 from genprov.attribution.data import TRAKAttributor, TRAKConfig
 from genprov.attribution.data.similarity import SimilarityAttributor
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
-from genprov.data import image_to_tensor, png_roundtrip
-from genprov.exceptions import CheckpointError, GenprovError
+from genprov.data import image_to_tensor, min_image_size, png_roundtrip
+from genprov.exceptions import CheckpointError, ConfigError, GenprovError
 from genprov.experiments.similarity import attributor_from_info
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
 
-__all__ = ["ANALYZERS", "Analyzer", "ProvenanceEngine", "prepare_image"]
+__all__ = [
+    "ANALYZERS",
+    "DEFAULT_QUEUE",
+    "DEFAULT_WORKERS",
+    "AnalysisPool",
+    "Analyzer",
+    "BusyError",
+    "LoadedWorkspace",
+    "ProvenanceEngine",
+    "Timing",
+    "prepare_image",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Worker threads of an :class:`AnalysisPool` (each loads its own copy of every entry).
+DEFAULT_WORKERS = 1
+#: Requests an :class:`AnalysisPool` lets wait beyond the running ones before answering "busy".
+DEFAULT_QUEUE = 128
+_RELOAD_RETRY_S = 10.0
 
 
 def prepare_image(image: Image.Image, size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
@@ -40,7 +74,7 @@ def prepare_image(image: Image.Image, size: int, channels: int) -> tuple[torch.T
         notes.append(f"resized from {w}x{h} to {size}x{size}" + (" (centre-cropped to a square)" if w != h else ""))
     if own_channels != channels:
         notes.append(f"converted to {'grayscale' if channels == 1 else 'RGB'}")
-    x = image_to_tensor(image, size=size, channels=channels)[None]
+    x = image_to_tensor(image, size=size, channels=channels, min_size=min_image_size(size), name="the upload")[None]
     return png_roundtrip(x), notes
 
 
@@ -190,11 +224,18 @@ ANALYZERS: dict[str, Callable[[Workspace, Entry], Analyzer]] = {
 }
 
 
+def _reason(err: BaseException) -> str:
+    """One line saying what went wrong: a genprov error's own message, else the exception's type and text."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if isinstance(err, GenprovError) and text else f"{type(err).__name__}: {text or 'no message'}"
+
+
 @dataclass
 class ProvenanceEngine:
     """Every entry of a workspace, loaded; :meth:`analyze` asks them all about one image.
 
-    Analyses are serialised by a lock (the models are not thread-safe), so concurrent requests queue.
+    One engine is used by one thread at a time (a lock enforces it: the models are not thread-safe); the
+    service runs several engines side by side through :class:`AnalysisPool`.
     """
 
     workspace: Workspace
@@ -204,21 +245,32 @@ class ProvenanceEngine:
 
     @classmethod
     def load(cls, workspace: Workspace) -> ProvenanceEngine:
-        """Load every entry; an entry that fails to load is reported in ``errors`` instead of stopping the rest."""
+        """Load every entry; an entry that fails to load is reported in ``errors`` (and logged) instead of
+        stopping the rest."""
         engine = cls(workspace)
         for entry in workspace.entries:
             loader = ANALYZERS.get(entry.kind)
             if loader is None:
                 engine.errors[entry.name] = f"no analyzer for kind {entry.kind!r} in this genprov"
-                continue
-            try:
-                engine.analyzers[entry.name] = loader(workspace, entry)
-            except (GenprovError, OSError, KeyError, ValueError) as err:
-                engine.errors[entry.name] = str(err)
+            else:
+                try:
+                    engine.analyzers[entry.name] = loader(workspace, entry)
+                except Exception as err:  # every failure is reported per entry, none stops the service
+                    engine.errors[entry.name] = _reason(err)
+            if entry.name in engine.errors:
+                log.warning("workspace entry %r is unavailable: %s", entry.name, engine.errors[entry.name])
         return engine
 
+    @property
+    def analysed_size(self) -> int:
+        """The largest image side any loaded entry analyses at (0 without entries)."""
+        return max((int(a.entry.info.get("image_size", 0)) for a in self.analyzers.values()), default=0)
+
     def analyze(self, image: Image.Image) -> dict[str, Any]:
-        """Ask every loaded entry about ``image``: ``{"entries": [{"name", "kind", ...answer}], "errors": {...}}``."""
+        """Ask every loaded entry about ``image``: ``{"entries": [{"name", "kind", ...answer}], "unavailable": {...}}``.
+
+        An entry that fails on this image answers ``{"error": reason}``; the others still answer.
+        """
         answers = []
         with self._lock, torch.no_grad():
             for name, analyzer in self.analyzers.items():
@@ -227,5 +279,191 @@ class ProvenanceEngine:
                     answer.update(analyzer.analyze(image))
                 except GenprovError as err:
                     answer["error"] = str(err)
+                except Exception as err:  # a bug in one entry must not hide the other answers
+                    log.exception("entry %r failed on an image", name)
+                    answer["error"] = f"this entry failed on the image ({_reason(err)}); the server logged it"
                 answers.append(answer)
         return {"entries": answers, "unavailable": dict(self.errors)}
+
+
+class BusyError(GenprovError):
+    """Every worker is busy and the queue is full; ``retry_after`` is an estimate in whole seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LoadedWorkspace:
+    """One reading of the workspace: its entries loaded once per worker.
+
+    Attributes:
+        workspace: The opened workspace.
+        token: SHA-256 of the manifest bytes this reading came from (changes whenever the entries change).
+        loaded: Entries that loaded.
+        errors: Entries that failed to load, with the reason.
+        analysed_size: The largest image side any loaded entry analyses at.
+        engines: The free engines (one per worker thread).
+    """
+
+    workspace: Workspace
+    token: str
+    loaded: tuple[str, ...]
+    errors: dict[str, str]
+    analysed_size: int
+    engines: queue.SimpleQueue[ProvenanceEngine] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long one request waited for a worker and how long its analysis took, in seconds."""
+
+    queued_s: float
+    analysis_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready, rounded to milliseconds."""
+        return {"queued_s": round(self.queued_s, 3), "analysis_s": round(self.analysis_s, 3)}
+
+
+def _manifest_stat(folder: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(folder / MANIFEST)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class AnalysisPool:
+    """Analyses off the event loop: ``workers`` threads, each with its own engine, behind a bounded queue.
+
+    At most ``workers + queue_size`` requests are admitted at once (:meth:`slot`); more raise
+    :class:`BusyError`. :meth:`refresh` re-reads the workspace when its manifest changed (a cheap ``stat``
+    per call), so a removed or replaced entry never answers again.
+
+    Args:
+        workspace: The opened workspace.
+        workers: Worker threads (each loads every entry once: memory grows with it).
+        queue_size: Admitted requests that may wait for a worker.
+    """
+
+    def __init__(
+        self, workspace: Workspace, *, workers: int = DEFAULT_WORKERS, queue_size: int = DEFAULT_QUEUE
+    ) -> None:
+        for name, flag, value, low in (("workers", "--workers", workers, 1), ("queue_size", "--queue", queue_size, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} ({flag}) must be an integer >= {low}; got {value!r}.")
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self._folder = workspace.folder
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="genprov-analysis")
+        self._reload_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._admitted = 0
+        self._running = 0
+        self._mean_s: float | None = None
+        self._stat = _manifest_stat(self._folder)
+        self._tried = time.monotonic()
+        self.reload_error: str | None = None
+        self.current = self._load(workspace)
+
+    def _load(self, workspace: Workspace) -> LoadedWorkspace:
+        token = hashlib.sha256((workspace.folder / MANIFEST).read_bytes()).hexdigest()
+        engines = [ProvenanceEngine.load(workspace) for _ in range(self.workers)]
+        free: queue.SimpleQueue[ProvenanceEngine] = queue.SimpleQueue()
+        for engine in engines:
+            free.put(engine)
+        first = engines[0]
+        return LoadedWorkspace(workspace, token, tuple(first.analyzers), dict(first.errors), first.analysed_size, free)
+
+    # ------------------------------------------------------------------------------------ workspace
+
+    def stale(self) -> bool:
+        """Whether :meth:`refresh` has work to do (the manifest changed, or the last reload failed)."""
+        if self.reload_error is not None:
+            return time.monotonic() - self._tried >= _RELOAD_RETRY_S or _manifest_stat(self._folder) != self._stat
+        return _manifest_stat(self._folder) != self._stat
+
+    def refresh(self) -> LoadedWorkspace:
+        """The current reading of the workspace, re-read first when :meth:`stale`.
+
+        Raises:
+            CheckpointError: The changed workspace cannot be opened (retried on later calls).
+        """
+        with self._reload_lock:
+            if self.stale():
+                stat, self._tried = _manifest_stat(self._folder), time.monotonic()
+                try:
+                    workspace = Workspace.open(self._folder)
+                    token = hashlib.sha256((self._folder / MANIFEST).read_bytes()).hexdigest()
+                    if token != self.current.token:
+                        self.current = self._load(workspace)
+                    self.reload_error = None
+                except (GenprovError, OSError) as err:
+                    self.reload_error = (
+                        f"The workspace {self._folder} changed and cannot be opened ({_reason(err)}); "
+                        "fix it with 'genprov workspace check' / 'genprov workspace remove NAME'."
+                    )
+                    log.warning("%s", self.reload_error)
+                self._stat = stat
+            if self.reload_error is not None:
+                raise CheckpointError(self.reload_error)
+            return self.current
+
+    # ---------------------------------------------------------------------------------------- queue
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the ``workers + queue_size`` places for a request (raises :class:`BusyError` if none)."""
+        with self._count_lock:
+            if self._admitted >= self.capacity:
+                waiting = self._admitted - self.workers
+                retry = math.ceil((self._mean_s or 1.0) * (waiting + 1) / self.workers)
+                raise BusyError(
+                    f"The service is busy ({self._admitted} requests running or queued, the most it takes); "
+                    f"retry in about {retry} s.",
+                    retry_after=min(max(retry, 1), 3600),
+                )
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._admitted -= 1
+
+    async def run(self, task: Callable[[ProvenanceEngine, LoadedWorkspace], T]) -> tuple[T, Timing]:
+        """Run ``task(engine, reading)`` on a worker thread (call inside :meth:`slot`); its value and timing."""
+        reading = self.current
+        submitted = time.perf_counter()
+
+        def job() -> tuple[T, Timing]:
+            started = time.perf_counter()
+            with self._count_lock:
+                self._running += 1
+            engine = reading.engines.get()  # never waits: at most `workers` jobs run at once
+            try:
+                value = task(engine, reading)
+            finally:
+                reading.engines.put(engine)
+                took = time.perf_counter() - started
+                with self._count_lock:
+                    self._running -= 1
+                    self._mean_s = took if self._mean_s is None else 0.8 * self._mean_s + 0.2 * took
+            return value, Timing(queued_s=started - submitted, analysis_s=took)
+
+        return await asyncio.wrap_future(self._executor.submit(job))
+
+    def describe(self) -> dict[str, Any]:
+        """Workers, running and waiting requests (for ``/health``)."""
+        with self._count_lock:
+            return {
+                "workers": self.workers,
+                "running": self._running,
+                "waiting": self._admitted - self._running,
+                "capacity": self.capacity,
+            }
+
+    def close(self) -> None:
+        """Stop the workers (queued analyses are cancelled)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
