@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
 import types
 import typing
@@ -70,6 +71,11 @@ class Config:
     """Frozen keyword-only configuration; subclasses add fields and override :meth:`validate`."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # configs are stored as JSON, which has no NaN or infinity
+            if not _all_finite(getattr(self, f.name)):
+                raise ConfigError(
+                    f"{type(self).__name__}: {f.name} must be a finite number; got {getattr(self, f.name)!r}."
+                )
         self.validate()
 
     def validate(self) -> None:
@@ -126,6 +132,15 @@ class Config:
         return {
             k: (mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
         }
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether every float in ``value`` (a field value, possibly a tuple or list of them) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _to_plain(value: Any) -> Any:

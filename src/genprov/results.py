@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from genprov.exceptions import DataError
-from genprov.utils.io import atomic_save_npz, atomic_write_json, read_json
+from genprov.utils.io import atomic_save_npz, atomic_write_json, open_npz, read_json
 
 __all__ = ["DataAttributionResult", "ModelAttributionResult", "ReconstructionResult", "Result"]
 
@@ -34,23 +34,26 @@ class Result:
     method: str
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @staticmethod
+    def files(path: str | Path) -> tuple[Path, Path]:
+        """The two files :meth:`save` writes for ``path``: the ``.npz`` (suffix replaced) and its ``.json`` sidecar."""
+        npz = Path(path).with_suffix(".npz")
+        return npz, npz.with_suffix(".json")
+
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (``.npz``, suffix added if missing) and its ``.json`` sidecar; return the ``.npz`` path."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
+        path, sidecar = self.files(path)
         arrays = {name: getattr(self, name) for name in self._arrays if getattr(self, name) is not None}
         meta = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._arrays}
         meta["type"] = type(self).__name__
         atomic_save_npz(path, arrays)
-        atomic_write_json(path.with_suffix(".json"), meta)
+        atomic_write_json(sidecar, meta)
         return path
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
         """Read a result written by :meth:`save`."""
-        path = Path(path).with_suffix(".npz")
-        sidecar = path.with_suffix(".json")
+        path, sidecar = cls.files(path)
         for p in (path, sidecar):
             if not p.is_file():
                 raise DataError(
@@ -59,7 +62,7 @@ class Result:
         meta = read_json(sidecar)
         if meta.pop("type", cls.__name__) != cls.__name__:
             raise DataError(f"{sidecar} holds a different result type; expected {cls.__name__}.")
-        with np.load(path, allow_pickle=False) as npz:
+        with open_npz(path, f"a saved {cls.__name__}") as npz:
             arrays = {name: npz[name] for name in cls._arrays if name in npz.files}
         return cls(**meta, **arrays)
 

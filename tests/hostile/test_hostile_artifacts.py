@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from genprov.models.sampling import sample, save_samples
 from genprov.models.training import default_train_config, train_classifier, train_ddpm, train_gan
 from genprov.privacy import GaussianNoiseDefense, GradientExplainer
 from genprov.storage import FeatureStore
+from genprov.utils.io import atomic_write_text
 
 GAN_CFG = GANConfig(arch="dcgan", image_size=8, width=4, latent_dim=8)
 CLF_CFG = ClassifierConfig(image_size=8, width=4, feature_dim=8)
@@ -585,3 +587,117 @@ def test_a_file_size_limit_during_allocation_is_a_clear_error(unchanged: Path, t
     assert "file-size limit" in done.stderr and str(store / "features.npy") in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr
     assert not (store / "manifest.json").exists() and not (store / "features.npy").exists()
+
+
+# ------------------------------------------------------------ writers that took a path of their own (round 2)
+
+
+def test_keyed_attribute_out_never_overwrites_a_file_or_writes_into_an_artefact(
+    unchanged: Path, tmp_path: Path
+) -> None:
+    query = sorted((unchanged / "queries").iterdir())[0]
+    base = ["keyed", "attribute", "--family", unchanged / "family", query, "--out"]
+    # OUT.json would have been the generator's own config.json
+    _refused(_cli(*base, unchanged / "gan" / "config"), f"{unchanged / 'gan'} already holds a gan checkpoint")
+    (tmp_path / "mine.json").write_text("{}\n")
+    _refused(_cli(*base, tmp_path / "mine"), f"{tmp_path / 'mine.json'} is an existing file", "choose another --out")
+    assert (tmp_path / "mine.json").read_text() == "{}\n" and not (tmp_path / "mine.npz").exists()
+
+
+@pytest.mark.parametrize("target", ["gan", "clf", "store", "index", "samples"])
+def test_a_workspace_is_never_created_in_another_artefact(unchanged: Path, target: str) -> None:
+    detector = unchanged / "detector"
+    result = _cli(
+        "workspace", "add", "flipad", "--workspace", unchanged / target, "--name", "d", "--detector", detector
+    )
+    _refused(result, f"{unchanged / target} already holds", "choose another --workspace")  # no workspace.json left
+
+
+def test_a_workspace_is_never_created_inside_another(unchanged: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(unchanged / "workspace", ws)
+    before = _hashes(ws)
+    inner = ws / "entries" / "x"
+    result = _cli(
+        "workspace", "add", "flipad", "--workspace", inner, "--name", "d", "--detector", unchanged / "detector"
+    )
+    _refused(result, f"{inner} lies inside the workspace {ws}")
+    assert _hashes(ws) == before and not inner.exists()
+
+
+def test_workspace_add_flipad_names_a_folder_that_is_no_detector(unchanged: Path, tmp_path: Path) -> None:
+    result = _cli(
+        "workspace", "add", "flipad", "--workspace", tmp_path / "ws", "--name", "d", "--detector", unchanged / "gan"
+    )
+    _refused(result, f"{unchanged / 'gan'} is not a detector", "gan checkpoint", "genprov flipad fit")
+    assert not (tmp_path / "ws" / "entries").exists()
+
+
+def test_a_faiss_query_never_writes_into_the_index(unchanged: Path, tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    query = sorted((unchanged / "queries").iterdir())[0]
+    result = _cli(
+        "similarity", "query", "--store", unchanged / "index", query, "--search", "faiss", "--out", tmp_path / "o"
+    )
+    assert result.exit_code == 0, result.output  # `unchanged`: no faiss-*.index and the same index.json
+
+
+def test_a_checkpoint_folder_given_as_images_is_named(unchanged: Path, tmp_path: Path) -> None:
+    args = ["flipad", "fit", "--generator", unchanged / "gan", "--real", "digits", "--negatives", unchanged / "gan"]
+    _refused(
+        _cli(*args, *FLIPAD_FAST, "--out", tmp_path / "d"),
+        f"{unchanged / 'gan'} holds a gan checkpoint",
+        "not a folder of images",
+    )
+
+
+def test_a_samples_folder_is_read_as_its_samples_not_its_grid(unchanged: Path, tmp_path: Path) -> None:
+    with np.load(unchanged / "samples" / "samples.npz") as npz:
+        drawn = torch.from_numpy(npz["samples"])
+    for source in (unchanged / "samples", unchanged / "samples" / "samples.npz"):
+        assert torch.equal(load_dataset(str(source)).images, drawn)  # [-1, 1] as drawn, never rescaled
+        args = ["trak", "score", "--store", unchanged / "store", "--queries", source, "--out", tmp_path / source.name]
+        result = _cli(*args, "--json")
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.stdout)["queries"]) == len(drawn)
+
+
+def test_files_written_atomically_follow_the_umask(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "a.txt", "readable by whoever the umask allows\n")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "needle"),
+    [("store/features.npy", "holds a single .npy array, not an LDS benchmark"), ("afile.txt", "is no .npz archive")],
+)
+def test_an_lds_benchmark_of_another_format_is_one_line(
+    unchanged: Path, tmp_path: Path, benchmark: str, needle: str
+) -> None:
+    result = _cli(
+        "trak", "lds", "--store", unchanged / "store", "--benchmark", unchanged / benchmark, "--out", tmp_path / "o"
+    )
+    _refused(result, f"{unchanged / benchmark}", needle)
+
+
+@pytest.mark.parametrize("eta", ["nan", "-1", "2"])
+def test_a_bad_eta_is_named_not_blamed_on_the_weights(unchanged: Path, tmp_path: Path, eta: str) -> None:
+    result = _cli("sample", unchanged / "ddpm", "--n", "1", "--ddim-steps", "2", "--eta", eta, "--out", tmp_path / "s")
+    _refused(result, "eta (--eta) must be between 0", "and 1")
+    assert not (tmp_path / "s" / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("sigma", ["-1", "nan"])
+def test_a_bad_sigma_is_refused(unchanged: Path, tmp_path: Path, sigma: str) -> None:
+    args = ["privacy", "defend", "--model", unchanged / "clf", "--data", "digits", "--n", "20"]
+    result = _cli(*args, "--method", "gaussian-noise", "--sigma", sigma, "--out", tmp_path / "d")
+    _refused(result, "sigma must be a finite number")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_grid_beyond_the_pixel_cap_is_refused_before_anything_is_written(unchanged: Path, tmp_path: Path) -> None:
+    result = _cli("sample", unchanged / "gan", "--n", "2", "--scale", "100000", "--out", tmp_path / "s")
+    _refused(result, f"{tmp_path / 's' / 'grid.png'} would be", "GENPROV_MAX_PIXELS", "--scale 100000")
+    assert not (tmp_path / "s" / "samples.npz").exists()

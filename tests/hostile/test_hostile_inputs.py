@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
 from genprov.app.workspace import Workspace
-from genprov.cli.common import os_error_message
+from genprov.cli.common import handle_errors, os_error_message, out_of_memory_message
 from genprov.cli.main import app
 from genprov.data import load_image, load_images
 from genprov.exceptions import ConfigError, DataError
@@ -577,3 +578,125 @@ def test_examples_copy_sound_pngs_byte_for_byte(workspace_copy: Path, tmp_path: 
     output, code = invoke("workspace", "examples", "--workspace", str(workspace_copy), str(good))
     assert code == 0, output
     assert (workspace_copy / "examples" / "fine.png").read_bytes() == good.read_bytes()
+
+
+# ------------------------------------------------------------------------------------ round 2 of the battery
+
+
+def test_a_colour_image_read_as_grey_is_reported(
+    artefacts: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = tmp_path / "colour.png"
+    Image.new("RGBA", (8, 8), (200, 30, 30, 128)).save(image)
+    with caplog.at_level(logging.WARNING, logger="genprov.data.images"):
+        output, code = invoke(*image_commands(artefacts, image, tmp_path / "out")["flipad score"], "--json")
+    assert code == 0, output
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("converted 1 of 1 colour image(s) to grey (transparency dropped)" in m and "RGBA" in m for m in messages)
+
+
+@pytest.mark.parametrize("lr", ["inf", "-inf"])
+def test_non_finite_option_values_are_one_line(tmp_path: Path, lr: str) -> None:
+    output, code = invoke("train", "classifier", "--steps", "1", "--lr", lr, "--out", str(tmp_path / "c"))
+    assert_clean_error(output, code, "lr must be a finite number")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_batch_larger_than_the_data_is_refused(tmp_path: Path) -> None:
+    output, code = invoke("train", "classifier", "--steps", "1", "--batch-size", "5000", "--out", str(tmp_path / "c"))
+    assert_clean_error(output, code, "--batch-size 5000 is larger than the 1437 training images", "at most 1437")
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 57480000000000 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],
+    ids=["MemoryError", "torch-cpu-allocator"],
+)
+def test_running_out_of_memory_is_one_line(error: BaseException) -> None:
+    @handle_errors
+    def command() -> None:
+        raise error
+
+    with pytest.raises(typer.Exit) as exit_info:
+        command()
+    assert exit_info.value.exit_code == 2
+
+
+def test_out_of_memory_message_names_the_size_and_other_errors_keep_their_trace() -> None:
+    message = out_of_memory_message(
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 57480000000000 bytes.")
+    )
+    assert message.startswith("Out of memory (it needed 53,532.4 GiB at once)") and "--batch-size" in message
+    with pytest.raises(RuntimeError, match="a bug"):
+        out_of_memory_message(RuntimeError("a bug"))
+
+
+def test_a_duplicate_entry_names_the_cli_fix(workspace_copy: Path, artefacts: dict[str, Path]) -> None:
+    before = snapshot(workspace_copy)
+    output, code = invoke(
+        "workspace",
+        "add",
+        "flipad",
+        "--workspace",
+        str(workspace_copy),
+        "--name",
+        "gan",
+        "--detector",
+        str(artefacts["detector"]),
+    )
+    line = assert_clean_error(
+        output, code, "already has an entry named 'gan'", "--name", "genprov workspace remove gan"
+    )
+    assert "pass replace" not in line
+    assert snapshot(workspace_copy) == before
+
+
+@pytest.mark.parametrize("manifest", ["{", "[1]"], ids=["not-json", "a-list"])
+def test_a_corrupt_manifest_is_one_line(workspace_copy: Path, manifest: str) -> None:
+    (workspace_copy / "workspace.json").write_text(manifest)
+    for args in (["check"], ["remove", "gan"], ["list"]):
+        output, code = invoke("workspace", *args, "--workspace", str(workspace_copy))
+        assert_clean_error(output, code, str(workspace_copy / "workspace.json"))
+
+
+def test_a_crafted_entry_name_never_leads_outside_the_workspace(workspace_copy: Path, tmp_path: Path) -> None:
+    victim = workspace_copy.parent / "victim"
+    victim.mkdir()
+    (victim / "data.txt").write_text("precious\n")
+    data = json.loads((workspace_copy / "workspace.json").read_text())
+    data["entries"][0]["name"] = "../../victim"
+    (workspace_copy / "workspace.json").write_text(json.dumps(data))
+    output, code = invoke("workspace", "remove", "../../victim", "--workspace", str(workspace_copy))
+    assert_clean_error(output, code, "malformed entry")
+    assert (victim / "data.txt").read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("marker", ["config.json", "cli.json"])
+def test_an_unreadable_artefact_is_a_permission_problem_not_corruption(
+    artefacts: dict[str, Path], public_tmp: Path, marker: str
+) -> None:
+    prefix = as_nobody()
+    root = public_tmp / f"unreadable-{marker}"
+    folder, gan = root / "detector", root / "gan"
+    shutil.copytree(artefacts["detector"], folder)
+    shutil.copytree(artefacts["gan"], gan)
+    (folder / "cli.json").write_text(
+        json.dumps({**json.loads((folder / "cli.json").read_text()), "generator": str(gan)})
+    )
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (folder / marker).chmod(0o600)
+    before = snapshot(folder)
+    query = gray_png(public_tmp / f"query-{marker}.png", 8)
+    query.chmod(0o644)
+    done = run_cli(["flipad", "score", "--detector", str(folder), str(query)], public_tmp, prefix=prefix)
+    line = assert_clean_error(done.stderr, done.returncode, f"Permission denied at {folder / marker}", "read access")
+    assert "corrupt" not in line and "--out" not in line
+    assert snapshot(folder) == before

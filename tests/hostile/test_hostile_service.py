@@ -634,3 +634,33 @@ def test_training_image_errors_name_the_problem(client: TestClient, url: str, st
 def test_serve_refuses_bad_options_in_one_line(ws: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["serve", "--workspace", str(ws), *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------- a manifest broken by hand or by an attacker
+
+
+@pytest.mark.parametrize("manifest", ["{", "[]", "crafted"], ids=["not-json", "a-list", "entry-name-leaving-the-ws"])
+def test_a_corrupt_or_crafted_manifest_while_serving_is_503_not_500(own_ws: Path, manifest: str) -> None:
+    client = TestClient(create_app(own_ws), raise_server_exceptions=False)
+    original = (own_ws / "workspace.json").read_bytes()
+    if manifest == "crafted":
+        data = json.loads(original)
+        data["entries"][0]["name"] = "../../outside"
+        manifest = json.dumps(data)
+    (own_ws / "workspace.json").write_text(manifest)
+    response = _upload(client, _digit(520))
+    assert response.status_code == 503, response.text
+    assert "changed and cannot be opened" in _error(response) and "workspace.json" in _error(response)
+    assert client.get("/health").json()["status"] == "error"
+    (own_ws / "workspace.json").write_bytes(original)
+    assert _upload(client, _digit(520)).status_code == 200
+
+
+def test_results_dir_holding_another_artefact_is_refused(ws: Path, tiny_workspace: Path) -> None:
+    gan = tiny_workspace.parent / "runs" / "gan"
+    before = _own_files(gan)
+    result = CliRunner().invoke(cli, ["serve", "--workspace", str(ws), "--results-dir", str(gan)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    text = " ".join(result.output.split())
+    assert f"{gan} already holds a gan checkpoint" in text and "choose another --results-dir" in text
+    assert _own_files(gan) == before

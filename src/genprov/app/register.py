@@ -21,6 +21,7 @@ from genprov.exceptions import CheckpointError, DataError, GenprovError
 from genprov.experiments.similarity import read_index_info
 from genprov.models.checkpoints import load_checkpoint
 from genprov.storage import FeatureStore
+from genprov.utils.artifacts import identify_artifact
 from genprov.utils.io import read_json
 
 __all__ = ["add_flipad", "add_keyed", "add_similarity", "add_trak"]
@@ -46,6 +47,10 @@ def add_flipad(ws: Workspace, name: str, detector: str | Path, *, generator: str
         generator: The GAN checkpoint folder (default: the one ``genprov flipad fit`` recorded).
     """
     detector = Path(detector)
+    found = identify_artifact(detector)
+    if found is None or not found.kind.endswith(" detector"):
+        holds = f"it holds {found.describe()}" if found else "no detector config.json in it"
+        raise DataError(f"{detector} is not a detector ({holds}); fit one with 'genprov flipad fit'.")
     recorded = detector / "cli.json"
     if generator is None:
         if not recorded.is_file():

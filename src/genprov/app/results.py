@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from genprov.exceptions import ConfigError
+from genprov.utils.artifacts import check_output_folder
 from genprov.utils.io import atomic_write_bytes, atomic_write_json, read_json
 
 __all__ = ["DEFAULT_RESULTS_MAX_AGE_H", "DEFAULT_RESULTS_MAX_MB", "RESULT_ID", "ResultStore"]
@@ -47,9 +48,12 @@ class _Item:
 
 
 def _unwritable(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (``None`` when they can): a real probe, not permission bits."""
+    """Why files cannot be created in ``folder`` (``None`` when they can): a real probe, not permission bits.
+
+    A folder created here is private to the service's user (0700): it will hold other people's uploads.
+    """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
         os.close(fd)
         os.unlink(probe)
@@ -100,9 +104,10 @@ class ResultStore:
         results folder stay readable.
 
         Raises:
-            ConfigError: ``results_dir`` was given and is not writable.
+            ConfigError: ``results_dir`` was given and is not writable, or holds another artefact.
         """
         if results_dir is not None:
+            check_output_folder(results_dir, option="--results-dir")  # old answers are evicted from it
             problem = _unwritable(results_dir)
             if problem:
                 raise ConfigError(f"results_dir (--results-dir): {problem}; pass a folder this user can write to.")

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from genprov.exceptions import CheckpointError, ConfigError, DataError
-from genprov.utils.io import atomic_save_npz, atomic_write_json, read_json
+from genprov.utils.artifacts import check_output_folder
+from genprov.utils.io import atomic_save_npz, atomic_write_json, open_npz, read_json
 
 __all__ = [
     "ENTRY_KINDS",
@@ -89,6 +90,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _copy_part(source: Path, target: Path) -> None:
+    """Copy a file or folder (without training state) to ``target``; a failed write raises the ``OSError`` of
+    the first file that failed, naming the target (``shutil.copytree`` would only gather their texts)."""
+    failed: list[OSError] = []
+
+    def copy(src: str, dst: str) -> object:
+        try:
+            return shutil.copy2(src, dst)
+        except OSError as err:
+            failed.append(OSError(err.errno, err.strerror, dst))
+            raise
+
+    try:
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("state", "*.tmp"), copy_function=copy)
+        else:
+            copy(str(source), str(target))
+    except shutil.Error:
+        if failed:
+            raise failed[0] from None
+        raise
+
+
 def _file_hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -125,12 +149,24 @@ class Workspace:
 
     @classmethod
     def create(cls, folder: str | Path, *, exist_ok: bool = True) -> Workspace:
-        """Create an empty workspace (or open an existing one when ``exist_ok``)."""
+        """Create an empty workspace (or open an existing one when ``exist_ok``).
+
+        Raises:
+            ConfigError: ``folder`` is a file, holds another artefact (a checkpoint, a store, ...) or lies
+                inside another workspace.
+        """
         folder = Path(folder)
         if (folder / MANIFEST).is_file():
             if not exist_ok:
                 raise ConfigError(f"{folder} is already a workspace.")
             return cls.open(folder)
+        check_output_folder(folder, option="--workspace")
+        for parent in folder.resolve().parents:
+            if (parent / MANIFEST).is_file():
+                raise ConfigError(
+                    f"{folder} lies inside the workspace {parent}; put the new workspace outside it (a workspace's "
+                    "folders belong to its entries)."
+                )
         folder.mkdir(parents=True, exist_ok=True)
         ws = cls(folder, {})
         ws._write()
@@ -157,14 +193,22 @@ class Workspace:
                 f"{folder} is not a genprov workspace ({MANIFEST} is missing); create one with "
                 "'genprov workspace add ...' or 'genprov demo'."
             )
-        data = read_json(path)
-        if data.get("format") != _FORMAT or data.get("version") != _VERSION:
-            raise CheckpointError(f"{path} is not a genprov workspace manifest (format {data.get('format')!r}).")
+        try:
+            data = read_json(path)
+        except (ValueError, UnicodeDecodeError) as err:  # edited by hand, or overwritten by another program
+            raise CheckpointError(
+                f"Cannot read {path}: {err}. The workspace manifest is corrupted; restore it from a copy, or "
+                "re-create the workspace with 'genprov workspace add ...'."
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise CheckpointError(f"{path} is not a genprov workspace manifest (format {found!r}).")
         entries: dict[str, Entry] = {}
         for record in data.get("entries", []):
             try:
                 entry = Entry(name=record["name"], kind=record["kind"], info=record["info"], files=record["files"])
-            except (KeyError, TypeError) as err:
+                check_name(entry.name)  # a crafted name must never lead outside the workspace
+            except (KeyError, TypeError, ConfigError) as err:
                 raise CheckpointError(f"{path} has a malformed entry {record!r}: {err}.") from None
             entries[entry.name] = entry
         ws = cls(folder, entries)
@@ -248,7 +292,10 @@ class Workspace:
         if kind not in ENTRY_KINDS:
             raise ConfigError(f"Unknown entry kind {kind!r}; choose one of {', '.join(ENTRY_KINDS)}.")
         if name in self._entries and not replace:
-            raise ConfigError(f"The workspace already has an entry named {name!r}; pick another name or pass replace.")
+            raise ConfigError(
+                f"The workspace {self.folder} already has an entry named {name!r}; pick another --name, or remove "
+                f"it first ('genprov workspace remove {name} --workspace {self.folder}')."
+            )
         for part, source in parts.items():
             check_name(part)
             if not Path(source).exists():
@@ -259,11 +306,7 @@ class Workspace:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
             for part, source in parts.items():
-                source = Path(source)
-                if source.is_dir():
-                    shutil.copytree(source, staging / part, ignore=shutil.ignore_patterns("state", "*.tmp"))
-                else:
-                    shutil.copy2(source, staging / part)
+                _copy_part(Path(source), staging / part)
             files = _file_hashes(staging)
             if target.exists():
                 shutil.rmtree(target)
@@ -289,7 +332,7 @@ class Workspace:
         path = self.entry_dir(name) / TRAIN_IMAGES
         if not path.is_file():
             raise CheckpointError(f"Entry {name!r} has no training images ({TRAIN_IMAGES}); re-add it.")
-        with np.load(path, allow_pickle=False) as data:
+        with open_npz(path, f"the training images of entry {name!r}") as data:
             return torch.from_numpy(np.ascontiguousarray(data["images"]))
 
     # ----------------------------------------------------------------------------------- results / examples

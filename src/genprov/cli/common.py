@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,6 +95,15 @@ _OS_ERRORS: dict[int, tuple[str, str]] = {
 _TEMP_FILE = re.compile(r"^\..+\.tmp$")  # genprov.utils.io's temporary files: name their folder instead
 
 
+def _inside_any(path: str | bytes | os.PathLike[Any], folders: Iterable[Any]) -> bool:
+    """Whether ``path`` is one of ``folders`` or lies inside one."""
+    target = os.path.abspath(os.fsdecode(path))
+    return any(
+        os.path.commonpath([target, os.path.abspath(os.fsdecode(folder))]) == os.path.abspath(os.fsdecode(folder))
+        for folder in folders
+    )
+
+
 def os_error_message(err: OSError, outputs: dict[str, Any]) -> str:
     """One line for a failed file operation: the cause at the path, and the fix.
 
@@ -106,15 +115,33 @@ def os_error_message(err: OSError, outputs: dict[str, Any]) -> str:
     cause, fix = _OS_ERRORS.get(err.errno or -1, (err.strerror or str(err), "check the path and try again"))
     where = next(iter(outputs), "output location")
     path = err.filename if err.filename is not None else next(iter(outputs.values()), None)
+    if err.errno in (errno.EACCES, errno.EPERM) and path is not None and not _inside_any(path, outputs.values()):
+        fix = "give this user read access to it"  # an input: another output folder would not help
     if path is not None and _TEMP_FILE.match(os.path.basename(os.fsdecode(path))):
         path = os.path.dirname(os.fsdecode(path))
     at = f" at {os.fsdecode(path)}" if path is not None else " while writing"
     return f"{cause[0].upper()}{cause[1:]}{at}: {fix.format(where=where)}."
 
 
+_ALLOCATION = re.compile(r"can't allocate memory|out of memory|tried to allocate (\d+) bytes", re.IGNORECASE)
+
+
+def out_of_memory_message(err: MemoryError | RuntimeError) -> str:
+    """The one-line message for a failed allocation; any other ``RuntimeError`` is re-raised (a bug, with its trace)."""
+    if isinstance(err, RuntimeError) and not _ALLOCATION.search(str(err)):
+        raise err
+    asked = re.search(r"tried to allocate (\d+) bytes", str(err))
+    size = f" (it needed {int(asked.group(1)) / 2**30:,.1f} GiB at once)" if asked else ""
+    return (
+        f"Out of memory{size}: the options ask for more than this machine has; lower --batch-size, --resize, "
+        "--n or the model's width."
+    )
+
+
 def handle_errors(func: F) -> F:
-    """Turn :class:`GenprovError` and file-system errors (:class:`OSError`: disk full, file-size limit,
-    read-only, no permission, ...) into a one-line message on stderr and exit code 2 (no traceback)."""
+    """Turn :class:`GenprovError`, file-system errors (:class:`OSError`: disk full, file-size limit,
+    read-only, no permission, ...) and failed allocations into a one-line message on stderr and exit code 2
+    (no traceback)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -125,6 +152,8 @@ def handle_errors(func: F) -> F:
         except OSError as err:
             outputs = {f"--{k}": kwargs[k] for k in _OUTPUT_OPTIONS if kwargs.get(k) is not None}
             message = os_error_message(err, outputs)
+        except (MemoryError, RuntimeError) as err:
+            message = out_of_memory_message(err)
         console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 

@@ -14,10 +14,16 @@ from typing import Any
 import numpy as np
 import typer
 
-from genprov.attribution.model.keyed import KeyedGenerators, KeyedGeneratorsConfig, attribution_rule
+from genprov.attribution.model.keyed import (
+    KeyedAttributionResult,
+    KeyedGenerators,
+    KeyedGeneratorsConfig,
+    attribution_rule,
+)
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
 from genprov.data import expand_image_paths, image_sizes, load_images, png_roundtrip
 from genprov.exceptions import DataError
+from genprov.utils.artifacts import check_output_file, check_output_folder
 
 app = typer.Typer(
     help="Decentralized attribution with keyed generators: give each user a keyed copy of your GAN, then tell "
@@ -104,6 +110,10 @@ def attribute_cmd(
 
     Example: genprov keyed attribute --family runs/family suspect/*.png --json
     """
+    if out is not None:  # refused before any work: never over an existing file or into another artefact
+        check_output_folder(out.parent)
+        for path in KeyedAttributionResult.files(out):
+            check_output_file(path)
     fam = KeyedGenerators.load(family)
     files = expand_image_paths(images)
     channels, height, width = fam.image_shape

@@ -35,6 +35,7 @@ from genprov.privacy import (
     Defense,
     Explainer,
     ExpMIAttack,
+    GaussianNoiseConfig,
     GaussianNoiseDefense,
     GNIMEConfig,
     PredMIAttack,
@@ -441,7 +442,7 @@ def defend(
         if match is not None:
             defense = matched_gaussian_noise(Defense.load(match, explainer), ds.images, seed=seed)
         else:
-            defense = GaussianNoiseDefense.for_distortion(explainer, float(cast(float, sigma)) ** 2, seed=seed)
+            defense = GaussianNoiseDefense(explainer, GaussianNoiseConfig(sigma=cast(float, sigma), seed=seed))
     else:
         raise ConfigError(f"--method must be 'gnime' or 'gaussian-noise'; got {method!r}.")
     defense.save(out)

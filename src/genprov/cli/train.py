@@ -13,7 +13,7 @@ import typer
 
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
 from genprov.data import ImageDataset, load_dataset
-from genprov.exceptions import DataError
+from genprov.exceptions import ConfigError, DataError
 from genprov.models.classifiers import ClassifierConfig
 from genprov.models.diffusion import DDPM_PRESETS, DDPMConfig
 from genprov.models.gans import GAN_OBJECTIVES, GANConfig
@@ -51,10 +51,21 @@ def _load(data: str, data_root: Path | None, resize: int | None) -> ImageDataset
 
 
 def _train_config(
-    model_config: Any, steps: int, batch_size: int | None, lr: float | None, seed: int, every: int | None
+    model_config: Any,
+    dataset: ImageDataset,
+    steps: int,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int,
+    every: int | None,
 ) -> Any:
     overrides: dict[str, Any] = {"n_steps": steps, "seed": seed}
     if batch_size is not None:
+        if batch_size > len(dataset.images):  # each batch would repeat the data (a huge one never ends)
+            raise ConfigError(
+                f"--batch-size {batch_size} is larger than the {len(dataset.images)} training images of "
+                f"{dataset.name}; use at most {len(dataset.images)}."
+            )
         overrides["batch_size"] = batch_size
     if lr is not None:
         overrides["lr"] = lr
@@ -110,7 +121,9 @@ def gan(
         latent_dim=latent_dim,
         width=width,
     )
-    result = train_gan(config, _train_config(config, steps, batch_size, lr, seed, checkpoint_every), dataset, out)
+    result = train_gan(
+        config, _train_config(config, dataset, steps, batch_size, lr, seed, checkpoint_every), dataset, out
+    )
     _report(result, dataset, as_json)
 
 
@@ -135,7 +148,9 @@ def ddpm(
     """
     dataset = _load(data, data_root, resize)
     config = DDPMConfig.preset(preset, image_size=dataset.image_size, channels=dataset.n_channels)
-    result = train_ddpm(config, _train_config(config, steps, batch_size, lr, seed, checkpoint_every), dataset, out)
+    result = train_ddpm(
+        config, _train_config(config, dataset, steps, batch_size, lr, seed, checkpoint_every), dataset, out
+    )
     _report(result, dataset, as_json)
 
 
@@ -168,6 +183,6 @@ def classifier(
         width=width,
     )
     result = train_classifier(
-        config, _train_config(config, steps, batch_size, lr, seed, checkpoint_every), dataset, out
+        config, _train_config(config, dataset, steps, batch_size, lr, seed, checkpoint_every), dataset, out
     )
     _report(result, dataset, as_json)

@@ -539,6 +539,7 @@ def stack_images(
         _check_min_size(name, header.width, header.height, size, min_size)
     if channels is None:
         channels = 1 if all(_image_channels(im) == 1 for im in headers) else 3
+    _warn_converted([name for name, _ in sources], [h.mode for h in headers], channels)
     width, height = headers[0].size
     if size is None:
         for (name, _), header in zip(sources, headers, strict=True):
@@ -555,6 +556,23 @@ def stack_images(
         image = _to_tensor(_decode(source, name, max_pixels=cap), channels, name)
         out[k] = resize_images(image[None], size)[0] if size is not None else image
     return out
+
+
+def _warn_converted(names: Sequence[str], modes: Sequence[str], channels: int) -> None:
+    """Log one warning for a batch whose colour (or transparent) images are read as grey (``channels`` 1)."""
+    changed = [(name, mode) for name, mode in zip(names, modes, strict=True) if mode not in _GRAY_MODES]
+    if channels != 1 or not changed:
+        return
+    name, mode = changed[0]
+    dropped = " (transparency dropped)" if any("A" in m for _, m in changed) else ""
+    logger.warning(
+        "converted %d of %d colour image(s) to grey%s, e.g. %s (mode %s); the model reads 1-channel images",
+        len(changed),
+        len(names),
+        dropped,
+        name,
+        mode,
+    )
 
 
 def _warn_resized(names: Sequence[str], sizes: Sequence[tuple[int, int]], size: int) -> None:
@@ -647,6 +665,12 @@ def save_image_grid(
     if not isinstance(scale, int) or scale < 1:
         raise ConfigError(f"scale must be a positive integer; got {scale!r}.")
     grid = make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)
+    height, width = grid.shape[1] * scale, grid.shape[2] * scale
+    if height * width > max_decoded_pixels():  # genprov could not read such a PNG back either
+        raise ConfigError(
+            f"The grid {path} would be {width}x{height} pixels, more than the {max_decoded_pixels():,} allowed "
+            f"({MAX_PIXELS_ENV}); lower the scale (--scale {scale}) or the number of images."
+        )
     if scale > 1:
         grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     dest = Path(path)

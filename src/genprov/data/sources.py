@@ -53,6 +53,7 @@ from genprov.data.images import (
     uint8_to_model,
 )
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError
+from genprov.utils.artifacts import identify_artifact
 
 __all__ = [
     "DatasetInfo",
@@ -319,7 +320,9 @@ def _load_olivetti(root: Path | None, info: DatasetInfo, split: str) -> _Arrays:
 
 # --------------------------------------------------------------------------------------------- array files
 
-_IMAGE_KEYS = ("x", "X", "images", "imgs", "image", "data", "arr_0")
+# the key (and file) 'genprov sample' writes: float images in the model's range [-1, 1]
+_SAMPLES_KEY, _SAMPLES_FILE = "samples", "samples.npz"
+_IMAGE_KEYS = ("x", "X", "images", "imgs", "image", "data", "arr_0", _SAMPLES_KEY)
 _LABEL_KEYS = ("y", "Y", "labels", "label", "target", "targets")
 _CLASS_NAME_KEYS = ("class_names", "classes")
 
@@ -337,8 +340,11 @@ def _to_nchw(array: np.ndarray, where: str) -> np.ndarray:
     raise DataError(f"{where} has shape {array.shape}; expected NHW, NHWC or NCHW images with 1 or 3 channels.")
 
 
-def _images_from_array(array: np.ndarray, where: str) -> np.ndarray | Tensor:
-    """uint8 (N, C, H, W) pixels, or a float32 tensor in [-1, 1], from an image array of any layout/range."""
+def _images_from_array(array: np.ndarray, where: str, *, model_range: bool = False) -> np.ndarray | Tensor:
+    """uint8 (N, C, H, W) pixels, or a float32 tensor in [-1, 1], from an image array of any layout/range.
+
+    With ``model_range`` float images are known to be in [-1, 1] (genprov's samples), never read as [0, 1].
+    """
     array = _to_nchw(array, where)
     if array.shape[0] == 0 or array.size == 0:
         raise DataError(f"{where} has shape {array.shape}: it holds no image pixels. Point at a file with images.")
@@ -356,7 +362,7 @@ def _images_from_array(array: np.ndarray, where: str) -> np.ndarray | Tensor:
     if not bool(finite.all()):
         raise DataError(f"{where} contains {int((~finite).sum())} NaN or infinite values; clean the array first.")
     lo, hi = (float(values.min()), float(values.max())) if values.numel() else (0.0, 0.0)
-    if lo >= 0.0 and hi <= 1.0:
+    if lo >= 0.0 and hi <= 1.0 and not model_range:
         return values.mul_(2.0).sub_(1.0)
     if lo >= -1.0 and hi <= 1.0:
         return values
@@ -441,7 +447,7 @@ def _read_array_file(path: Path, split: str | None) -> _Arrays:
                 f"'x_{split}' or 'images_{split}'" if split not in (None, "train") else "'x', 'images' or 'x_train'"
             )
             raise DataError(f"{path} has no image array for this split: expected a key {wanted}; found keys {keys}.")
-        images = _images_from_array(member(image_key), f"{path}[{image_key!r}]")
+        images = _images_from_array(member(image_key), f"{path}[{image_key!r}]", model_range=image_key == _SAMPLES_KEY)
         labels = _labels_from_array(member(label_key), f"{path}[{label_key!r}]") if label_key else None
         names_key = _pick(keys, _CLASS_NAME_KEYS)
         class_names = tuple(str(c) for c in member(names_key).tolist()) if names_key else None
@@ -481,9 +487,22 @@ def _split_folder(path: Path, split: str) -> Path:
     return path
 
 
+def _not_image_folder(kind: str) -> bool:
+    """Whether a folder holding an artefact of ``kind`` (:func:`identify_artifact`) is surely no image folder."""
+    if kind in ("workspace", "similarity index", "feature index", "feature store", "keyed family"):
+        return True
+    return kind.endswith((" checkpoint", " detector", " inversion attack", " defense"))
+
+
 def _scan_folder(path: Path, split: str) -> tuple[list[Path], np.ndarray | None, tuple[str, ...] | None]:
     """Image files of an image folder, with labels from class sub-folders (sorted names) if there are any."""
     folder = _split_folder(path, split)
+    found = identify_artifact(path)
+    if found is not None and _not_image_folder(found.kind):
+        raise DataError(
+            f"{path} holds {found.describe()}, not a folder of images; pass a folder of images (or class "
+            "sub-folders of images), an .npz / .npy file or a dataset name."
+        )
     loose = sorted(
         p
         for p in folder.iterdir()
@@ -563,6 +582,8 @@ def _finish(
 
 
 def _load_path(path: Path, split: str, n: int | None, seed: int, resize: int | None) -> ImageDataset:
+    if path.is_dir() and (path / _SAMPLES_FILE).is_file():  # a 'genprov sample' folder: its samples, not its grid
+        path = path / _SAMPLES_FILE
     if path.is_dir():
         if (path / "data.mdb").is_file():
             return _load_lmdb(path, split, n, seed, resize)

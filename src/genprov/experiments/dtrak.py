@@ -60,7 +60,7 @@ from genprov.models.diffusion import DDPM, DDPM_PRESETS, DDPMConfig, ddpm_sample
 from genprov.models.training import default_train_config, train_classifier, train_ddpm
 from genprov.report import Figure, Gallery, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import metric_bars
-from genprov.utils.io import atomic_save_npz, atomic_write_json
+from genprov.utils.io import atomic_save_npz, atomic_write_json, open_npz
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng, torch_generator
 
@@ -421,7 +421,7 @@ class LDSBenchmark:
         file = Path(path)
         if not file.is_file():
             raise DataError(f"{file} does not exist; build a benchmark with 'genprov reproduce dtrak' first.")
-        with np.load(file, allow_pickle=False) as npz:
+        with open_npz(file, "an LDS benchmark") as npz:
             missing = [k for k in ("masks", "losses", "queries") if k not in npz.files]
             if missing:
                 raise DataError(f"{file} is not an LDS benchmark: it lacks {missing}.")

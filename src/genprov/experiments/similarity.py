@@ -1271,7 +1271,7 @@ def read_index_info(store: str | Path) -> dict[str, Any]:
         import json
 
         info = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
+    except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
         raise DataError(f"Cannot read {file}: {err}. Rebuild the index.") from err
     for key in ("extractor", "extractor_config", "image_size", "channels", "data"):
         if key not in info:

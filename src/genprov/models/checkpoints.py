@@ -256,7 +256,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
         )
     try:
         data = read_json(path)
-    except (OSError, ValueError) as err:
+    except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
         raise CheckpointError(f"Cannot read {path}: {err}. The file is corrupted; re-create the checkpoint.") from err
     if not isinstance(data, dict) or "kind" not in data or "model" not in data:
         raise CheckpointError(f"{path} is not a genprov checkpoint config (it needs 'kind' and 'model' entries).")

@@ -325,6 +325,8 @@ def ddpm_sample(
     """
     if n < 0 or batch_size <= 0:
         raise ConfigError(f"n must be >= 0 and batch_size > 0; got n={n}, batch_size={batch_size}.")
+    if not 0.0 <= eta <= 1.0:  # also refuses NaN; beyond 1 the DDIM noise scale takes a square root of < 0
+        raise ConfigError(f"eta (--eta) must be between 0 (deterministic DDIM) and 1 (ancestral); got {eta!r}.")
     if ddim_steps is not None and not 1 <= ddim_steps <= model.config.num_train_timesteps:
         raise ConfigError(
             f"ddim_steps (--ddim-steps) must be between 1 and the model's {model.config.num_train_timesteps} "

@@ -145,8 +145,9 @@ def save_samples(x: Tensor, out_dir: str | Path, *, nrow: int | None = None, sca
     out = Path(out_dir)
     check_output_folder(out, accept={"set of samples"}, option="--out")
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"samples": out / SAMPLES_FILE}
-    atomic_save_npz(paths["samples"], {"samples": x.detach().cpu().to(torch.float32).numpy()})
-    if x.ndim == 4:
+    paths: dict[str, Path] = {}
+    if x.ndim == 4:  # first: a grid too large to write is refused before anything is written
         paths["grid"] = save_image_grid(x.detach().cpu(), out / GRID_FILE, nrow=nrow, scale=scale)
+    paths["samples"] = out / SAMPLES_FILE
+    atomic_save_npz(paths["samples"], {"samples": x.detach().cpu().to(torch.float32).numpy()})
     return paths

@@ -339,8 +339,8 @@ class _ClassifierTask(_Task):
 def _mismatch(state_dir: Path, diffs: Mapping[str, tuple[Any, Any]]) -> StoreMismatchError:
     shown = "; ".join(f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in list(diffs.items())[:8])
     return StoreMismatchError(
-        f"{state_dir} holds a run with a different configuration ({shown}). Use another --out folder, "
-        f"delete {state_dir} to start over, or pass resume=False."
+        f"{state_dir} holds a run with a different configuration ({shown}). Use another --out folder, or "
+        f"delete {state_dir} to start over."
     )
 
 

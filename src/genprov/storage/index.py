@@ -295,7 +295,7 @@ class FeatureIndex:
             )
         try:
             meta = read_json(file)
-        except (OSError, ValueError) as err:
+        except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
             raise DataError(
                 f"Cannot read {file}: {err}. The file is corrupted; delete the folder and rebuild."
             ) from err
@@ -532,7 +532,7 @@ class FeatureIndex:
             queries: (n_q, dim) query features (normalised here for cosine).
             k: Neighbours per query, at most :attr:`n_rows`.
             backend: ``"exact"`` (chunked matmul) or ``"faiss"`` (FAISS candidates, exact re-ranking; build
-                the FAISS index with :meth:`build_faiss` first or it is built with defaults).
+                the FAISS index with :meth:`build_faiss` first, or one is built with defaults in memory).
             n_candidates: FAISS candidates per query before re-ranking (default ``max(4 k, 64)``).
             chunk_rows: Rows multiplied at once by the exact backend.
             precision: ``"float32"`` or ``"float64"`` arithmetic for the exact scores.
@@ -652,5 +652,8 @@ class FeatureIndex:
                 self._faiss_key = (saved["kind"], n)
                 return self._faiss
         kind = saved["kind"] if saved else "hnsw"
-        logger.info("%s: building a FAISS %s index over %d rows", self.path, kind, n)
-        return self.build_faiss(kind)
+        # in memory only: a search is a read and never writes into the index folder (which may be read-only)
+        logger.info(
+            "%s: building a FAISS %s index over %d rows in memory (save one with build_faiss)", self.path, kind, n
+        )
+        return self.build_faiss(kind, save=False)

@@ -126,7 +126,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise DataError(f"{folder} is not a genprov store: {path} does not exist.")
     try:
         data = read_json(path)
-    except (OSError, ValueError) as err:
+    except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
         raise DataError(f"Cannot read {path}: {err}. Delete the store folder to rebuild it.") from err
     if not isinstance(data, dict):
         raise DataError(f"{path} must hold a JSON object; got {type(data).__name__}.")

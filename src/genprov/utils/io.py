@@ -13,11 +13,14 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from genprov.exceptions import DataError
 
 __all__ = [
     "atomic_open",
@@ -26,8 +29,14 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "json_safe",
+    "open_npz",
     "read_json",
 ]
+
+# the process's umask, read once at import (os.umask can only be read by setting it): atomic files get the
+# permissions a plain open() would give them, not mkstemp's owner-only 0600
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -46,6 +55,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         handle: IO[Any]
         with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
             yield handle
@@ -95,6 +105,30 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file (UTF-8)."""
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+@contextlib.contextmanager
+def open_npz(path: str | os.PathLike[str], what: str = "an .npz archive") -> Iterator[Any]:
+    """Open an ``.npz`` archive without unpickling; a file of another format is a one-line :class:`DataError`.
+
+    Args:
+        path: The file.
+        what: What the caller expected, for the message (e.g. ``"an LDS benchmark"``).
+
+    Yields:
+        The open ``numpy.lib.npyio.NpzFile`` (closed on exit).
+    """
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile):  # pickles, truncated or foreign files
+        raise DataError(
+            f"{path} is not {what}: it is no .npz archive of arrays (a pickle, a truncated file or another "
+            "format; genprov never unpickles). Save one with numpy.savez."
+        ) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a single .npy array
+        raise DataError(f"{path} holds a single .npy array, not {what} (an .npz archive of named arrays).")
+    with npz:
+        yield npz
 
 
 def atomic_save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:

@@ -172,7 +172,7 @@ def test_resuming_with_another_config_names_the_fields(
     model_config: GANConfig, train_config: TrainConfig, field: str, tiny_images: torch.Tensor, tmp_path: Path
 ) -> None:
     train_gan(GAN, TRAIN.replace(n_steps=2), tiny_images, tmp_path)
-    with pytest.raises(StoreMismatchError, match=rf"{field}: saved .*, now .*resume=False"):
+    with pytest.raises(StoreMismatchError, match=rf"{field}: saved .*, now .*delete .* to start over"):
         train_gan(model_config, train_config, tiny_images, tmp_path)
 
 

@@ -397,7 +397,7 @@ class ModelAttributor(ABC):
             )
         try:
             meta = read_json(path)
-        except (OSError, ValueError) as err:
+        except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
             raise CheckpointError(f"Cannot read {path}: {err}. Re-create it by fitting again.") from err
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise CheckpointError(f"{path} is not a genprov model-attributor config (format {_FORMAT!r}).")

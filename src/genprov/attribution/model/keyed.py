@@ -1008,7 +1008,7 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
     try:
         data = read_json(path)
-    except (OSError, ValueError) as err:
+    except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
         raise CheckpointError(f"Cannot read {path}: {err}. The family manifest is corrupted.") from err
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a keyed-family manifest (format {_FORMAT!r}).")
