@@ -573,6 +573,14 @@ def test_examples_refuse_a_jpeg_named_png(workspace_copy: Path, tmp_path: Path) 
     assert snapshot(workspace_copy) == before
 
 
+def test_examples_refuse_an_image_too_small_for_the_entries(workspace_copy: Path, tmp_path: Path) -> None:
+    tiny = gray_png(tmp_path / "dot.png", 1)
+    before = snapshot(workspace_copy)
+    output, code = invoke("workspace", "examples", "--workspace", str(workspace_copy), str(tiny))
+    assert_clean_error(output, code, str(tiny), "1x1 pixels", "at least 4x4")
+    assert snapshot(workspace_copy) == before
+
+
 def test_examples_copy_sound_pngs_byte_for_byte(workspace_copy: Path, tmp_path: Path) -> None:
     good = gray_png(tmp_path / "fine.png", 8, value=40)
     output, code = invoke("workspace", "examples", "--workspace", str(workspace_copy), str(good))

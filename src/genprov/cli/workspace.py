@@ -12,9 +12,9 @@ from pathlib import Path
 import typer
 
 from genprov.app.register import add_flipad, add_keyed, add_similarity, add_trak
-from genprov.app.workspace import Workspace, check_name, check_outside
+from genprov.app.workspace import MANIFEST, Workspace, check_name, check_outside
 from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, console, emit, handle_errors
-from genprov.data.images import read_pil_image
+from genprov.data.images import min_image_size, read_pil_image
 from genprov.exceptions import DataError
 from genprov.utils.io import atomic_write_bytes
 
@@ -135,16 +135,27 @@ def examples_cmd(
     """Copy example images into the workspace (the page offers them).
 
     Every image is decoded fully first (a truncated, corrupt or over-large PNG is refused, naming it), and
-    nothing is copied unless all of them are sound.
+    one smaller than the entries accept (half the largest entry's image size) is refused too; nothing is
+    copied unless all of them are sound.
 
     Example: genprov workspace examples --workspace ws samples/*.png
     """
+    entries = Workspace.open(workspace, verify=False).entries if (workspace / MANIFEST).is_file() else []
+    sizes = [int(e.info.get("image_size", 0)) for e in entries]
+    smallest = min_image_size(max(sizes)) if sizes else 1
     for image in images:
         if image.suffix.lower() != ".png" or not image.is_file():
             raise DataError(f"{image} is not a PNG file; examples must be PNG images.")
         check_name(image.stem)
-        if read_pil_image(image).format != "PNG":
+        pil = read_pil_image(image)
+        if pil.format != "PNG":
             raise DataError(f"{image} is named .png but is not a PNG image; convert it to PNG.")
+        if min(pil.size) < smallest:
+            raise DataError(
+                f"{image} is {pil.width}x{pil.height} pixels; this workspace's entries need at least "
+                f"{smallest}x{smallest} (half the largest entry's {max(sizes)}-pixel size), which would refuse it. "
+                "Use a larger image."
+            )
     ws = Workspace.create(workspace)
     folder = ws.folder / "examples"
     for image in images:
