@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def build_tiny_workspace(folder: Path) -> Path:
     from genprov.app.register import add_flipad, add_keyed, add_similarity, add_trak
     from genprov.app.workspace import Workspace
     from genprov.attribution.data import TRAKAttributor, TRAKConfig
+    from genprov.attribution.data.index_folder import build_similarity_index
     from genprov.attribution.model import (
         FinalLayerInversionAttributor,
         FinalLayerInversionAttributorConfig,
@@ -39,7 +41,6 @@ def build_tiny_workspace(folder: Path) -> Path:
         KeyedGeneratorsConfig,
     )
     from genprov.data import load_dataset, png_roundtrip, save_images
-    from genprov.experiments.similarity import build_similarity_index
     from genprov.models.diffusion import DDPMConfig
     from genprov.models.gans import GANConfig
     from genprov.models.sampling import sample
@@ -54,7 +55,7 @@ def build_tiny_workspace(folder: Path) -> Path:
         FinalLayerInversionAttributorConfig.from_dict({"max_iter": 20, "detector": {"n_epochs": 2, "widths": [8]}}),
     )
     flipad.fit(png_roundtrip(sample(gan.model, 60, seed=1)), negatives=digits.images[:60])
-    flipad.save(runs / "detector")
+    flipad.save_pretrained(runs / "detector")
     family_cfg = KeyedGeneratorsConfig(user_steps=5, key_steps=5, n_real=64, batch_size=8, n_compliance=64)
     import warnings
 
@@ -86,3 +87,16 @@ def build_tiny_workspace(folder: Path) -> Path:
 def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ready workspace (see :func:`build_tiny_workspace`); tests that change it copy it first."""
     return build_tiny_workspace(tmp_path_factory.mktemp("tiny-workspace"))
+
+
+def _file_mtimes(folder: Path, pattern: str = "*") -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob(pattern)) if p.is_file()}
+
+
+@pytest.fixture
+def file_mtimes() -> Callable[..., dict[str, int]]:
+    """``file_mtimes(folder, pattern="*")``: ``{relative path: mtime_ns}`` of the matching files under ``folder``.
+
+    Checks that a re-run reused its cache (nothing rewritten) without timing anything.
+    """
+    return _file_mtimes

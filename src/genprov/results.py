@@ -3,6 +3,12 @@
 Results are frozen dataclasses holding numpy arrays plus the method name and its config. ``save(path)``
 writes ``path`` (an ``.npz`` with the arrays) and a JSON sidecar ``path.with_suffix(".json")`` with
 everything else, both atomically; ``load(path)`` reads them back without unpickling anything.
+
+One result type per family, returned by that family's ``attribute`` (its one meaning everywhere):
+model attributors -> :class:`ModelAttributionResult`, keyed families -> :class:`KeyedAttributionResult`,
+data attributors -> :class:`DataAttributionResult`; inversion attacks' ``invert`` ->
+:class:`ReconstructionResult`. (Explainers' ``attribute`` is no attribution in this sense: it returns the
+raw saliency tensor, see :class:`genprov.privacy.explainers.Explainer`.)
 """
 
 from __future__ import annotations
@@ -16,9 +22,22 @@ import numpy as np
 from genprov.exceptions import DataError
 from genprov.utils.io import atomic_save_npz, atomic_write_json, open_npz, read_json
 
-__all__ = ["DataAttributionResult", "ModelAttributionResult", "ReconstructionResult", "Result"]
+__all__ = [
+    "AMBIGUOUS",
+    "NONE",
+    "DataAttributionResult",
+    "KeyedAttributionResult",
+    "ModelAttributionResult",
+    "ReconstructionResult",
+    "Result",
+]
 
 R = TypeVar("R", bound="Result")
+
+#: Attribution label of an image no key claims (authentic, or from a model outside the family).
+NONE = -1
+#: Attribution label of an image two or more keys claim, or whose responses sit exactly on a boundary.
+AMBIGUOUS = -2
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -135,3 +154,44 @@ class ReconstructionResult(Result):
 
     reconstructions: np.ndarray
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyedAttributionResult(Result):
+    """Attribution of images to the user models of a keyed family.
+
+    Attributes:
+        users: (n,) int64: the user index, :data:`NONE` (-1: no key claims it) or :data:`AMBIGUOUS`
+            (-2: several keys claim it, or a response is exactly 0).
+        responses: (n, n_keys) float ``phi_j^T x``; negative = claimed by key ``j``.
+        method: ``"keyed"``.
+        config: The family's config as a dict.
+    """
+
+    _arrays: ClassVar[tuple[str, ...]] = ("users", "responses")
+
+    users: np.ndarray
+    responses: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.responses.ndim != 2 or self.users.shape != (self.responses.shape[0],):
+            raise DataError(
+                f"users must have shape (n,) and responses (n, n_keys); got {self.users.shape} and "
+                f"{self.responses.shape}."
+            )
+
+    @property
+    def labels(self) -> list[str]:
+        """``"user-<i>"``, ``"none"`` or ``"ambiguous"`` per image."""
+        return [_label(int(u)) for u in self.users]
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per label, users in index order, then ``none`` and ``ambiguous``."""
+        out = {f"user-{i}": int((self.users == i).sum()) for i in range(self.responses.shape[1])}
+        out["none"] = int((self.users == NONE).sum())
+        out["ambiguous"] = int((self.users == AMBIGUOUS).sum())
+        return out
+
+
+def _label(user: int) -> str:
+    return "none" if user == NONE else "ambiguous" if user == AMBIGUOUS else f"user-{user}"

@@ -14,6 +14,7 @@ import torch
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule
 from genprov.attribution.data.projectors import PROJECTORS
 from genprov.attribution.data.trak import SCORINGS, TRAKAttributor, TRAKConfig
+from genprov.exceptions import DataError
 from genprov.models.diffusion import DDPM, DDPMConfig, build_scheduler
 from genprov.utils.seeding import numpy_rng, torch_generator
 
@@ -136,3 +137,31 @@ def test_every_scoring_scores_queries_one_by_one_like_batched(scoring: str) -> N
     together = attributor.scores(x[2:5])
     single = torch.cat([attributor.scores(x[i : i + 1]) for i in range(2, 5)])
     torch.testing.assert_close(together, single, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ wrong inputs
+
+
+@pytest.mark.parametrize("name", PROJECTORS.names())
+def test_projector_wrong_shapes_are_data_errors_naming_the_block(name: str) -> None:
+    proj = _projector(name)
+    proj.project(_grads(2))
+    changed = {**_grads(2), "a.weight": torch.zeros(2, 6, 4)}
+    with pytest.raises(DataError, match=r"'a\.weight' has 24 values but this projector saw it with 30"):
+        proj.project(changed)
+    with pytest.raises(DataError, match="same batch size"):
+        proj.project({**_grads(2), "b.bias": torch.zeros(3, 7)})
+
+
+@pytest.mark.parametrize("name", [n for n in OUTPUT_FUNCTIONS.names() if OUTPUT_FUNCTIONS.create(n).uses_target])
+def test_output_function_mismatched_target_is_a_data_error(name: str) -> None:
+    pred, eps, t = _eps(2)
+    with pytest.raises(DataError, match="eps"):
+        OUTPUT_FUNCTIONS.create(name)(pred, eps[..., :3], t, SCHEDULE)
+
+
+@pytest.mark.parametrize("name", OUTPUT_FUNCTIONS.names())
+def test_output_function_mismatched_timesteps_are_a_data_error(name: str) -> None:
+    pred, eps, t = _eps(2)
+    with pytest.raises(DataError, match="one timestep per item"):
+        OUTPUT_FUNCTIONS.create(name)(pred, eps, torch.cat([t, t]), SCHEDULE)

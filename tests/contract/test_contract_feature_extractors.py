@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from genprov.attribution.data.features import (
+from genprov.attribution.data.extractors import (
+    BACKBONES,
     FEATURE_EXTRACTORS,
     ClassifierExtractor,
     ConvEncoder,
@@ -136,3 +137,26 @@ def test_bad_input_is_a_data_error(name: str, tmp_path: Path) -> None:
         extractor.extract(torch.full((2, 1, 8, 8), 5.0))  # outside [-1, 1]
     with pytest.raises(DataError):
         extractor.extract(torch.zeros(2, 8, 8))  # not 4-D
+
+
+@pytest.mark.parametrize("name", FEATURE_EXTRACTORS.names())
+def test_bad_input_messages_name_the_problem(name: str, tmp_path: Path) -> None:
+    extractor = FACTORIES[name](tmp_path)
+    with pytest.raises(DataError, match=r"images must have shape \(n, C, H, W\)"):
+        extractor.extract(torch.zeros(2, 8, 8))
+    with pytest.raises(DataError, match="NaN"):
+        extractor.extract(torch.full((2, 1, 8, 8), float("nan")))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_maps_images_to_features(name: str) -> None:
+    if name == "efficientnet-lite0":
+        pytest.importorskip("efficientnet_lite_pytorch")
+    options = {"in_channels": 1, "width": 4, "n_conv": 2} if name == "conv-encoder" else {}
+    channels, size = (1, 8) if name == "conv-encoder" else (3, 32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = BACKBONES.create(name, **options).eval()
+    with torch.no_grad():
+        out = module(torch.zeros(2, channels, size, size))
+    assert out.ndim in (2, 4) and out.shape[0] == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genprov.exceptions import NotFittedError
+from genprov.exceptions import DataError, NotFittedError
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.privacy import ATTACKS, DEFENSES, EXPLAINERS, Defense, Explainer, InversionAttack, Observations
 from genprov.utils.seeding import torch_generator
@@ -113,7 +113,7 @@ def test_attack_contract(name: str, observations: Observations, x: torch.Tensor,
     torch.testing.assert_close(
         torch.cat([attack.reconstruct(observations[i : i + 1]) for i in range(N)]), rec, rtol=1e-5, atol=1e-6
     )
-    loaded = InversionAttack.load(attack.save(tmp_path / name))
+    loaded = InversionAttack.from_pretrained(attack.save_pretrained(tmp_path / name))
     assert type(loaded) is type(attack) and loaded.config == attack.config
     torch.testing.assert_close(loaded.reconstruct(observations), rec, rtol=0, atol=0)
 
@@ -164,6 +164,21 @@ def test_defense_contract(name: str, model: CNNClassifier, x: torch.Tensor, tmp_
     torch.testing.assert_close(
         torch.cat([defense.defend(clean[i : i + 1]) for i in range(N)]), defended, rtol=1e-5, atol=1e-6
     )
-    loaded = Defense.load(defense.save(tmp_path / name), explainer)
+    loaded = Defense.from_pretrained(defense.save_pretrained(tmp_path / name), explainer)
     assert type(loaded) is type(defense) and loaded.config == defense.config
     torch.testing.assert_close(loaded.explain(x), defended, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ wrong inputs
+
+
+@pytest.mark.parametrize("name", EXPLAINERS.names())
+def test_explainer_wrong_shape_is_a_data_error_naming_x(name: str, model: CNNClassifier) -> None:
+    with pytest.raises(DataError, match=r"x must have shape \(n, C, H, W\)"):
+        _explainer(name, model).explain(torch.zeros(2, 8, 8))
+
+
+@pytest.mark.parametrize("name", EXPLAINERS.names())
+def test_explainer_wrong_channels_is_a_data_error(name: str, model: CNNClassifier) -> None:
+    with pytest.raises(DataError, match="channel"):
+        _explainer(name, model).explain(torch.zeros(2, 3, 8, 8))

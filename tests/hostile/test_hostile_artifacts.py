@@ -96,7 +96,7 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
         FinalLayerInversionAttributorConfig.from_dict({"max_iter": 10, "detector": {"n_epochs": 1, "widths": [4]}}),
     )
     detector.fit(png_roundtrip(sample(gan.model, 40, seed=1)), negatives=digits.images[:40])
-    detector.save(root / "detector")
+    detector.save_pretrained(root / "detector")
     (root / "detector" / "cli.json").write_text(
         json.dumps({"generator": str(root / "gan"), "method": "flipad", "image_size": 8, "channels": 1})
     )
@@ -269,11 +269,11 @@ def test_library_saves_refuse_another_kind(unchanged: Path) -> None:
     with pytest.raises(ConfigError, match="already holds a gan checkpoint"):
         save_checkpoint(unchanged / "gan", "classifier", clf.modules, clf.model_config)
     with pytest.raises(ConfigError, match="already holds a classifier checkpoint"):
-        FinalLayerInversionAttributor.load(unchanged / "detector", gan.model).save(unchanged / "clf")
+        FinalLayerInversionAttributor.from_pretrained(unchanged / "detector", gan.model).save_pretrained(unchanged / "clf")
     with pytest.raises(ConfigError, match="already holds a gan checkpoint"):
         FeatureStore.create(unchanged / "gan", n_rows=4, arrays={"features": 2}, spec={})
     with pytest.raises(ConfigError, match="already holds a flipad detector"):
-        GaussianNoiseDefense(GradientExplainer(clf.model)).save(unchanged / "detector")
+        GaussianNoiseDefense(GradientExplainer(clf.model)).save_pretrained(unchanged / "detector")
     with pytest.raises(ConfigError, match="already holds a workspace"):
         save_samples(torch.zeros(2, 1, 8, 8), unchanged / "workspace")
     with pytest.raises(ConfigError, match="already holds a feature store"):

@@ -54,9 +54,9 @@ def test_create_then_attribute(runner: CliRunner, root: Path, tmp_path: Path) ->
     assert summary["keys"] == 2 and summary["robust"] == "none"
     assert summary["self-check attributability"] > 0.9
     assert summary["smallest key angle"] == pytest.approx(90.0, abs=1e-3)
-    assert {p.name for p in family.iterdir()} == {"manifest.json", "root", "keys", "users"}
+    assert {p.name for p in family.iterdir()} == {"config.json", "root", "keys", "users"}
 
-    fam = KeyedGenerators.load(family)
+    fam = KeyedGenerators.from_pretrained(family)
     user_dir, real_dir = tmp_path / "user1", tmp_path / "real"
     save_images(sample(fam.user(1), 5, seed=77), user_dir)
     save_images(load_dataset("digits", split="test", n=3).images, real_dir)

@@ -180,7 +180,7 @@ def test_defend_then_audit(runner: CliRunner, model8: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["defense"] == "gnime" and summary["distortion"] >= 0
-    defense = Defense.load(
+    defense = Defense.from_pretrained(
         saved, EXPLAINERS.create("gradient", CNNClassifier(ClassifierConfig(width=4, feature_dim=8)))
     )
     assert defense.name == "gnime"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from genprov.cli.trak import app
 from genprov.data import load_dataset, save_images
-from genprov.experiments.dtrak import LDSBenchmark
+from genprov.eval.lds import LDSBenchmark
 from genprov.models.diffusion import DDPMConfig
 from genprov.models.training import default_train_config, train_ddpm
 from genprov.results import DataAttributionResult

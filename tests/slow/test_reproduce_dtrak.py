@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -14,10 +13,8 @@ from genprov.experiments.quickstart import DemoConfig, run_demo
 pytestmark = pytest.mark.slow
 
 
-def test_quick_reproduction_writes_results_and_report(tmp_path) -> None:
-    start = time.perf_counter()
+def test_quick_reproduction_writes_results_and_report(tmp_path, file_mtimes) -> None:
     results = run_experiment("dtrak", {"data": "digits", "seed": 0, "quick": True}, tmp_path, show_progress=False)
-    seconds = time.perf_counter() - start
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["experiment"] == "dtrak" and saved["config"]["quick"] is True
     html = (tmp_path / "report.html").read_text()
@@ -32,8 +29,10 @@ def test_quick_reproduction_writes_results_and_report(tmp_path) -> None:
         assert "D-TRAK - TRAK" in results["lds"]["paired"][kind]
     assert set(results["counterfactual"]["methods"]) == {"TRAK", "D-TRAK", "random"}
     assert (tmp_path / "lds_benchmark.npz").is_file()
-    assert seconds < 600
+    models = file_mtimes(tmp_path / "models")
+    assert any(name.endswith(".safetensors") for name in models)
     again = run_experiment("dtrak", {"data": "digits", "seed": 0, "quick": True}, tmp_path, show_progress=False)
+    assert file_mtimes(tmp_path / "models") == models  # no model retrained, no loss re-measured
     assert again["lds"] == results["lds"]  # every model and store is reused; the numbers are identical
 
 
@@ -42,5 +41,4 @@ def test_demo_trak_section(tmp_path) -> None:
     results = run_demo(config, tmp_path, show_progress=False)
     trak = results["sections"]["trak"]
     assert trak["n_train"] == 300 and len(trak["sample 0"]["D-TRAK"]) == 5
-    assert trak["seconds"] < 120
     assert "Which training images shaped a generated digit?" in (tmp_path / "index.html").read_text()

@@ -48,6 +48,5 @@ def test_demo_similarity_section(tmp_path: Path) -> None:
     config = DemoConfig(quick=True, sections=("similarity",), n_samples=16)
     results = run_demo(config, tmp_path, show_progress=False)
     section = results["sections"]["similarity"]
-    assert section["seconds"] < 60
     assert {r["features"] for r in section["ranks"]} == {"pixels", "classifier"}
     assert "Which training image is this generation built on?" in (tmp_path / "index.html").read_text()

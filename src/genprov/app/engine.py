@@ -1,7 +1,7 @@
 """The provenance engine: a workspace's entries loaded once, asked about one image at a time.
 
 Every entry becomes an :class:`Analyzer` that takes a decoded image and returns a JSON-ready answer; the
-service and ``genprov workspace ask`` both use :meth:`ProvenanceEngine.analyze`. Each analyzer converts
+service's endpoints and its worker pool (:class:`AnalysisPool`) use :meth:`ProvenanceEngine.analyze`. Each analyzer converts
 the image to its own model's size and channels and says so in ``notes`` when it had to.
 
 New entry kinds register a loader in :data:`ANALYZERS` (``kind -> loader(workspace, entry) -> Analyzer``).
@@ -34,11 +34,11 @@ from PIL import Image
 
 from genprov.app.workspace import MANIFEST, Entry, Workspace
 from genprov.attribution.data import TRAKAttributor, TRAKConfig
+from genprov.attribution.data.index_folder import attributor_from_info
 from genprov.attribution.data.similarity import SimilarityAttributor
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
 from genprov.data import image_to_tensor, min_image_size, png_roundtrip
 from genprov.exceptions import CheckpointError, ConfigError, GenprovError
-from genprov.experiments.similarity import attributor_from_info
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
 
@@ -188,11 +188,11 @@ class _SimilarityAnalyzer:
 def _load_flipad(ws: Workspace, entry: Entry) -> Analyzer:
     base = ws.entry_dir(entry.name)
     generator = load_checkpoint(base / "generator").model
-    return _FlipadAnalyzer(entry, ModelAttributor.load(base / "detector", generator))
+    return _FlipadAnalyzer(entry, ModelAttributor.from_pretrained(base / "detector", generator))
 
 
 def _load_keyed(ws: Workspace, entry: Entry) -> Analyzer:
-    return _KeyedAnalyzer(entry, KeyedGenerators.load(ws.entry_dir(entry.name) / "family"))
+    return _KeyedAnalyzer(entry, KeyedGenerators.from_pretrained(ws.entry_dir(entry.name) / "family"))
 
 
 def _load_trak(ws: Workspace, entry: Entry) -> Analyzer:

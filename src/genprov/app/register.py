@@ -15,10 +15,10 @@ import torch
 
 from genprov.app.engine import ANALYZERS
 from genprov.app.workspace import TRAIN_IMAGES, Entry, Workspace
+from genprov.attribution.data.index_folder import read_index_info
 from genprov.attribution.model import KeyedGenerators
 from genprov.data import load_dataset
 from genprov.exceptions import CheckpointError, DataError, GenprovError
-from genprov.experiments.similarity import read_index_info
 from genprov.models.checkpoints import load_checkpoint
 from genprov.storage import FeatureStore
 from genprov.utils.artifacts import identify_artifact
@@ -65,7 +65,7 @@ def add_flipad(ws: Workspace, name: str, detector: str | Path, *, generator: str
 
 def add_keyed(ws: Workspace, name: str, family: str | Path) -> Entry:
     """Register a keyed family folder (``genprov keyed create``)."""
-    loaded = KeyedGenerators.load(family)
+    loaded = KeyedGenerators.from_pretrained(family)
     gan = loaded.root.config
     info = {"image_size": int(gan.image_size), "channels": int(gan.channels), "n_keys": loaded.n_keys}
     entry = ws.add(name, "keyed", {"family": Path(family)}, info)

@@ -1,8 +1,14 @@
-"""Shared pieces of the command-line front end: output, error handling, common options."""
+"""Shared pieces of the command-line front end: output, error handling, common options.
+
+Every option that sets a config field is declared with :func:`config_option`, which takes its default
+and its description from the config class, so that a default lives in one place (the config); a command
+whose default deliberately differs names a constant kept next to the config and says why in the help.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -19,12 +25,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from genprov.config import Config
 from genprov.exceptions import ConfigError, GenprovError
 
 __all__ = [
     "DATA_ROOT_OPTION",
     "JSON_OPTION",
     "SEED_OPTION",
+    "config_default",
+    "config_field_help",
+    "config_option",
     "console",
     "emit",
     "handle_errors",
@@ -46,6 +56,101 @@ DATA_ROOT_OPTION = typer.Option(
     envvar="GENPROV_DATA",
     help="Folder holding dataset files (mnist/, fashion_mnist/, cifar10_convnetjs/, faces/). Env: GENPROV_DATA.",
 )
+
+
+#: Attribute of a typer ``OptionInfo`` made by :func:`config_option`: the ``(config class, field)`` it sets.
+CONFIG_FIELD_ATTR = "genprov_config_field"
+_FROM_CONFIG: Any = object()  # config_option's "no default given": take the config's
+
+
+def _field(config: type[Config], name: str) -> dataclasses.Field[Any]:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if name not in fields:  # a programming error in a command's declaration
+        raise AttributeError(f"{config.__name__} has no field {name!r}")
+    return fields[name]
+
+
+def config_default(config: type[Config], name: str) -> Any:
+    """The default of field ``name`` of ``config`` as an option takes it (a tuple of names joins with commas)."""
+    field = _field(config, name)
+    value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+_ATTRIBUTE_LINE = re.compile(r"^(\s*)(\w+): (.*)$")
+_ROLE = re.compile(r":\w+:`~?([\w.]+)`")  # :class:`~genprov.x.Name` -> Name
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain terminal text."""
+    return _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text).replace("``", "")
+
+
+def config_field_help(config: type[Config], name: str) -> str:
+    """The description of field ``name``: its ``metadata["help"]``, else its entry in the ``Attributes:``
+    section of the docstring of ``config`` or of the first base class documenting it (empty if none)."""
+    field = _field(config, name)
+    if "help" in field.metadata:
+        return str(field.metadata["help"])
+    for cls in config.__mro__:
+        lines = (cls.__dict__.get("__doc__") or "").splitlines()
+        start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), None)
+        if start is None:
+            continue
+        for i in range(start + 1, len(lines)):
+            match = _ATTRIBUTE_LINE.match(lines[i])
+            if match is None or match.group(2) != name:
+                continue
+            indent, text = len(match.group(1)), [match.group(3).strip()]
+            for more in lines[i + 1 :]:
+                if not more.strip() or len(more) - len(more.lstrip()) <= indent:
+                    break
+                text.append(more.strip())
+            return _plain(" ".join(text))
+    return ""
+
+
+def config_option(
+    config: type[Config],
+    name: str,
+    *param_decls: str,
+    default: Any = _FROM_CONFIG,
+    help: str | None = None,
+    why: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A typer option that sets field ``name`` of ``config``, with the field's default and description.
+
+    Args:
+        config: The config class the option feeds.
+        name: The field.
+        *param_decls: The option's names, e.g. ``"--proj-dim"``.
+        default: Only where the command's default deliberately differs from the config's: a constant kept
+            next to the config (``why`` says why), or ``None`` for "not set: the config (or the code that
+            builds it) decides".
+        help: The help text (default: the field's description, see :func:`config_field_help`).
+        why: Why ``default`` differs from the config's, completing "The default here is ..."; required
+            then, and shown in the help.
+        **kwargs: Passed to ``typer.Option`` (``min``, ``envvar``, ...).
+
+    Raises:
+        ValueError: A default that differs from the config's without ``why`` (a mistake in a command).
+    """
+    library = config_default(config, name)
+    value = library if default is _FROM_CONFIG else default
+    text = help if help is not None else config_field_help(config, name)
+    if value is None and library is not None:
+        if help is None:
+            text += f" Default: {library}."
+    elif value != library:
+        if not why:
+            raise ValueError(f"--{name}: default {value!r} differs from {config.__name__}.{name}={library!r}; say why")
+        text += f" The default here is {why} ({config.__name__}.{name}: {library})."
+    info = typer.Option(value, *param_decls, help=text, **kwargs)
+    setattr(info, CONFIG_FIELD_ATTR, (config, name))
+    return info
 
 
 class _StderrHandler(logging.StreamHandler):

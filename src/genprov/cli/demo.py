@@ -12,7 +12,7 @@ import typer
 from genprov.app.register import add_flipad, add_keyed, add_trak
 from genprov.app.workspace import Workspace
 from genprov.attribution.model import KeyedGenerators
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, config_option, console, emit, handle_errors
 from genprov.data import load_dataset, save_images
 from genprov.experiments.quickstart import DEMO_SECTIONS, DemoConfig, run_demo
 from genprov.models.checkpoints import load_checkpoint
@@ -36,7 +36,7 @@ def build_demo_workspace(out: Path, servable: list[dict[str, Any]], *, data: str
             examples[f"{name}-sample"] = sample(load_checkpoint(item["generator"]).model, 1, seed=seed + 1)
         elif kind == "keyed":
             add_keyed(ws, name, item["family"])
-            examples[f"{name}-user-0-sample"] = KeyedGenerators.load(item["family"]).sample(0, 1, seed=seed + 1)
+            examples[f"{name}-user-0-sample"] = KeyedGenerators.from_pretrained(item["family"]).sample(0, 1, seed=seed + 1)
         elif kind == "trak":
             with np.load(item["train"], allow_pickle=False) as arrays:
                 train = torch.from_numpy(arrays["images"])
@@ -50,12 +50,17 @@ def build_demo_workspace(out: Path, servable: list[dict[str, Any]], *, data: str
 def demo(
     out: Path = typer.Option(Path("demo-report"), "--out", help="Report folder (models are cached in OUT/models)."),
     seed: int = SEED_OPTION,
-    quick: bool = typer.Option(False, "--quick", help="Train every model for 1/20 of its steps (a smoke run)."),
-    data: str = typer.Option("digits", "--data", help="Dataset name or path; the default needs no files."),
+    quick: bool = config_option(
+        DemoConfig, "quick", "--quick", help="Train every model for 1/20 of its steps (a smoke run)."
+    ),
+    data: str = config_option(DemoConfig, "data", "--data", help="Dataset name or path; the default needs no files."),
     data_root: Path | None = DATA_ROOT_OPTION,
-    image_size: int = typer.Option(16, "--image-size", help="Image side every demo model works on."),
-    only: str = typer.Option(
-        "",
+    image_size: int = config_option(
+        DemoConfig, "image_size", "--image-size", help="Image side every demo model works on."
+    ),
+    only: str = config_option(
+        DemoConfig,
+        "sections",
         "--only",
         help=f"Comma-separated sections to run (data always runs): {', '.join(DEMO_SECTIONS.names())}.",
     ),

@@ -15,6 +15,7 @@ import torch
 import typer
 
 from genprov.attribution.model import MODEL_ATTRIBUTORS, ModelAttributor
+from genprov.attribution.model.flipad import FLIPAD_IMAGE_SETTINGS, FinalLayerInversionAttributorConfig
 from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
@@ -43,16 +44,22 @@ app = typer.Typer(
 )
 
 CLI_FILE = "cli.json"
-#: FLIPAD defaults of the command line: censored saturated pixels and 300 FISTA iterations (see the study
-#: in ``genprov reproduce flipad``); everything else is the config class's default.
-_CLI_DEFAULTS: dict[str, dict[str, Any]] = {"flipad": {"saturation": "censor", "max_iter": 300}}
+#: Method settings this command starts from where they differ from the config class's defaults.
+_COMMAND_SETTINGS: dict[str, dict[str, Any]] = {"flipad": FLIPAD_IMAGE_SETTINGS}
+_FLIPAD_SETTINGS_HELP = (
+    "FLIPAD starts from the settings its study chose for 8-bit images, "
+    + ", ".join(f"{k}={v}" for k, v in FLIPAD_IMAGE_SETTINGS.items())
+    + " (FinalLayerInversionAttributorConfig's defaults, the paper's: "
+    + ", ".join(f"{k}={getattr(FinalLayerInversionAttributorConfig(), k)}" for k in FLIPAD_IMAGE_SETTINGS)
+    + ")."
+)
 
 
 def _method_config(method: str, seed: int, sets: list[str]) -> Config | None:
     config_type = MODEL_ATTRIBUTORS.config_type(method)
     if config_type is None:  # pragma: no cover - every attributor has a config
         return None
-    base = merge_dicts({**config_type().to_dict(), "seed": seed}, _CLI_DEFAULTS.get(method, {}))
+    base = merge_dicts({**config_type().to_dict(), "seed": seed}, _COMMAND_SETTINGS.get(method, {}))
     return config_type.from_dict(merge_dicts(base, parse_sets(sets)))
 
 
@@ -84,7 +91,10 @@ def fit_cmd(
     n_samples: int = typer.Option(1000, "--n-samples", help="Generator samples to fit on (20% set the threshold)."),
     n_real: int = typer.Option(1000, "--n-real", min=1, help="Real images to fit on (at most)."),
     sets: list[str] = typer.Option(
-        [], "--set", help="Any method parameter, KEY=VALUE (JSON), e.g. --set alpha=0.001 --set detector.n_epochs=10."
+        [],
+        "--set",
+        help="Any method parameter, KEY=VALUE (JSON), e.g. --set alpha=0.001 --set detector.n_epochs=10. "
+        + _FLIPAD_SETTINGS_HELP,
     ),
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -121,7 +131,7 @@ def fit_cmd(
         real_images = real_images[order]
     negative_images = png_roundtrip(torch.cat([real_images, *parts[1:]]))
     attributor.fit(own, negatives=negative_images)
-    attributor.save(out)
+    attributor.save_pretrained(out)
     atomic_write_json(
         out / CLI_FILE,
         {"generator": str(generator.resolve()), "method": method, "image_size": size, "channels": channels},
@@ -146,7 +156,7 @@ def _load_detector(detector: Path) -> tuple[ModelAttributor, dict[str, Any]]:
         )
     info = read_json(info_path)
     ckpt = _image_generator(Path(info["generator"]))
-    return ModelAttributor.load(detector, ckpt.model), info
+    return ModelAttributor.from_pretrained(detector, ckpt.model), info
 
 
 @app.command("score")

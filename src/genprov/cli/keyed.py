@@ -20,7 +20,16 @@ from genprov.attribution.model.keyed import (
     KeyedGeneratorsConfig,
     attribution_rule,
 )
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    config_option,
+    console,
+    emit,
+    handle_errors,
+    parse_sets,
+)
 from genprov.data import expand_image_paths, image_sizes, load_images, png_roundtrip
 from genprov.exceptions import DataError
 from genprov.utils.artifacts import check_output_file, check_output_folder
@@ -50,11 +59,17 @@ def create_cmd(
     root: Path = typer.Option(..., "--root", help="The root GAN checkpoint folder (genprov train gan)."),
     n_keys: int = typer.Option(..., "--n-keys", help="Number of keys, i.e. user models."),
     out: Path = typer.Option(..., "--out", help="Family folder (created; an unfinished one is resumed)."),
-    robust: str = typer.Option(
-        "", "--robust", help="Comma-separated post-processes to be robust to: blur, crop, noise, jpeg, combination."
+    robust: str = config_option(
+        KeyedGeneratorsConfig,
+        "robust",
+        "--robust",
+        help="Comma-separated post-processes to be robust to: blur, crop, noise, jpeg, combination.",
     ),
-    data: str = typer.Option(
-        "digits", "--data", help="Authentic images the keys must comply with: a dataset name or a folder."
+    data: str = config_option(
+        KeyedGeneratorsConfig,
+        "data",
+        "--data",
+        help="Authentic images the keys must comply with: a dataset name or a folder.",
     ),
     data_root: Path | None = DATA_ROOT_OPTION,
     sets: list[str] = typer.Option(
@@ -114,7 +129,7 @@ def attribute_cmd(
         check_output_folder(out.parent)
         for path in KeyedAttributionResult.files(out):
             check_output_file(path)
-    fam = KeyedGenerators.load(family)
+    fam = KeyedGenerators.from_pretrained(family)
     files = expand_image_paths(images)
     channels, height, width = fam.image_shape
     for path, (w, h) in zip(files, image_sizes(files), strict=True):

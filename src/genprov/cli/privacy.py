@@ -23,29 +23,36 @@ from matplotlib import colormaps
 from PIL import Image as PILImage
 from torch import Tensor, nn
 
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    config_option,
+    console,
+    emit,
+    handle_errors,
+    parse_sets,
+)
 from genprov.data import expand_image_paths, load_dataset, load_images
+from genprov.eval.privacy_audit import attack_metrics, audit_configs, evaluate_defense, fit_clean_attacks, fit_gnime
 from genprov.eval.stats import MeanCI
 from genprov.exceptions import CheckpointError, ConfigError, DataError
-from genprov.experiments.gnime import attack_metrics, evaluate_defense, fit_attack, fit_gnime
+from genprov.models.artifact import read_artifact
 from genprov.models.checkpoints import load_checkpoint
 from genprov.privacy import (
     EXPLAINERS,
-    AttackConfig,
     Defense,
     Explainer,
-    ExpMIAttack,
     GaussianNoiseConfig,
     GaussianNoiseDefense,
     GNIMEConfig,
-    PredMIAttack,
     matched_gaussian_noise,
     measure_distortion,
     privacy_splits,
 )
 from genprov.report import Image, KeyValue, Report, Section, Table, Text
 from genprov.utils.artifacts import check_output_folder
-from genprov.utils.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json
+from genprov.utils.io import atomic_save_npz, atomic_write_bytes, atomic_write_json
 from genprov.utils.seeding import derive_seed
 
 __all__ = ["app", "audit", "defend", "explain"]
@@ -225,15 +232,9 @@ def explain(
 
 
 def _recorded_explainer(defense: Path) -> tuple[str, dict[str, Any]]:
-    path = defense / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"No saved defense at {defense}: {path} is missing. Save one with 'genprov privacy defend'."
-        )
-    meta = read_json(path)
-    recorded = meta.get("explainer") if isinstance(meta, dict) else None
+    recorded = read_artifact(defense, Defense.artifact_kind, legacy=Defense.legacy_formats)[0].state.get("explainer")
     if not isinstance(recorded, dict) or "name" not in recorded:
-        raise CheckpointError(f"{path} does not record the explainer the defense wraps; re-save it.")
+        raise CheckpointError(f"{defense / 'config.json'} does not record the explainer the defense wraps; re-save it.")
     return str(recorded["name"]), dict(recorded.get("config") or {})
 
 
@@ -253,8 +254,8 @@ def audit(
     defense_dir: Path | None = typer.Option(
         None, "--defense", help="A saved defense (genprov privacy defend); default: fit GNIME with --a here."
     ),
-    a: float = typer.Option(
-        100.0, "--a", help="GNIME's privacy weight when it is fitted here (paper: 100; faces 500)."
+    a: float = config_option(
+        GNIMEConfig, "a", "--a", help="GNIME's privacy weight when it is fitted here (paper: 100; faces 500)."
     ),
     split: str = typer.Option("test", "--split", help="Dataset split to use."),
     n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N images."),
@@ -294,24 +295,17 @@ def audit(
     evaluator = net if evaluator_path is None else _classifier(evaluator_path)[0]
     splits = privacy_splits(len(ds), seed=derive_seed(seed, "audit-splits"), labels=ds.labels)
     parts = {k: (ds.images[v], ds.labels[v]) for k, v in splits.as_dict().items()}
-    small = {"width": 8, "max_epochs": 20, "patience": 4} if quick else {"width": 16}
-    attack_cfg = AttackConfig.from_dict({**small, "seed": seed, **groups["attack"]})
+    attack_cfg, gnime_cfg = audit_configs(
+        quick=quick, attack={"seed": seed, **groups["attack"]}, gnime={"a": a, "seed": seed, **groups["gnime"]}
+    )
     obs = {k: explainer.observe(parts[k][0]) for k in ("attacker_train", "attacker_val", "test")}
-    tv = (obs["attacker_train"], parts["attacker_train"][0]), (obs["attacker_val"], parts["attacker_val"][0])
     out.mkdir(parents=True, exist_ok=True)
-    expmi = fit_attack(ExpMIAttack, attack_cfg, *tv, cache=None)
-    predmi = fit_attack(PredMIAttack, attack_cfg, *tv, cache=None)
-    expmi.save(out / "attacks" / "exp-mi")
-    predmi.save(out / "attacks" / "pred-mi")
+    expmi, predmi = fit_clean_attacks(obs, parts, attack_cfg)
+    expmi.save_pretrained(out / "attacks" / "exp-mi")
+    predmi.save_pretrained(out / "attacks" / "pred-mi")
     if defense_dir is not None:
-        defense = Defense.load(defense_dir, explainer)
+        defense = Defense.from_pretrained(defense_dir, explainer)
     else:
-        small_g = (
-            {"width": 8, "inverter_width": 8, "n_epochs": 5}
-            if quick
-            else {"width": 16, "inverter_width": 16, "n_epochs": 20}
-        )
-        gnime_cfg = GNIMEConfig.from_dict({**small_g, "a": a, "seed": seed, **groups["gnime"]})
         defense = fit_gnime(explainer, gnime_cfg, parts["defender"][0])
     rnd = matched_gaussian_noise(defense, parts["defender"][0], seed=seed)
     test_x, test_y = parts["test"]
@@ -402,8 +396,16 @@ def defend(
     out: Path = typer.Option(..., "--out", help="Folder to save the defense in (config.json [+ model.safetensors])."),
     explainer_name: str = typer.Option("gradient", "--explainer", help=METHOD_HELP),
     method: str = typer.Option("gnime", "--method", help="gnime (learned noise) or gaussian-noise (RND)."),
-    a: float = typer.Option(100.0, "--a", help="GNIME's privacy weight (paper: 100 for digits, 500 for faces)."),
-    sigma: float | None = typer.Option(None, "--sigma", help="gaussian-noise: standard deviation of the noise."),
+    a: float = config_option(
+        GNIMEConfig, "a", "--a", help="GNIME's privacy weight (paper: 100 for digits, 500 for faces)."
+    ),
+    sigma: float | None = config_option(
+        GaussianNoiseConfig,
+        "sigma",
+        "--sigma",
+        default=None,
+        help="gaussian-noise: standard deviation of the noise (or --match).",
+    ),
     match: Path | None = typer.Option(
         None, "--match", help="gaussian-noise: match the distortion of this saved defense (measured on --data)."
     ),
@@ -432,20 +434,18 @@ def defend(
     if method == "gnime":
         if sigma is not None or match is not None:
             raise ConfigError("--sigma and --match belong to --method gaussian-noise; drop them for gnime.")
-        cfg = GNIMEConfig.from_dict(
-            {"width": 16, "inverter_width": 16, "n_epochs": 20, "a": a, "seed": seed, **groups["gnime"]}
-        )
+        cfg = audit_configs(gnime={"a": a, "seed": seed, **groups["gnime"]})[1]
         defense = fit_gnime(explainer, cfg, ds.images)
     elif method == "gaussian-noise":
         if (sigma is None) == (match is None):
             raise ConfigError("--method gaussian-noise needs exactly one of --sigma S or --match SAVED_DEFENSE.")
         if match is not None:
-            defense = matched_gaussian_noise(Defense.load(match, explainer), ds.images, seed=seed)
+            defense = matched_gaussian_noise(Defense.from_pretrained(match, explainer), ds.images, seed=seed)
         else:
             defense = GaussianNoiseDefense(explainer, GaussianNoiseConfig(sigma=cast(float, sigma), seed=seed))
     else:
         raise ConfigError(f"--method must be 'gnime' or 'gaussian-noise'; got {method!r}.")
-    defense.save(out)
+    defense.save_pretrained(out)
     summary = {
         "defense": defense.name,
         "folder": str(out),

@@ -6,19 +6,37 @@ from pathlib import Path
 
 import typer
 
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    config_default,
+    config_field_help,
+    config_option,
+    console,
+    emit,
+    handle_errors,
+    parse_sets,
+)
 from genprov.experiments import EXPERIMENTS, run_experiment
+from genprov.experiments.base import ExperimentConfig, ExperimentResult
+from genprov.experiments.gnime import GNIMEExperimentConfig
 
 
 @handle_errors
 def reproduce(
     name: str = typer.Argument(..., help="Experiment to run (see --help for the list)."),
-    data: str = typer.Option("digits", "--data", help="Dataset name (digits needs no files) or path."),
+    data: str = config_option(ExperimentConfig, "data", "--data"),
     data_root: Path | None = DATA_ROOT_OPTION,
     seed: int = SEED_OPTION,
-    quick: bool = typer.Option(False, "--quick", help="A smaller run that finishes in minutes."),
-    explainer: str | None = typer.Option(
-        None, "--explainer", help="gnime only: gradient, grad-cam, lrp or lrp-epsilon (default: gradient)."
+    quick: bool = config_option(ExperimentConfig, "quick", "--quick"),
+    explainer: str | None = config_option(
+        GNIMEExperimentConfig,
+        "explainer",
+        "--explainer",
+        default=None,
+        help=f"gnime only: {config_field_help(GNIMEExperimentConfig, 'explainer')} Default: "
+        f"{config_default(GNIMEExperimentConfig, 'explainer')}.",
     ),
     sets: list[str] = typer.Option(
         [], "--set", help="Override any experiment parameter: --set KEY=VALUE (JSON values)."
@@ -35,7 +53,8 @@ def reproduce(
         config["explainer"] = explainer
     results = run_experiment(name, config, out, data_root=data_root)
     if as_json:
-        emit(results, as_json=True)
+        # similarity and customization still return the results dict; the others a typed ExperimentResult
+        emit(results.to_dict() if isinstance(results, ExperimentResult) else results, as_json=True)
     else:
         console.print(f"[green]done:[/] {out / 'results.json'} and {out / 'report.html'}")
 

@@ -19,19 +19,28 @@ from typing import Any
 import torch
 import typer
 
-from genprov.attribution.data.features import TuningConfig
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
-from genprov.data import load_images
-from genprov.data.images import IMAGE_EXTENSIONS
-from genprov.exceptions import DataError
-from genprov.experiments.similarity import (
-    SimilarityExperimentConfig,
+from genprov.attribution.data.index_folder import (
     build_similarity_index,
     extractor_from_spec,
     open_similarity_index,
     read_index_info,
-    tune_on_customizations,
 )
+from genprov.attribution.data.mapper import TuningConfig
+from genprov.attribution.data.similarity import SimilarityConfig
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    config_option,
+    console,
+    emit,
+    handle_errors,
+    parse_sets,
+)
+from genprov.data import load_images
+from genprov.data.images import IMAGE_EXTENSIONS
+from genprov.eval.customization import N_VAL_CLASSES, TUNING_GRID, tune_on_customizations
+from genprov.exceptions import DataError
 from genprov.report import Gallery, GalleryRow, Report, Section, Text
 from genprov.report.figures import to_png_bytes
 from genprov.utils.artifacts import INCOMPLETE_INDEX, check_output_file, check_output_folder
@@ -139,7 +148,9 @@ def tune_cmd(
         help="Customization benchmark folder with manifest.json (e.g. <reproduce out>/customizations).",
     ),
     out: Path = typer.Option(..., "--out", help="Mapper file to write (.safetensors; a .json sidecar is added)."),
-    n_val_classes: int = typer.Option(2, "--n-val-classes", min=1, help="Seen classes held out for early stopping."),
+    n_val_classes: int = typer.Option(
+        N_VAL_CLASSES, "--n-val-classes", min=1, help="Seen classes held out for early stopping."
+    ),
     grid: bool = typer.Option(
         False,
         "--grid",
@@ -175,7 +186,7 @@ def tune_cmd(
         config,
         n_val_classes=n_val_classes,
         seed=seed,
-        grid=SimilarityExperimentConfig().tuning_grid if grid else (),
+        grid=TUNING_GRID if grid else (),
     )
     mapper.save(out)
     atomic_write_json(
@@ -274,7 +285,9 @@ def query_cmd(
     convert: bool = typer.Option(
         False, "--convert", help="Convert images whose channel count differs from the index's (RGB <-> grey)."
     ),
-    search: str = typer.Option("exact", "--search", help="exact (default) or faiss (candidates re-ranked exactly)."),
+    search: str = config_option(
+        SimilarityConfig, "search", "--search", help="exact or faiss (candidates re-ranked exactly)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Attribute generated images to an index's training images: top-k with soft shares of influence.

@@ -11,12 +11,21 @@ from typing import Any
 
 import typer
 
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    config_option,
+    console,
+    emit,
+    handle_errors,
+)
 from genprov.data import ImageDataset, load_dataset
 from genprov.exceptions import ConfigError, DataError
 from genprov.models.classifiers import ClassifierConfig
 from genprov.models.diffusion import DDPM_PRESETS, DDPMConfig
 from genprov.models.gans import GAN_OBJECTIVES, GANConfig
+from genprov.models.train_config import COMMAND_STEPS, TrainConfig
 from genprov.models.training import (
     LOG_FILE,
     TrainResult,
@@ -37,12 +46,13 @@ DATA_OPTION = typer.Option(
     "digits", "--data", help="Dataset name (digits, mnist, fashion-mnist, cifar10, ...) or path (folder, .npz)."
 )
 RESIZE_OPTION = typer.Option(None, "--resize", min=1, help="Resize images to RESIZE x RESIZE pixels (e.g. 16 or 32).")
-BATCH_OPTION = typer.Option(None, "--batch-size", min=1, help="Examples per step (default 64).")
-LR_OPTION = typer.Option(None, "--lr", help="Learning rate (default: the model's recommended one).")
-OUT_OPTION = typer.Option(..., "--out", help="Checkpoint folder (created; holds config.json, model.safetensors).")
-CHECKPOINT_EVERY_OPTION = typer.Option(
-    None, "--checkpoint-every", min=0, help="Save a resumable checkpoint every N steps (default 500)."
+BATCH_OPTION = config_option(TrainConfig, "batch_size", "--batch-size", default=None, min=1)
+LR_OPTION = config_option(
+    TrainConfig, "lr", "--lr", default=None, help="Learning rate (default: the model's recommended one)."
 )
+OUT_OPTION = typer.Option(..., "--out", help="Checkpoint folder (created; holds config.json, model.safetensors).")
+CHECKPOINT_EVERY_OPTION = config_option(TrainConfig, "checkpoint_every", "--checkpoint-every", default=None, min=0)
+_STEPS_WHY = "sized for a usable model on small images on a CPU"
 
 
 def _load(data: str, data_root: Path | None, resize: int | None) -> ImageDataset:
@@ -98,10 +108,18 @@ def gan(
     data: str = DATA_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
     resize: int | None = RESIZE_OPTION,
-    arch: str = typer.Option("dcgan", "--arch", help=f"GAN variant: {', '.join(GAN_OBJECTIVES.names())}."),
-    width: int = typer.Option(32, "--width", min=1, help="Feature maps of the generator's penultimate layer."),
-    latent_dim: int = typer.Option(32, "--latent-dim", min=1, help="Dimension of the latent vector z."),
-    steps: int = typer.Option(2000, "--steps", min=1, help="Generator updates."),
+    arch: str = config_option(GANConfig, "arch", "--arch", help=f"GAN variant: {', '.join(GAN_OBJECTIVES.names())}."),
+    width: int = config_option(GANConfig, "width", "--width", min=1),
+    latent_dim: int = config_option(GANConfig, "latent_dim", "--latent-dim", min=1),
+    steps: int = config_option(
+        TrainConfig,
+        "n_steps",
+        "--steps",
+        default=COMMAND_STEPS["gan"],
+        why=_STEPS_WHY,
+        help="Generator updates.",
+        min=1,
+    ),
     batch_size: int | None = BATCH_OPTION,
     lr: float | None = LR_OPTION,
     checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
@@ -134,7 +152,9 @@ def ddpm(
     data_root: Path | None = DATA_ROOT_OPTION,
     resize: int | None = RESIZE_OPTION,
     preset: str = typer.Option("small", "--preset", help=f"U-Net size: {', '.join(DDPM_PRESETS)}."),
-    steps: int = typer.Option(3000, "--steps", min=1, help="Training steps."),
+    steps: int = config_option(
+        TrainConfig, "n_steps", "--steps", default=COMMAND_STEPS["ddpm"], why=_STEPS_WHY, help="Training steps.", min=1
+    ),
     batch_size: int | None = BATCH_OPTION,
     lr: float | None = LR_OPTION,
     checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,
@@ -160,8 +180,8 @@ def classifier(
     data: str = DATA_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
     resize: int | None = RESIZE_OPTION,
-    width: int = typer.Option(32, "--width", min=1, help="Feature maps of the first conv layer."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="Training steps."),
+    width: int = config_option(ClassifierConfig, "width", "--width", min=1),
+    steps: int = config_option(TrainConfig, "n_steps", "--steps", help="Training steps.", min=1),
     batch_size: int | None = BATCH_OPTION,
     lr: float | None = LR_OPTION,
     checkpoint_every: int | None = CHECKPOINT_EVERY_OPTION,

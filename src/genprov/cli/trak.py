@@ -17,19 +17,23 @@ import torch
 import typer
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
-from genprov.cli.common import DATA_ROOT_OPTION, JSON_OPTION, SEED_OPTION, console, emit, handle_errors, parse_sets
+from genprov.cli.common import (
+    DATA_ROOT_OPTION,
+    JSON_OPTION,
+    SEED_OPTION,
+    config_option,
+    console,
+    emit,
+    handle_errors,
+    parse_sets,
+)
 from genprov.data import load_dataset, load_images
 from genprov.data.images import IMAGE_EXTENSIONS
+from genprov.eval.lds import LDSBenchmark, evaluate_lds, pixel_similarity
 from genprov.exceptions import CheckpointError, DataError
-from genprov.experiments.dtrak import (
-    LDSBenchmark,
-    evaluate_lds,
-    influence_gallery,
-    pixel_similarity,
-)
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
-from genprov.report import Figure, Report, Section, Table
+from genprov.report import Figure, Gallery, Report, Section, Table
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
 from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder
@@ -88,17 +92,25 @@ def featurize_cmd(
     store: Path = typer.Option(..., "--store", help="Feature store folder (created; an unfinished one is resumed)."),
     split: str = typer.Option("train", "--split", help="Dataset split to attribute to."),
     n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N training images."),
-    output_function: str = typer.Option(
-        "loss", "--output-function", help="loss (TRAK), squared-l2-norm (D-TRAK), mean, l1-norm, l2-norm, ..."
+    output_function: str = config_option(
+        TRAKConfig,
+        "output_function",
+        "--output-function",
+        help="loss (TRAK), squared-l2-norm (D-TRAK), mean, l1-norm, l2-norm, ...",
     ),
-    n_timesteps: int = typer.Option(10, "--n-timesteps", min=1, help="K, timesteps per example."),
-    schedule: str = typer.Option(
-        "uniform",
+    n_timesteps: int = config_option(
+        TRAKConfig, "n_timesteps", "--n-timesteps", min=1, help="K, timesteps per example."
+    ),
+    schedule: str = config_option(
+        TRAKConfig,
+        "schedule",
         "--schedule",
         help="uniform (t = 0, T/K, ...) or cumulative (t = 0..K-1); a list: --set timesteps=[...]",
     ),
-    projector: str = typer.Option("sjlt", "--projector", help="sjlt (fast on CPU), gaussian, rademacher, identity."),
-    proj_dim: int = typer.Option(2048, "--proj-dim", min=1, help="Feature dimension k."),
+    projector: str = config_option(
+        TRAKConfig, "projector", "--projector", help="sjlt (fast on CPU), gaussian, rademacher, identity."
+    ),
+    proj_dim: int = config_option(TRAKConfig, "proj_dim", "--proj-dim", min=1, help="Feature dimension k."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -215,7 +227,7 @@ def score_cmd(
         data_root=data_root,
     )
     scores = attributor.scores(x)
-    result = attributor.attribute(x, k=min(top_k, len(train)))
+    result = attributor.result_from_scores(scores, k=min(top_k, len(train)))  # gradients computed once
     result.save(out / "attribution.npz")
     if save_scores:
         with atomic_open(out / "scores.npy") as handle:
@@ -235,7 +247,7 @@ def score_cmd(
         top = [{"index": int(i), "score": float(s)} for i, s in zip(result.indices[q], result.scores[q], strict=True)]
         rows.append({"query": name, "top": top})
         section.add(
-            influence_gallery(
+            Gallery.influence(
                 x[q],
                 train.images,
                 scores[q],

@@ -1,7 +1,8 @@
 """Metrics for every genprov capability: pure functions on tensors and arrays (no training, no I/O).
 
-- :mod:`~genprov.eval.model_attribution`: ROC AUC, ROC curves, thresholds at a false-negative rate,
-  balanced accuracy, TPR at a fixed FPR, attributability of keyed generators.
+- :mod:`genprov.metrics` (one layer below, shared with the methods): threshold at a false-negative rate,
+  average precision; re-exported here.
+- :mod:`~genprov.eval.model_attribution`: ROC AUC, ROC curves, balanced accuracy, TPR at a fixed FPR, attributability of keyed generators.
 - :mod:`~genprov.eval.data_attribution`: linear datamodeling score (LDS) and its summary.
 - :mod:`~genprov.eval.retrieval`: Recall@K, (mean) average precision, k-occurrence and hubness.
 - :mod:`~genprov.eval.reconstruction`: per-image MSE, PSNR and SSIM; re-classification accuracy, TCA,
@@ -22,7 +23,6 @@ from genprov.eval.model_attribution import (
     distinguishability,
     roc_auc,
     roc_curve,
-    threshold_at_fnr,
     tpr_at_fpr,
 )
 from genprov.eval.reconstruction import (
@@ -38,7 +38,6 @@ from genprov.eval.reconstruction import (
     top_pixel_overlap,
 )
 from genprov.eval.retrieval import (
-    average_precision,
     k_occurrence,
     k_occurrence_skewness,
     mean_average_precision,
@@ -46,6 +45,7 @@ from genprov.eval.retrieval import (
     recall_per_query,
 )
 from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
+from genprov.metrics import average_precision, threshold_at_fnr
 
 __all__ = [
     "FrechetDistance",

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from genprov.eval._checks import ArrayLike, as_bool_matrix, as_float_array
 from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
 from genprov.exceptions import DataError
+from genprov.utils.arrays import ArrayLike, as_bool_matrix, as_float_array
 
 __all__ = ["MeanCI", "lds_summary", "linear_datamodeling_score", "paired_difference_ci"]
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genprov.eval._checks import ArrayLike, as_float_array
 from genprov.exceptions import DataError, NotFittedError
+from genprov.utils.arrays import ArrayLike, as_float_array
 from genprov.utils.validation import check_finite
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import rankdata
 
-from genprov.eval._checks import ArrayLike, as_float_array, check_fraction
 from genprov.exceptions import DataError
+from genprov.utils.arrays import ArrayLike, as_float_array, check_fraction
 
 __all__ = [
     "RocCurve",
@@ -30,7 +30,6 @@ __all__ = [
     "distinguishability",
     "roc_auc",
     "roc_curve",
-    "threshold_at_fnr",
     "tpr_at_fpr",
 ]
 
@@ -100,26 +99,6 @@ def roc_curve(scores_pos: ArrayLike, scores_neg: ArrayLike) -> RocCurve:
     )
 
 
-def threshold_at_fnr(own_scores: ArrayLike, fnr: float) -> float:
-    """The largest threshold that rejects at most a fraction ``fnr`` of own samples.
-
-    A sample is claimed when ``score >= threshold``; with the returned value at most ``floor(fnr * n)`` of
-    the ``n`` own scores fall strictly below it. This is how an owner who only has their own samples fixes
-    the decision rule (FLIPAD sec. 5: threshold at a 5% false-negative rate on own samples).
-
-    Args:
-        own_scores: (n,) scores of own samples.
-        fnr: Allowed false-negative rate in [0, 1]; 1 returns ``+inf`` (claim nothing).
-
-    Returns:
-        One of the own scores (or ``+inf``).
-    """
-    own = np.sort(as_float_array(own_scores, "own_scores", ndim=1))
-    rate = check_fraction(fnr, "fnr")
-    allowed = math.floor(rate * own.size + 1e-9)
-    return float(own[allowed]) if allowed < own.size else math.inf
-
-
 def accuracy_at_threshold(scores_pos: ArrayLike, scores_neg: ArrayLike, threshold: float) -> float:
     """Balanced accuracy of the rule ``score >= threshold``: the mean of TPR and TNR.
 
@@ -128,7 +107,7 @@ def accuracy_at_threshold(scores_pos: ArrayLike, scores_neg: ArrayLike, threshol
     Args:
         scores_pos: (n_pos,) scores of own samples.
         scores_neg: (n_neg,) scores of foreign samples.
-        threshold: Decision threshold, e.g. from :func:`threshold_at_fnr`.
+        threshold: Decision threshold, e.g. from :func:`genprov.metrics.threshold_at_fnr`.
 
     Returns:
         Balanced accuracy in [0, 1]; 0.5 = chance.

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genprov.eval._checks import to_tensor
 from genprov.eval.stats import MeanCI, summarize
 from genprov.exceptions import DataError
+from genprov.utils.arrays import to_tensor
 from genprov.utils.validation import check_images
 
 __all__ = [

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy.stats import skew
 
-from genprov.eval._checks import ArrayLike, as_float_array, as_index_list
 from genprov.exceptions import DataError
+from genprov.metrics import average_precision, scores_and_positives
+from genprov.utils.arrays import ArrayLike, as_float_array
 
 __all__ = [
-    "average_precision",
     "k_occurrence",
     "k_occurrence_skewness",
     "mean_average_precision",
@@ -48,14 +48,6 @@ def _recall(order: np.ndarray, positives: list[np.ndarray], k: int) -> np.ndarra
     return np.array([np.isin(p, top[q]).mean() for q, p in enumerate(positives)])
 
 
-def _scores_and_positives(scores: ArrayLike, positives: Sequence[ArrayLike]) -> tuple[np.ndarray, list[np.ndarray]]:
-    s = as_float_array(scores, "scores", ndim=2)
-    if s.shape[1] == 0:
-        raise DataError("scores has no items (0 columns).")
-    pos = as_index_list(positives, "positives", n_rows=s.shape[0], n_items=s.shape[1])
-    return s, pos
-
-
 def recall_per_query(scores: ArrayLike, positives: Sequence[ArrayLike], k: int) -> np.ndarray:
     """Per query, the fraction of its positives found among its top ``k`` items.
 
@@ -67,7 +59,7 @@ def recall_per_query(scores: ArrayLike, positives: Sequence[ArrayLike], k: int) 
     Returns:
         (n_q,) float64 in [0, 1].
     """
-    s, pos = _scores_and_positives(scores, positives)
+    s, pos = scores_and_positives(scores, positives)
     return _recall(_ranking(s), pos, k)
 
 
@@ -85,44 +77,9 @@ def recall_at_k(scores: ArrayLike, positives: Sequence[ArrayLike], ks: Iterable[
     Returns:
         ``{k: mean recall}``; higher = better.
     """
-    s, pos = _scores_and_positives(scores, positives)
+    s, pos = scores_and_positives(scores, positives)
     order = _ranking(s)
     return {int(k): float(_recall(order, pos, k).mean()) for k in ks}
-
-
-def _average_precision_row(scores: np.ndarray, relevant: np.ndarray) -> float:
-    """AP of one ranking as a step function over distinct score thresholds (sklearn's definition)."""
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, hits = scores[order], relevant[order].astype(np.float64)
-    last_of_value = np.r_[np.flatnonzero(np.diff(sorted_scores)), scores.size - 1]
-    tps = np.cumsum(hits)[last_of_value]
-    precision = tps / (last_of_value + 1)
-    recall = tps / hits.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def average_precision(scores: ArrayLike, positives: Sequence[ArrayLike]) -> np.ndarray:
-    """Average precision of each query's full ranking, with any number of positives.
-
-    AP = sum over score thresholds of (gain in recall) x (precision at that threshold); items with tied
-    scores are counted together at one threshold, which makes it independent of how ties are ordered
-    and equal to ``sklearn.metrics.average_precision_score``. Without ties it is the mean, over the
-    positives, of the precision at each positive's rank.
-
-    Args:
-        scores: (n_q, n_items) scores, higher = ranked earlier.
-        positives: ``n_q`` index arrays, each non-empty, unique, in ``[0, n_items)``.
-
-    Returns:
-        (n_q,) float64 in (0, 1]; higher = better.
-    """
-    s, pos = _scores_and_positives(scores, positives)
-    out = np.empty(s.shape[0])
-    for q, p in enumerate(pos):
-        relevant = np.zeros(s.shape[1], dtype=bool)
-        relevant[p] = True
-        out[q] = _average_precision_row(s[q], relevant)
-    return out
 
 
 def mean_average_precision(scores: ArrayLike, positives: Sequence[ArrayLike]) -> float:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from genprov.eval._checks import ArrayLike, as_float_array, check_same_rows
 from genprov.exceptions import DataError
+from genprov.utils.arrays import ArrayLike, as_float_array, check_same_rows
 from genprov.utils.seeding import numpy_rng
 
 __all__ = ["MeanCI", "paired_difference_ci", "summarize"]

@@ -9,7 +9,6 @@ from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, run_experime
 
 quickstart.DEMO_SECTIONS.register("keyed")(keyed.keyed_section)
 quickstart.DEMO_SECTIONS.register("similarity")(similarity.similarity_section)
-quickstart.DEMO_SECTIONS.register("privacy")(gnime.privacy_section)
 
 __all__ = [
     "EXPERIMENTS",

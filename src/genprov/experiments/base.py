@@ -1,13 +1,14 @@
 """What every paper reproduction shares: its config base and the ``EXPERIMENTS`` registry.
 
-An experiment module registers a runner ``run(config, out_dir, *, data_root, show_progress) -> dict``
-with its config class (a subclass of :class:`ExperimentConfig`)::
+An experiment package registers a runner ``run(config, out_dir, *, data_root, show_progress)`` returning
+its typed, frozen :class:`ExperimentResult`, with its config class (a subclass of :class:`ExperimentConfig`)::
 
     @EXPERIMENTS.register("flipad", config=FlipadExperimentConfig)
-    def run_flipad(config, out_dir, *, data_root=None, show_progress=None) -> dict: ...
+    def run_flipad(config, out_dir, *, data_root=None, show_progress=None) -> FlipadResult: ...
 
 ``genprov reproduce NAME --data D --seed N [--quick] [--set key=value ...] --out DIR`` then builds the config
-from the options and calls the runner, which writes ``results.json`` and ``report.html`` into ``out_dir``.
+from the options and calls the runner, which writes ``results.json`` (the result's :meth:`~ExperimentResult.to_dict`)
+and ``report.html`` into ``out_dir``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,67 @@ from typing import Any, TypeVar
 from genprov.config import Config, require
 from genprov.exceptions import ConfigError
 from genprov.registry import Registry
+from genprov.utils.io import atomic_write_json, json_safe
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "ExperimentRunner", "run_experiment", "start_run"]
+__all__ = [
+    "EXPERIMENTS",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "ExperimentRunner",
+    "json_key",
+    "run_experiment",
+    "start_run",
+]
 
-ExperimentRunner = Callable[..., dict[str, Any]]
 
-#: Paper reproductions: name -> runner(config, out_dir, *, data_root, show_progress) -> results dict.
-EXPERIMENTS: Registry[dict[str, Any]] = Registry("experiment")
+@dataclasses.dataclass(frozen=True)
+class ExperimentResult:
+    """Base of every experiment's result: a frozen dataclass whose :meth:`to_dict` is ``results.json``.
+
+    Fields serialise in declaration order under their names (or the key given by :func:`json_key`);
+    nested dataclasses (table rows), mappings and sequences serialise recursively.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain-JSON form written to ``results.json`` (non-finite floats as ``null``)."""
+        plain = json_safe(_plain(self))
+        assert isinstance(plain, dict)
+        return plain
+
+    def write_json(self, path: str | Path) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically."""
+        atomic_write_json(path, self.to_dict())
+
+
+def json_key(key: str | None = None, *, inline: bool = False) -> dict[str, Any]:
+    """Field metadata (``dataclasses.field(metadata=json_key(...))``) that serialises the field under ``key``
+    (e.g. ``"non-adaptive"``) or, with ``inline``, writes its own fields into the enclosing object."""
+    return {"json_key": key, "inline": inline}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = _plain(getattr(value, f.name))
+            if f.metadata.get("inline"):
+                out.update(item)
+            else:
+                out[f.metadata.get("json_key") or f.name] = item
+        return out
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+ExperimentRunner = Callable[..., ExperimentResult]
+
+#: Paper reproductions: name -> runner(config, out_dir, *, data_root, show_progress) -> typed result.
+EXPERIMENTS: Registry[ExperimentResult] = Registry("experiment")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -95,8 +150,9 @@ def run_experiment(
     *,
     data_root: str | Path | None = None,
     show_progress: bool | None = None,
-) -> dict[str, Any]:
-    """Run the registered experiment ``name`` (config as object, dict or ``None`` for defaults)."""
+) -> ExperimentResult:
+    """Run the registered experiment ``name`` (config as object, dict or ``None`` for defaults); its typed
+    result (``.to_dict()`` is what ``results.json`` holds)."""
     entry = EXPERIMENTS.entry(name)
     cfg_type = entry.config or ExperimentConfig
     cfg: Config = cfg_type.from_dict(config or {}) if not isinstance(config, Config) else config

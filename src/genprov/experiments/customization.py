@@ -18,6 +18,9 @@ This module is our small-scale version on a DDPM:
 Customization must be strong enough to matter and must not copy: :func:`influence_strength` reports how
 often an exemplar is its samples' pixel nearest neighbour among pool + exemplars, and how close the
 samples come to the exemplars compared with how close held-out images come to the pool.
+
+This module builds the benchmark; reading it (:class:`Customization`, :func:`load_customizations`) and the
+tuning protocol that uses it live in :mod:`genprov.eval.customization`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genprov.config import Config, is_int, require
-from genprov.data import load_images, save_images
+from genprov.data import save_images
+from genprov.eval.customization import (
+    DEFAULT_SEEN_CLASSES,
+    MANIFEST,
+    Customization,
+    load_customizations,
+)
 from genprov.exceptions import DataError
 from genprov.models.diffusion import DDPM, ddpm_sample
 from genprov.models.training import default_train_config, train_ddpm
@@ -51,8 +60,6 @@ __all__ = [
     "load_customizations",
     "stylize",
 ]
-
-MANIFEST = "manifest.json"
 
 
 def _thick(x: Tensor) -> Tensor:
@@ -109,7 +116,7 @@ class CustomizationConfig(Config):
     n_style: int = 15
     styles: tuple[str, ...] = ("thick", "thin", "shear")
     style_exemplars: int = 3
-    seen_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    seen_classes: tuple[int, ...] = DEFAULT_SEEN_CLASSES
     finetune_steps: int = 300
     finetune_lr: float = 2e-4
     batch_size: int = 32
@@ -134,60 +141,6 @@ class CustomizationConfig(Config):
         )
         require(self.finetune_lr > 0, "finetune_lr", "a positive number", self.finetune_lr)
         require(is_int(self.seed, minimum=0), "seed", "a non-negative integer", self.seed)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Customization:
-    """One customized model of the benchmark, as the manifest records it.
-
-    Attributes:
-        id: ``"c-000"``, ...
-        kind: ``"object"`` or ``"style"``.
-        style: The style name (style cases) or ``None``.
-        classes: Class of each exemplar.
-        split: ``"seen"`` (may tune features) or ``"unseen"`` (test).
-        exemplars: Exemplar PNG paths, relative to the benchmark folder.
-        samples: Sample PNG paths, relative to the benchmark folder.
-        source_indices: Index of each exemplar in the held-out split it came from.
-    """
-
-    id: str
-    kind: str
-    style: str | None
-    classes: tuple[int, ...]
-    split: str
-    exemplars: tuple[str, ...]
-    samples: tuple[str, ...]
-    source_indices: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest entry (JSON-ready)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, entry: dict[str, Any]) -> Customization:
-        """Read a manifest entry."""
-        try:
-            return cls(
-                id=str(entry["id"]),
-                kind=str(entry["kind"]),
-                style=entry.get("style"),
-                classes=tuple(int(c) for c in entry["classes"]),
-                split=str(entry["split"]),
-                exemplars=tuple(entry["exemplars"]),
-                samples=tuple(entry["samples"]),
-                source_indices=tuple(int(i) for i in entry["source_indices"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataError(f"Malformed customization entry {entry!r}: {err}. Rebuild the benchmark.") from err
-
-    def exemplar_images(self, folder: Path) -> Tensor:
-        """The exemplars as (e, C, H, W) images in [-1, 1]."""
-        return load_images([folder / p for p in self.exemplars])
-
-    def sample_images(self, folder: Path) -> Tensor:
-        """The samples as (s, C, H, W) images in [-1, 1]."""
-        return load_images([folder / p for p in self.samples])
 
 
 def _plan(config: CustomizationConfig, labels: np.ndarray) -> list[dict[str, Any]]:
@@ -228,14 +181,6 @@ def _plan(config: CustomizationConfig, labels: np.ndarray) -> list[dict[str, Any
         entry["classes"] = [int(labels[i]) for i in entry["idx"]]
         entry["split"] = "seen" if all(c in seen for c in entry["classes"]) else "unseen"
     return plan
-
-
-def load_customizations(folder: str | Path) -> list[Customization]:
-    """The finished customizations recorded in ``folder/manifest.json``."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; build the benchmark first (genprov reproduce similarity).")
-    return [Customization.from_dict(e) for e in read_json(path).get("customizations", [])]
 
 
 def build_customizations(

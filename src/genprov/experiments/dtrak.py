@@ -26,7 +26,9 @@ What a run does (every model, store and measurement is cached under ``--out``; a
    l2 distance and classifier-feature cosine to the original.
 
 Writes ``results.json``, ``report.html`` and ``lds_benchmark.npz`` (masks, losses and queries, readable by
-``genprov trak lds``). The demo section :func:`trak_section` lives here too.
+``genprov trak lds``). The benchmark, the LDS evaluation and the counterfactual measures are library code in
+:mod:`genprov.eval.lds`; this module trains the models they need. The demo section :func:`trak_section`
+lives here too.
 """
 
 from __future__ import annotations
@@ -47,10 +49,18 @@ from torch import Tensor
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
 from genprov.config import is_int, require
-from genprov.data import ImageDataset, load_dataset, random_subsets, split_indices
-from genprov.data.dataset import fingerprint_arrays
-from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
-from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
+from genprov.data import ImageDataset, load_dataset, random_subsets
+from genprov.eval.lds import (
+    EvalDraws,
+    LDSBenchmark,
+    counterfactual_metrics,
+    counterfactual_removals,
+    evaluate_lds,
+    lds_vs_benchmark_size,
+    measure_losses,
+    pixel_similarity,
+)
+from genprov.eval.stats import MeanCI
 from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.quickstart import DEMO_SECTIONS, DemoContext, grid_image
@@ -60,30 +70,17 @@ from genprov.models.diffusion import DDPM, DDPM_PRESETS, DDPMConfig, ddpm_sample
 from genprov.models.training import default_train_config, train_classifier, train_ddpm
 from genprov.report import Figure, Gallery, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import metric_bars
-from genprov.utils.io import atomic_save_npz, atomic_write_json, open_npz
+from genprov.utils.io import atomic_save_npz, atomic_write_json
 from genprov.utils.progress import progress
-from genprov.utils.seeding import derive_seed, numpy_rng, torch_generator
+from genprov.utils.seeding import derive_seed, numpy_rng
 
-__all__ = [
-    "BENCHMARK_FILE",
-    "DTRAKExperimentConfig",
-    "LDSBenchmark",
-    "evaluate_lds",
-    "influence_gallery",
-    "lds_vs_benchmark_size",
-    "measure_losses",
-    "noise_ceiling",
-    "pixel_similarity",
-    "run_dtrak",
-    "trak_section",
-]
+__all__ = ["BENCHMARK_FILE", "DTRAKExperimentConfig", "run_dtrak", "trak_section"]
 
 log = logging.getLogger(__name__)
 
 BENCHMARK_FILE = "lds_benchmark.npz"
 #: The demo's TRAK training images (``{"images": (n, C, H, W) float32}``), for the service's workspace.
 _DEMO_TRAIN = "trak-store/train-images.npz"
-QUERY_KINDS = ("real", "generated")
 _LOSS_CACHE = "query_losses.npz"
 #: Per-dataset field values (CPU-sized: MNIST and CIFAR-2 are resized to 16x16).
 _DATA_PRESETS: dict[str, dict[str, Any]] = {
@@ -232,69 +229,6 @@ class DTRAKExperimentConfig(ExperimentConfig):
 # ------------------------------------------------------------------------------------------ measuring
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalDraws:
-    """Fixed (timestep, noise) pairs per query: the LDS model output is the mean loss over them.
-
-    Attributes:
-        queries: (n_q, C, H, W) query images.
-        t: (n_q, J) int64 timesteps (stratified over [0, T)).
-        noise: (n_q, J, C, H, W) standard normal noise.
-    """
-
-    queries: Tensor
-    t: Tensor
-    noise: Tensor
-
-    @classmethod
-    def make(cls, queries: Tensor, draws: int, n_timesteps: int, seed: int) -> EvalDraws:
-        """Draws for ``queries``: draw j of query q at ``t = (j + u) T / J`` (u uniform), noise from ``(seed, q, j)``."""
-        n_q = len(queries)
-        gen = torch_generator(seed, "lds-eval-t")
-        offsets = torch.rand(n_q, draws, generator=gen)
-        t = ((torch.arange(draws).unsqueeze(0) + offsets) * n_timesteps / draws).long().clamp_(0, n_timesteps - 1)
-        noise = torch.empty(n_q, draws, *queries.shape[1:])
-        for q in range(n_q):
-            noise[q] = torch.randn(draws, *queries.shape[1:], generator=torch_generator(seed, "lds-eval", q))
-        return cls(queries, t, noise)
-
-    def fingerprint(self) -> str:
-        """Hash of the queries and draws (keys the per-model loss cache)."""
-        return fingerprint_arrays(self.queries.numpy(), self.t.numpy(), self.noise.numpy())
-
-
-@torch.no_grad()
-def measure_losses(model: DDPM, draws: EvalDraws, *, batch_size: int = 1024) -> np.ndarray:
-    """Per-query diffusion loss ``mean_j ||eps_theta(x_{t_j}, t_j) - eps_j||^2 / d`` over fixed draws.
-
-    Args:
-        model: The DDPM.
-        draws: Queries and their fixed (timestep, noise) pairs.
-        batch_size: Images per forward pass (does not change the numbers beyond rounding).
-
-    Returns:
-        (n_q,) float64 mean losses; lower = the model fits the query better.
-    """
-    model.eval()
-    n_q, n_draws = draws.t.shape
-    x0 = draws.queries.unsqueeze(1).expand(-1, n_draws, *draws.queries.shape[1:]).reshape(-1, *draws.queries.shape[1:])
-    t = draws.t.reshape(-1)
-    noise = draws.noise.reshape(-1, *draws.queries.shape[1:])
-    losses = torch.empty(len(t))
-    for start in range(0, len(t), batch_size):
-        sl = slice(start, start + batch_size)
-        eps = model(model.add_noise(x0[sl], noise[sl], t[sl]), t[sl])
-        losses[sl] = (eps - noise[sl]).pow(2).flatten(1).mean(1)
-    return losses.reshape(n_q, n_draws).mean(1).double().numpy()
-
-
-def pixel_similarity(queries: Tensor, train: Tensor) -> np.ndarray:
-    """Raw-pixel baseline scores ``-||x_q - x_i||^2``: (n_q, n_train) float64, higher = more similar."""
-    q = queries.reshape(len(queries), -1).double()
-    x = train.reshape(len(train), -1).double()
-    return (-torch.cdist(q, x).pow(2)).numpy()
-
-
 def _feature_cosine(features: Callable[[Tensor], Tensor], queries: Tensor, train: Tensor) -> np.ndarray:
     with torch.no_grad():
         fq = torch.nn.functional.normalize(features(queries).flatten(1).double(), dim=1)
@@ -358,239 +292,6 @@ def _run_jobs(jobs: Sequence[_Job], n_workers: int, desc: str, show: bool | None
 
 
 # ------------------------------------------------------------------------------------------ LDS
-
-
-@dataclasses.dataclass(frozen=True)
-class LDSBenchmark:
-    """The ground truth of an LDS evaluation.
-
-    Attributes:
-        masks: (n_subsets, n_train) bool, True where a training example is in the subset.
-        losses: (n_subsets, n_seeds, n_q) measured diffusion losses of the subset models on the queries.
-        queries: (n_q, C, H, W) query images.
-        kinds: (n_q,) query kind per query (``"real"`` or ``"generated"``).
-        val: (n_q,) bool, True for queries that choose lambda (the others are reported).
-    """
-
-    masks: np.ndarray
-    losses: np.ndarray
-    queries: np.ndarray
-    kinds: np.ndarray
-    val: np.ndarray
-
-    @classmethod
-    def empty(cls, queries: np.ndarray, kinds: np.ndarray) -> LDSBenchmark:
-        """A benchmark of queries without subsets yet (to draw the validation split)."""
-        n_q = len(queries)
-        return cls(np.zeros((0, 0), dtype=bool), np.zeros((0, 1, n_q)), queries, kinds, np.zeros(n_q, dtype=bool))
-
-    def outputs(self) -> np.ndarray:
-        """The LDS model output per subset and query, ``-mean over seeds of the loss``: (n_subsets, n_q)."""
-        return np.asarray(-self.losses.mean(axis=1))
-
-    def with_validation_split(self, seed: int) -> LDSBenchmark:
-        """This benchmark, with half of each query kind marked for choosing lambda if none is marked yet."""
-        if self.val.any():
-            return self
-        val = np.zeros(len(self.kinds), dtype=bool)
-        for kind in sorted(set(self.kinds.tolist())):
-            cols = np.flatnonzero(self.kinds == kind)
-            val[cols[split_indices(len(cols), [0.5, 0.5], seed=seed)[0]]] = True
-        return dataclasses.replace(self, val=val)
-
-    def save(self, path: str | Path) -> None:
-        """Write an ``.npz`` (atomically)."""
-        atomic_save_npz(
-            path,
-            {
-                "masks": self.masks,
-                "losses": self.losses,
-                "queries": self.queries,
-                "kinds": self.kinds.astype("U16"),
-                "val": self.val,
-            },
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> LDSBenchmark:
-        """Read :meth:`save` output (no pickles).
-
-        Raises:
-            DataError: If the file is missing or lacks a key, or the shapes disagree.
-        """
-        file = Path(path)
-        if not file.is_file():
-            raise DataError(f"{file} does not exist; build a benchmark with 'genprov reproduce dtrak' first.")
-        with open_npz(file, "an LDS benchmark") as npz:
-            missing = [k for k in ("masks", "losses", "queries") if k not in npz.files]
-            if missing:
-                raise DataError(f"{file} is not an LDS benchmark: it lacks {missing}.")
-            n_q = npz["queries"].shape[0]
-            kinds = npz["kinds"] if "kinds" in npz.files else np.array(["real"] * n_q)
-            val = npz["val"] if "val" in npz.files else np.zeros(n_q, dtype=bool)
-            bench = cls(npz["masks"].astype(bool), npz["losses"], npz["queries"], kinds, val.astype(bool))
-        if bench.losses.ndim == 2:
-            bench = dataclasses.replace(bench, losses=bench.losses[:, None, :])
-        if bench.losses.shape[0] != bench.masks.shape[0] or bench.losses.shape[2] != n_q:
-            raise DataError(
-                f"{file}: losses {bench.losses.shape} must be (n_subsets={bench.masks.shape[0]}, n_seeds, n_q={n_q})."
-            )
-        return bench
-
-
-def noise_ceiling(losses: np.ndarray, columns: np.ndarray, *, seed: int, n_boot: int) -> MeanCI | None:
-    """Mean over queries of the Spearman correlation, across subsets, of seed 0's and seed 1's losses.
-
-    Args:
-        losses: (n_subsets, n_seeds, n_q).
-        columns: Queries to use.
-        seed: Bootstrap seed.
-        n_boot: Bootstrap resamples.
-
-    Returns:
-        The ceiling with a CI over queries, or ``None`` with fewer than two seeds.
-    """
-    if losses.shape[1] < 2 or len(columns) == 0:
-        return None
-    masks = np.eye(losses.shape[0], dtype=bool)  # "scores" = seed 0's outputs; each subset holds one item
-    per_query = linear_datamodeling_score(-losses[:, 0, columns].T, masks, -losses[:, 1, columns])
-    return lds_summary(per_query, seed=seed, n_boot=n_boot, ignore_nan=True)
-
-
-def _subset_ci(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *, seed: int, n_boot: int) -> list[float]:
-    """95% bootstrap interval of the mean LDS when the subsets (rows) are resampled."""
-    rng = numpy_rng(seed, "lds-subsets")
-    means = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, masks.shape[0], size=masks.shape[0])
-        per_query = linear_datamodeling_score(scores, masks[rows], outputs[rows])
-        if np.isfinite(per_query).any():
-            means.append(float(np.nanmean(per_query)))
-    return [float(v) for v in np.quantile(means, [0.025, 0.975])] if means else [float("nan")] * 2
-
-
-def evaluate_lds(
-    method_scores: Mapping[str, np.ndarray],
-    bench: LDSBenchmark,
-    *,
-    dampings: Sequence[float] | None = None,
-    seed: int = 0,
-    n_boot: int = 1000,
-) -> dict[str, Any]:
-    """LDS of each method per query kind, lambda chosen on the validation queries, reported on the rest.
-
-    Args:
-        method_scores: ``{method: (n_lambda, n_q, n_train)}`` scores (``n_lambda = 1`` for methods without
-            a lambda); higher = more positive influence.
-        bench: The benchmark (masks, losses, kinds, validation split).
-        dampings: The lambda values of the sweeps (labels in the output; relative values).
-        seed: Bootstrap seed.
-        n_boot: Bootstrap resamples.
-
-    Returns:
-        ``{"methods": {kind: {method: {...}}}, "paired": ..., "noise_ceiling": ..., "sweep": ...}``; every
-        reported LDS uses only lambda chosen on validation queries.
-    """
-    outputs = bench.outputs()
-    results: dict[str, Any] = {"methods": {}, "paired": {}, "noise_ceiling": {}, "sweep": {}}
-    per_query_best: dict[str, dict[str, np.ndarray]] = {}
-    for kind in sorted(set(bench.kinds.tolist()), key=lambda k: (k not in QUERY_KINDS, k)):
-        in_kind = bench.kinds == kind
-        val_cols, test_cols = np.flatnonzero(in_kind & bench.val), np.flatnonzero(in_kind & ~bench.val)
-        if len(test_cols) == 0:
-            continue
-        rows: dict[str, Any] = {}
-        sweeps: dict[str, Any] = {}
-        per_query_best[kind] = {}
-        for method, scores in method_scores.items():
-            scores = np.asarray(scores)
-            if scores.ndim == 2:
-                scores = scores[None]
-            val_curve = [
-                float(np.nanmean(linear_datamodeling_score(s[val_cols], bench.masks, outputs[:, val_cols])))
-                if len(val_cols)
-                else float("nan")
-                for s in scores
-            ]
-            test_curve = [
-                float(np.nanmean(linear_datamodeling_score(s[test_cols], bench.masks, outputs[:, test_cols])))
-                for s in scores
-            ]
-            best = int(np.nanargmax(val_curve)) if np.isfinite(val_curve).any() else 0
-            per_query = linear_datamodeling_score(scores[best][test_cols], bench.masks, outputs[:, test_cols])
-            per_query_best[kind][method] = per_query
-            summary = lds_summary(per_query, seed=seed, n_boot=n_boot, ignore_nan=True)
-            rows[method] = {
-                "lds": summary.to_dict(),
-                "ci_over_subsets": _subset_ci(
-                    scores[best][test_cols], bench.masks, outputs[:, test_cols], seed=seed, n_boot=max(50, n_boot // 10)
-                ),
-                "val_lds": val_curve[best],
-                "lambda_index": best,
-                "relative_damping": None if len(scores) == 1 or dampings is None else float(dampings[best]),
-            }
-            if len(scores) > 1:
-                sweeps[method] = {"relative_damping": list(dampings or []), "val": val_curve, "test": test_curve}
-        results["methods"][kind] = rows
-        results["sweep"][kind] = sweeps
-        ceiling = noise_ceiling(bench.losses, test_cols, seed=seed, n_boot=n_boot)
-        results["noise_ceiling"][kind] = ceiling.to_dict() if ceiling is not None else None
-        results["paired"][kind] = _paired(per_query_best[kind], seed=seed, n_boot=n_boot)
-    return results
-
-
-def _paired(per_query: Mapping[str, np.ndarray], *, seed: int, n_boot: int) -> dict[str, Any]:
-    pairs = [("D-TRAK", "TRAK"), ("D-TRAK", "pixel similarity"), ("TRAK", "pixel similarity")]
-    out = {}
-    for a, b in pairs:
-        if a in per_query and b in per_query:
-            ok = np.isfinite(per_query[a]) & np.isfinite(per_query[b])
-            if ok.sum() >= 2:
-                diff = paired_difference_ci(per_query[a][ok], per_query[b][ok], seed=seed, n_boot=n_boot)
-                out[f"{a} - {b}"] = diff.to_dict()
-    return out
-
-
-# ------------------------------------------------------------------------------------------ galleries
-
-
-def influence_gallery(
-    query: Tensor,
-    train_images: Tensor,
-    scores: Tensor | np.ndarray,
-    *,
-    k_positive: int = 5,
-    k_negative: int = 3,
-    caption: str = "",
-    query_caption: str = "query",
-) -> Gallery:
-    """A query beside its ``k_positive`` most positive and ``k_negative`` most negative training examples.
-
-    Args:
-        query: (C, H, W) the query image.
-        train_images: (n_train, C, H, W) the training set.
-        scores: (n_train,) the query's scores; higher = more positive influence.
-        k_positive: Examples in the first row.
-        k_negative: Examples in the second row (0: none).
-        caption: Shown under the gallery.
-        query_caption: Label under the query image.
-    """
-    s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
-    order = torch.sort(s, descending=True, stable=True).indices
-    pos = order[: min(k_positive, len(s))]
-    neg = order.flip(0)[: min(k_negative, len(s))] if k_negative else None
-    return Gallery.top_k(
-        query,
-        train_images,
-        pos,
-        s[pos],
-        negative_indices=neg,
-        negative_scores=s[neg] if neg is not None else None,
-        caption=caption,
-        query_caption=query_caption,
-        positive_label="Most positive (proponents)",
-        negative_label="Most negative (opponents)",
-    )
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -761,40 +462,6 @@ def _store_name(config: TRAKConfig) -> str:
     return f"{config.output_function}-{config.projector}-k{k}-{steps}"
 
 
-def lds_vs_benchmark_size(
-    method_scores: Mapping[str, np.ndarray],
-    bench: LDSBenchmark,
-    *,
-    dampings: Sequence[float],
-    seed: int = 0,
-    methods: Sequence[str] = ("TRAK", "D-TRAK", "pixel similarity"),
-) -> list[dict[str, Any]]:
-    """Mean test LDS when only the first m subsets and s seeds of the benchmark are used.
-
-    Shows how much of the gap between methods is ground-truth noise: with few subsets or one seed per
-    subset the measured outputs are noisier and every LDS (and the noise ceiling) is lower.
-
-    Returns:
-        Rows ``{"subsets", "seeds", "<kind> <method>": mean LDS, "<kind> ceiling": ...}``.
-    """
-    n_subsets, n_seeds = bench.masks.shape[0], bench.losses.shape[1]
-    sizes = sorted({m for m in (8, 16, 32, 64, 128, n_subsets) if 3 <= m <= n_subsets})
-    rows = []
-    for m in sizes:
-        for s in sorted({1, n_seeds}):
-            part = dataclasses.replace(bench, masks=bench.masks[:m], losses=bench.losses[:m, :s])
-            scores = {k: method_scores[k] for k in methods if k in method_scores}
-            ev = evaluate_lds(scores, part, dampings=dampings, seed=seed, n_boot=100)
-            row: dict[str, Any] = {"subsets": m, "seeds": s}
-            for kind, per_method in ev["methods"].items():
-                for method, r in per_method.items():
-                    row[f"{kind} {method}"] = r["lds"]["mean"]
-                ceiling = ev["noise_ceiling"].get(kind)
-                row[f"{kind} ceiling"] = ceiling["mean"] if ceiling else None
-            rows.append(row)
-    return rows
-
-
 def _variant_study(
     cfg: DTRAKExperimentConfig,
     model: DDPM,
@@ -888,13 +555,9 @@ def _counterfactual(
         return {"n_queries": 0}
     gen_cols = np.flatnonzero(kinds == "generated")
     picked = list(range(n_cf))  # generated image g is query column gen_cols[g]
-    removals: dict[str, list[np.ndarray]] = {"random": []}
-    for g in picked:
-        for method, scores in chosen.items():
-            order = np.argsort(-scores[gen_cols[g]], kind="stable")
-            removals.setdefault(method, []).append(order[: cfg.counterfactual_k])
-        rng = numpy_rng(cfg.seed, "counterfactual-random", g)
-        removals["random"].append(rng.choice(len(train), cfg.counterfactual_k, replace=False))
+    removals = counterfactual_removals(
+        chosen, gen_cols[picked].tolist(), k=cfg.counterfactual_k, n_train=len(train), seed=cfg.seed
+    )
     jobs, keys = [], []
     for method, per_query in removals.items():
         for g, removed in zip(picked, per_query, strict=True):
@@ -913,20 +576,18 @@ def _counterfactual(
             keys.append((method, g))
     done = _run_jobs(jobs, cfg.n_workers, "counterfactual models", show)
     regenerated = {key: d["samples"][0] for key, d in zip(keys, done, strict=True)}
-    metrics: dict[str, Any] = {"n_queries": n_cf, "k_removed": cfg.counterfactual_k, "methods": {}}
-    with torch.no_grad():
-        for method in removals:
-            originals = generated[picked]
-            new = torch.stack([regenerated[(method, g)] for g in picked])
-            l2 = (new - originals).flatten(1).norm(dim=1).double().numpy()
-            cos = torch.nn.functional.cosine_similarity(
-                classifier.features(new).flatten(1), classifier.features(originals).flatten(1), dim=1
-            )
-            metrics["methods"][method] = {
-                "pixel_l2": summarize(l2, seed=cfg.seed, n_boot=cfg.n_boot).to_dict(),
-                "feature_cosine": summarize(cos.double().numpy(), seed=cfg.seed, n_boot=cfg.n_boot).to_dict(),
-                "per_query_l2": l2.tolist(),
-            }
+    originals = generated[picked]
+    metrics: dict[str, Any] = {
+        "n_queries": n_cf,
+        "k_removed": cfg.counterfactual_k,
+        "methods": counterfactual_metrics(
+            originals,
+            {method: torch.stack([regenerated[(method, g)] for g in picked]) for method in removals},
+            classifier.features,
+            seed=cfg.seed,
+            n_boot=cfg.n_boot,
+        ),
+    }
     shown = ["TRAK", "D-TRAK", "random"]
     metrics["images"] = torch.stack(
         [img for g in picked for img in (generated[g], *(regenerated[(m, g)] for m in shown))]
@@ -1092,7 +753,7 @@ def _gallery_section(
         for method in ("TRAK", "D-TRAK"):
             scores = _best_scores(method_scores[method], lds, method)[col]
             section.add(
-                influence_gallery(
+                Gallery.influence(
                     queries[col],
                     train.images,
                     scores,
@@ -1174,7 +835,7 @@ def trak_section(ctx: DemoContext) -> Section:
         for label, scores in scores_by_method.items():
             k_negative = 0 if label == "nearest pixels" else 3
             section.add(
-                influence_gallery(
+                Gallery.influence(
                     queries[q],
                     train,
                     scores[q],

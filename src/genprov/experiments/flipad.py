@@ -52,6 +52,7 @@ from genprov.attribution.model import (
     PRNUAttributorConfig,
     RawPixelAttributorConfig,
 )
+from genprov.attribution.model.flipad import FLIPAD_IMAGE_SETTINGS
 from genprov.config import Config, is_positive_int, require
 from genprov.data import PERTURBATIONS, load_dataset, load_tabular, perturb, png_roundtrip
 from genprov.eval import accuracy_at_threshold, roc_auc, roc_curve
@@ -142,7 +143,7 @@ class FlipadExperimentConfig(ExperimentConfig):
     n_resamples: int = 3
     methods: tuple[str, ...] = METHODS
     flipad: FinalLayerInversionAttributorConfig = dataclasses.field(
-        default_factory=lambda: FinalLayerInversionAttributorConfig(max_iter=300, saturation="censor")
+        default_factory=lambda: FinalLayerInversionAttributorConfig(**FLIPAD_IMAGE_SETTINGS)
     )
     detector: DeepSADConfig = dataclasses.field(default_factory=lambda: DeepSADConfig(n_epochs=20, lr_milestones=(15,)))
     latent_inversion_n_test: int = 100
@@ -944,7 +945,10 @@ def reproduce_flipad(
     data_root: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
-    """What ``genprov reproduce flipad --data D --seed N [--quick] --out DIR`` runs.
+    """Run the FLIPAD reproduction from plain arguments (a Python shortcut for notebooks and scripts).
+
+    ``genprov reproduce flipad`` does not call this: it builds :class:`FlipadExperimentConfig` through the
+    experiment registry and calls :func:`run_flipad`, which this wraps with the same dataset preset.
 
     Args:
         data: ``"digits"``, ``"mnist"`` or ``"fashion-mnist"``.
@@ -1002,7 +1006,7 @@ def flipad_demo_section(
     assert isinstance(flipad, FeatureAttributor)
     flipad.fit_split(own[:n_fit], own[n_fit : n_fit + n_fit // 4], negatives=real_q[:n_fit])
     if save_to is not None:
-        flipad.save(save_to)
+        flipad.save_pretrained(save_to)
     test = {
         "own (held out)": own[-n_test:],
         "real (held out)": real_q[n_fit : n_fit + n_real_test],

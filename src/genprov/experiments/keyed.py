@@ -47,7 +47,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genprov.attribution.model.base import generator_fingerprint
 from genprov.attribution.model.keyed import (
     AMBIGUOUS,
     NONE,
@@ -67,6 +66,7 @@ from genprov.eval import FrechetDistance, attributability, distinguishability, p
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
 from genprov.experiments.quickstart import DemoContext, grid_image
+from genprov.models.artifact import module_fingerprint
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.gans import GANConfig
 from genprov.models.training import default_train_config, train_classifier, train_gan
@@ -78,11 +78,11 @@ from genprov.utils.seeding import derive_seed, torch_generator
 __all__ = [
     "VARIANTS",
     "KeyedExperimentConfig",
+    "apply_test_condition",
     "distinguishability",
     "evaluate_family",
     "keyed_section",
     "run_keyed",
-    "test_post_process",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _pos_int(value: object) -> bool:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def test_post_process(x: Tensor, name: str, config: KeyedExperimentConfig, *, seed: int) -> Tensor:
+def apply_test_condition(x: Tensor, name: str, config: KeyedExperimentConfig, *, seed: int) -> Tensor:
     """Apply the test condition ``name`` (``"clean"`` or a post-process) and save as 8-bit PNG.
 
     Blur, crop and noise use the differentiable post-processes at test strength; JPEG is a real Pillow
@@ -275,10 +275,10 @@ def evaluate_family(
     xs = [family.sample(i, n, seed=seed) for i in range(family.n_keys)]
     out: dict[str, dict[str, Any]] = {}
     for cond in conditions:
-        p0 = test_post_process(x0, cond, config, seed=seed)
-        pr = test_post_process(real, cond, config, seed=seed)
+        p0 = apply_test_condition(x0, cond, config, seed=seed)
+        pr = apply_test_condition(real, cond, config, seed=seed)
         r_real = family.responses(pr).numpy()
-        users = [test_post_process(x, cond, config, seed=seed) for x in xs]
+        users = [apply_test_condition(x, cond, config, seed=seed) for x in xs]
         responses = [family.responses(u).numpy() for u in users]
         stacked = np.concatenate(responses)
         source = np.repeat(np.arange(family.n_keys), n)
@@ -669,7 +669,7 @@ def keyed_section(ctx: DemoContext) -> Section:
     root = ctx.dcgan()
     cfg = KeyedGeneratorsConfig(seed=ctx.config.seed, user_steps=steps, key_steps=500)
     # one cached family per root model and setting, so --quick and full demos never collide
-    folder = ctx.models_dir / "keyed" / f"{str(generator_fingerprint(root.model))[:12]}-{steps}"
+    folder = ctx.models_dir / "keyed" / f"{str(module_fingerprint(root.model))[:12]}-{steps}"
     family = KeyedGenerators.create(
         root.checkpoint, n_keys, cfg, out=folder, real=ctx.train, show_progress=ctx.show_progress
     )

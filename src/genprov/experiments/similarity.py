@@ -20,7 +20,7 @@ an interrupted run resumes):
 3. Featurizes pool, exemplars, samples and a negative control (samples of the un-customized base model)
    with every extractor: ``pixels``, ``classifier`` (trained on the pool), ``simclr`` (trained on the pool),
    ``random-cnn`` (control) and ``efficientnet-lite0`` (ImageNet weights, when installed).
-4. Tunes a :class:`~genprov.attribution.data.features.FeatureMapper` per extractor on the tuning cases:
+4. Tunes a :class:`~genprov.attribution.data.mapper.FeatureMapper` per extractor on the tuning cases:
    each candidate of ``tuning_grid`` (learning rate, one or two towers) is early-stopped on the validation
    cases' mAP, and the candidate best on validation is kept (the identity, i.e. untuned, is always a
    candidate, so tuning never loses on validation; the unseen test cases are never looked at).
@@ -41,7 +41,6 @@ use protocol B, whose candidate set is shared by all queries (protocol A's diffe
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -52,16 +51,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genprov.attribution.data.features import (
+from genprov.attribution.data import (
     FEATURE_EXTRACTORS,
     ClassifierExtractor,
     FeatureExtractor,
-    FeatureMapper,
     SimCLRConfig,
     SimCLRExtractor,
     TuningConfig,
     hub_statistics,
-    split_classes,
 )
 from genprov.attribution.data.similarity import (
     SimilarityAttributor,
@@ -73,41 +70,38 @@ from genprov.attribution.data.similarity import (
 )
 from genprov.config import is_int, require
 from genprov.data import ImageDataset, load_dataset, load_images, resize_images, save_images
-from genprov.eval.retrieval import average_precision, recall_per_query
-from genprov.exceptions import ConfigError, DataError, MissingDependencyError
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
-from genprov.experiments.customization import (
-    Customization,
-    CustomizationConfig,
-    build_customizations,
-    influence_strength,
-    load_customizations,
+from genprov.eval.customization import (
+    N_VAL_CLASSES,
+    TUNING_GRID,
+    BenchFeatures,
+    CustomizationBench,
+    case_roles,
+    protocol_b_scores,
+    similarity_scores,
+    tune_mapper,
 )
+from genprov.eval.retrieval import recall_per_query
+from genprov.exceptions import DataError, MissingDependencyError
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, start_run
+from genprov.experiments.customization import CustomizationConfig, build_customizations, influence_strength
 from genprov.experiments.quickstart import DemoContext, grid_image
+from genprov.metrics import average_precision
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.diffusion import DDPM, DDPM_PRESETS, DDPMConfig, ddpm_sample
 from genprov.models.training import default_train_config, train_classifier, train_ddpm
 from genprov.report import Figure, Gallery, GalleryRow, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import metric_bars
-from genprov.storage import INDEX_FILE, FeatureIndex
-from genprov.utils.io import atomic_save_npz, atomic_write_json, read_json
+from genprov.utils.io import atomic_save_npz, atomic_write_json
 from genprov.utils.seeding import derive_seed, numpy_rng
 
 __all__ = [
     "EXTRACTOR_NAMES",
-    "INDEX_INFO",
     "SimilarityExperimentConfig",
-    "attributor_from_info",
-    "build_similarity_index",
     "chance_level",
-    "extractor_from_spec",
-    "open_similarity_index",
-    "read_index_info",
     "retrieval_metrics",
     "run_similarity",
     "similarity_section",
     "soft_gallery",
-    "tune_on_customizations",
 ]
 
 log = logging.getLogger(__name__)
@@ -197,20 +191,14 @@ class SimilarityExperimentConfig(ExperimentConfig):
     n_prior: int = 256
     n_samples: int = 24
     ddim_steps: int = 50
-    n_val_classes: int = 2
+    n_val_classes: int = N_VAL_CLASSES
     n_control: int = 96
     extractors: tuple[str, ...] = EXTRACTOR_NAMES
     classifier_steps: int = 1000
     simclr_steps: int = 300
     effnet_image_size: int = 112
     tuning: dict[str, Any] = dataclasses.field(default_factory=lambda: {"eval_every": 10})
-    tuning_grid: tuple[dict[str, Any], ...] = (
-        {"lr": 1e-3},
-        {"lr": 1e-4},
-        {"lr": 1e-5, "max_steps": 1000},
-        {"lr": 1e-4, "two_towers": False},
-        {"lr": 1e-5, "two_towers": False, "max_steps": 1000},
-    )
+    tuning_grid: tuple[dict[str, Any], ...] = TUNING_GRID
     soft_top_n: int = 100
     gallery_queries: int = 3
     gallery_k: int = 8
@@ -332,45 +320,6 @@ def chance_level(n_items: int, n_positives: int, *, n_draws: int = 200, seed: in
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-@dataclasses.dataclass
-class _Bench:
-    """Everything the evaluation needs, as tensors (images in [-1, 1])."""
-
-    pool: Tensor
-    pool_labels: np.ndarray
-    cases: list[Customization]
-    roles: list[str]  # "tune" | "val" | "unseen" per case
-    exemplars: Tensor  # all cases' exemplars, concatenated in case order
-    ex_rows: list[np.ndarray]  # rows of each case's exemplars in ``exemplars``
-    samples: list[Tensor]  # per case (s, C, H, W)
-    control: Tensor  # samples of the base model
-    control_case: np.ndarray  # the (unseen) case whose exemplars are each control query's positives
-
-
-def _roles(cases: Sequence[Customization], seen_classes: Sequence[int], n_val: int, seed: int) -> list[str]:
-    """Tune / val / unseen role per case: seen object cases by class, seen style cases every third.
-
-    When that leaves no validation (or no tuning) case, the last (first) seen case takes the role.
-    """
-    _, val_classes = split_classes(list(seen_classes), n_val, seed)
-    roles, n_style_seen = [], 0
-    for c in cases:
-        if c.split != "seen":
-            roles.append("unseen")
-        elif c.kind == "object":
-            roles.append("val" if c.classes[0] in val_classes else "tune")
-        else:
-            roles.append("val" if n_style_seen % 3 == 2 else "tune")
-            n_style_seen += 1
-    seen = [i for i, c in enumerate(cases) if c.split == "seen"]
-    if len(seen) >= 2:  # tiny benchmarks: make sure both roles exist
-        if "val" not in roles:
-            roles[seen[-1]] = "val"
-        if "tune" not in roles:
-            roles[seen[0]] = "tune"
-    return roles
-
-
 def _load_data(cfg: SimilarityExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
     root = cfg.data_root
     pool = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_pool, seed=cfg.seed)
@@ -410,39 +359,19 @@ def _bench(
     base: DDPM,
     out: Path,
     show: bool | None,
-) -> _Bench:
+) -> CustomizationBench:
     folder = out / "customizations"
-    assert heldout.labels is not None and pool.labels is not None
+    assert heldout.labels is not None
     cases = build_customizations(
         base, heldout.images, heldout.labels.numpy(), folder, cfg.customization_config(), show_progress=show
     )
-    roles = _roles(cases, cfg.seen_classes, cfg.n_val_classes, cfg.seed)
+    roles = case_roles(cases, cfg.seen_classes, cfg.n_val_classes, cfg.seed)
     if "unseen" not in roles or "tune" not in roles or "val" not in roles:
         raise DataError(
             f"The benchmark needs tuning, validation and unseen cases; got roles {sorted(set(roles))}. Use more "
             "object / style cases (n_object, n_style)."
         )
-    ex_list, ex_rows, first = [], [], 0
-    for c in cases:
-        ex = c.exemplar_images(folder)
-        ex_list.append(ex)
-        ex_rows.append(np.arange(first, first + len(ex)))
-        first += len(ex)
-    samples = [c.sample_images(folder) for c in cases]
-    control = _control(cfg, base, out)
-    unseen = [i for i, r in enumerate(roles) if r == "unseen"]
-    control_case = np.array([unseen[j % len(unseen)] for j in range(len(control))])
-    return _Bench(
-        pool=pool.images,
-        pool_labels=pool.labels.numpy(),
-        cases=cases,
-        roles=roles,
-        exemplars=torch.cat(ex_list),
-        ex_rows=ex_rows,
-        samples=samples,
-        control=control,
-        control_case=control_case,
-    )
+    return CustomizationBench.from_folder(folder, pool.images, cases, roles, control=_control(cfg, base, out))
 
 
 # ------------------------------------------------------------------------------------------ extractors
@@ -483,25 +412,7 @@ def _build_extractor(
     return FEATURE_EXTRACTORS.create(name, config={"seed": cfg.seed} if name == "random-cnn" else None)
 
 
-@dataclasses.dataclass
-class _Features:
-    pool: Tensor
-    exemplars: Tensor
-    samples: list[Tensor]
-    control: Tensor
-
-    def mapped(self, mapper: FeatureMapper | None) -> _Features:
-        if mapper is None:
-            return self
-        return _Features(
-            pool=mapper.map_train(self.pool),
-            exemplars=mapper.map_train(self.exemplars),
-            samples=[mapper.map_queries(s) for s in self.samples],
-            control=mapper.map_queries(self.control) if len(self.control) else self.control,
-        )
-
-
-def _featurize(extractor: FeatureExtractor, bench: _Bench, out: Path) -> _Features:
+def _featurize(extractor: FeatureExtractor, bench: CustomizationBench, out: Path) -> BenchFeatures:
     """Features of every image (cached in ``out/features/<name>.npz`` under the extractor's spec)."""
     sizes = [len(s) for s in bench.samples]
     file = out / "features" / f"{extractor.name}.npz"
@@ -520,18 +431,13 @@ def _featurize(extractor: FeatureExtractor, bench: _Bench, out: Path) -> _Featur
         saved = np.load(file)
         if str(saved["key"]) == key:
             splits = np.cumsum(sizes)[:-1]
-            return _Features(
+            return BenchFeatures(
                 pool=torch.from_numpy(saved["pool"]),
                 exemplars=torch.from_numpy(saved["exemplars"]),
                 samples=[torch.from_numpy(a) for a in np.split(saved["samples"], splits)],
                 control=torch.from_numpy(saved["control"]),
             )
-    feats = _Features(
-        pool=extractor.extract(bench.pool),
-        exemplars=extractor.extract(bench.exemplars),
-        samples=list(extractor.extract(torch.cat(bench.samples)).split(sizes)),
-        control=extractor.extract(bench.control),
-    )
+    feats = BenchFeatures.extract(extractor, bench)
     atomic_save_npz(
         file,
         {
@@ -545,46 +451,8 @@ def _featurize(extractor: FeatureExtractor, bench: _Bench, out: Path) -> _Featur
     return feats
 
 
-def _tune(cfg: SimilarityExperimentConfig, feats: _Features, bench: _Bench) -> FeatureMapper:
-    """Fit a mapper on the tuning cases, early-stopped on the validation cases (protocol B-style pools).
-
-    Each ``tuning_grid`` candidate is trained; the one with the best validation mAP is returned (ties: the
-    first). Test (unseen) cases are never looked at.
-    """
-
-    def part(role: str) -> tuple[Tensor, list[np.ndarray], Tensor]:
-        idx = [i for i, r in enumerate(bench.roles) if r == role]
-        rows = np.concatenate([bench.ex_rows[i] for i in idx])
-        local = {int(r): j for j, r in enumerate(rows)}
-        n_pool = len(feats.pool)
-        queries, positives = [], []
-        for i in idx:
-            queries.append(feats.samples[i])
-            pos = np.array([n_pool + local[int(r)] for r in bench.ex_rows[i]])
-            positives.extend([pos] * len(feats.samples[i]))
-        return torch.cat(queries), positives, torch.cat([feats.pool, feats.exemplars[torch.as_tensor(rows)]])
-
-    tq, tp, tpool = part("tune")
-    vq, vp, vpool = part("val")
-    best: FeatureMapper | None = None
-    for change in cfg.tuning_grid or ({},):
-        mapper = FeatureMapper(cfg.tuning_config(change))
-        mapper.fit(tq, tp, tpool, val_queries=vq, val_positives=vp, val_pool=vpool)
-        if best is None or float(mapper.best_val_map_ or 0.0) > float(best.best_val_map_ or 0.0):
-            best = mapper
-    assert best is not None
-    return best
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-
-
-def _scores(q: Tensor, candidates: Tensor) -> np.ndarray:
-    return (q.to(torch.float64) @ candidates.to(torch.float64).T).numpy()
-
-
 def _protocol_scores(
-    feats: _Features, bench: _Bench, case: int, queries: Tensor, protocol: str
+    feats: BenchFeatures, bench: CustomizationBench, case: int, queries: Tensor, protocol: str
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     n_pool = len(feats.pool)
     rows = bench.ex_rows[case]
@@ -594,10 +462,10 @@ def _protocol_scores(
     else:
         candidates = torch.cat([feats.pool, feats.exemplars])
         pos = n_pool + rows
-    return _scores(queries, candidates), [pos] * len(queries)
+    return similarity_scores(queries, candidates), [pos] * len(queries)
 
 
-def _evaluate(feats: _Features, bench: _Bench) -> dict[str, Any]:
+def _evaluate(feats: BenchFeatures, bench: CustomizationBench) -> dict[str, Any]:
     """Per-query metrics of every case (both protocols) and of the control, with their tags."""
     per: dict[str, dict[str, list[np.ndarray]]] = {p: {} for p in PROTOCOLS}
     tags: dict[str, list[str]] = {"role": [], "kind": []}
@@ -645,19 +513,10 @@ def _split_mask(ev: Mapping[str, Any], split: str, kind: str) -> np.ndarray:
     return np.asarray(mask)
 
 
-def _protocol_b_rows(feats: _Features, bench: _Bench, role: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Protocol-B scores of all queries of one role (shared candidates: pool + every exemplar)."""
-    idx = [i for i, r in enumerate(bench.roles) if r == role]
-    q = torch.cat([feats.samples[i] for i in idx])
-    n_pool = len(feats.pool)
-    positives = [n_pool + bench.ex_rows[i] for i in idx for _ in range(len(feats.samples[i]))]
-    return _scores(q, torch.cat([feats.pool, feats.exemplars])), positives
-
-
-def _soft(feats: _Features, bench: _Bench, top_n: int) -> dict[str, Any]:
+def _soft(feats: BenchFeatures, bench: CustomizationBench, top_n: int) -> dict[str, Any]:
     """Soft attribution: calibrated on validation cases, measured on unseen cases (protocol B)."""
-    val_s, val_p = _protocol_b_rows(feats, bench, "val")
-    test_s, test_p = _protocol_b_rows(feats, bench, "unseen")
+    val_s, val_p = protocol_b_scores(feats, bench, "val")
+    test_s, test_p = protocol_b_scores(feats, bench, "unseen")
     default = SimilarityConfig()
     before = SoftCalibration(default.inv_tau, default.bias)
     fitted = fit_soft_calibration(val_s, val_p)
@@ -674,15 +533,15 @@ def _soft(feats: _Features, bench: _Bench, top_n: int) -> dict[str, Any]:
     }
 
 
-def _hubness(feats: _Features, bench: _Bench) -> dict[str, float]:
+def _hubness(feats: BenchFeatures, bench: CustomizationBench) -> dict[str, float]:
     """Hub statistics of the unseen queries' protocol-B rankings; ``items``: the tuning exemplars."""
-    scores, _ = _protocol_b_rows(feats, bench, "unseen")
+    scores, _ = protocol_b_scores(feats, bench, "unseen")
     n_pool = len(feats.pool)
     tuned_rows = [n_pool + int(r) for i, role in enumerate(bench.roles) if role == "tune" for r in bench.ex_rows[i]]
     return hub_statistics(scores, 10, items=tuned_rows)
 
 
-def _chance(bench: _Bench, seed: int) -> dict[str, dict[str, float]]:
+def _chance(bench: CustomizationBench, seed: int) -> dict[str, dict[str, float]]:
     """Chance level of the unseen queries per protocol (query-weighted over cases)."""
     n_pool = len(bench.pool)
     out: dict[str, dict[str, float]] = {}
@@ -793,7 +652,7 @@ def run_similarity(
     soft: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    gallery_feats: dict[str, tuple[_Features, _Features, dict[str, Any]]] = {}
+    gallery_feats: dict[str, tuple[BenchFeatures, BenchFeatures, dict[str, Any]]] = {}
     for name in cfg.extractors:
         t0 = time.perf_counter()
         try:
@@ -803,7 +662,7 @@ def run_similarity(
             skipped[name] = str(err)
             log.warning("skipping extractor %s: %s", name, err)
             continue
-        mapper = _tune(cfg, raw, bench)
+        mapper = tune_mapper(raw, bench, cfg.tuning_config(), cfg.tuning_grid)
         tuning[name] = {
             "dim": int(raw.pool.shape[1]),
             "chosen": {k: v for k, v in mapper.config.to_dict().items() if k in ("lr", "two_towers", "mapper")},
@@ -940,8 +799,8 @@ def _fmt_row(row: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 def _report(
     cfg: SimilarityExperimentConfig,
     results: Mapping[str, Any],
-    bench: _Bench,
-    shown: tuple[_Features, _Features, dict[str, Any]],
+    bench: CustomizationBench,
+    shown: tuple[BenchFeatures, BenchFeatures, dict[str, Any]],
     shown_name: str,
     out: Path,
 ) -> Report:
@@ -1087,8 +946,8 @@ def _report(
     unseen = [i for i, r in enumerate(bench.roles) if r == "unseen"]
     for i in unseen[: cfg.gallery_queries]:
         q = 0
-        s_raw = _scores(raw.samples[i][q : q + 1], torch.cat([raw.pool, raw.exemplars]))[0]
-        s_tuned = _scores(tuned.samples[i][q : q + 1], torch.cat([tuned.pool, tuned.exemplars]))[0]
+        s_raw = similarity_scores(raw.samples[i][q : q + 1], torch.cat([raw.pool, raw.exemplars]))[0]
+        s_tuned = similarity_scores(tuned.samples[i][q : q + 1], torch.cat([tuned.pool, tuned.exemplars]))[0]
         gallery.add(
             soft_gallery(
                 bench.samples[i][q],
@@ -1216,284 +1075,3 @@ def similarity_section(ctx: DemoContext) -> Section:
     results["seconds"] = round(time.perf_counter() - t0, 2)
     ctx.results["similarity"] = results
     return section
-
-
-# ------------------------------------------------------------------------------------------ index folders
-
-#: The file in a similarity index folder that says how to rebuild its attributor (CLI and service).
-INDEX_INFO = "similarity.json"
-_INFO_FORMAT = 1
-
-
-def extractor_from_spec(
-    name: str, config: Mapping[str, Any] | None = None, *, weights: str | None = None
-) -> FeatureExtractor:
-    """Build a registered extractor from its name, config dict and weights file.
-
-    Args:
-        name: A :data:`FEATURE_EXTRACTORS` name.
-        config: Its config as a dict (``to_dict()`` form).
-        weights: ``classifier``: a classifier checkpoint folder; ``simclr``: a saved encoder
-            (``SimCLRExtractor.save``); ``local-weights`` / ``efficientnet-lite0``: a weights file.
-
-    Raises:
-        ConfigError: Unknown name or config key; ``simclr`` without weights.
-    """
-    values = dict(config or {})
-    if name == "simclr":
-        if not weights:
-            raise ConfigError("the simclr extractor needs its trained encoder: pass --checkpoint FILE.safetensors.")
-        return SimCLRExtractor.load(weights)
-    if weights:
-        key = {"classifier": "checkpoint", "local-weights": "path", "efficientnet-lite0": "weights"}.get(name)
-        if key is None:
-            raise ConfigError(f"the {name} extractor takes no weights file; drop --checkpoint.")
-        values[key] = str(weights)
-    return FEATURE_EXTRACTORS.create(name, config=values)
-
-
-def read_index_info(store: str | Path) -> dict[str, Any]:
-    """The :data:`INDEX_INFO` of a similarity index folder.
-
-    Raises:
-        DataError: The folder or its info file is missing or unreadable (names the fix).
-    """
-    folder = Path(store)
-    file = folder / INDEX_INFO
-    if not folder.is_dir():
-        raise DataError(f"Similarity index {folder} does not exist; build it with 'genprov similarity index'.")
-    if not file.is_file():
-        raise DataError(
-            f"{folder} is not a similarity index or is empty ({INDEX_INFO} is missing); build it with "
-            "'genprov similarity index --extractor NAME --data DATA --store DIR'."
-        )
-    try:
-        import json
-
-        info = json.loads(file.read_text())
-    except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
-        raise DataError(f"Cannot read {file}: {err}. Rebuild the index.") from err
-    for key in ("extractor", "extractor_config", "image_size", "channels", "data"):
-        if key not in info:
-            raise DataError(f"{file} lacks {key!r}; it was not written by 'genprov similarity index'. Rebuild it.")
-    return dict(info)
-
-
-def attributor_from_info(info: Mapping[str, Any]) -> SimilarityAttributor:
-    """An unfitted attributor from an index's info (extractor, weights, mapper, calibration, search config)."""
-    extractor = extractor_from_spec(info["extractor"], info["extractor_config"], weights=info.get("weights"))
-    mapper = FeatureMapper.load(info["mapper"]) if info.get("mapper") else None
-    attributor = SimilarityAttributor(
-        extractor, SimilarityConfig.from_dict(info.get("similarity_config", {})), mapper=mapper
-    )
-    if info.get("calibration"):
-        cal = info["calibration"]
-        attributor.calibration_ = SoftCalibration(
-            float(cal["inv_tau"]), float(cal["bias"]), cal.get("nll"), int(cal.get("n_queries", 0))
-        )
-    return attributor
-
-
-def _load_training_data(spec: Mapping[str, Any]) -> ImageDataset:
-    return load_dataset(
-        spec["name"],
-        split=spec.get("split", "train"),
-        data_root=spec.get("data_root"),
-        resize=spec.get("resize"),
-        n=spec.get("n"),
-        seed=int(spec.get("seed", 0)),
-    )
-
-
-def build_similarity_index(
-    extractor: str,
-    store: str | Path,
-    data: Mapping[str, Any],
-    *,
-    extractor_config: Mapping[str, Any] | None = None,
-    weights: str | None = None,
-    mapper: str | None = None,
-    similarity_config: Mapping[str, Any] | None = None,
-    faiss: bool = False,
-    show_progress: bool | None = None,
-) -> tuple[SimilarityAttributor, ImageDataset, dict[str, Any]]:
-    """Featurize a training set into a (resumable) index folder and record how to rebuild it.
-
-    Args:
-        extractor: A :data:`FEATURE_EXTRACTORS` name.
-        store: The index folder.
-        data: The training data: ``{"name", "split", "n", "seed", "resize", "data_root"}`` (``load_dataset``
-            arguments); a ``classifier`` without ``resize`` uses the classifier's image size.
-        extractor_config: The extractor's config changes.
-        weights: See :func:`extractor_from_spec`; a ``simclr`` extractor without weights is trained on the
-            training set first (saved as ``store/simclr.safetensors``).
-        mapper: A tuned :class:`FeatureMapper` file (``genprov similarity tune``); its ``.json`` sidecar's
-            calibration, if any, is recorded.
-        similarity_config: :class:`SimilarityConfig` changes.
-        faiss: Also build (and save) a FAISS HNSW index for interactive search.
-        show_progress: Progress bars.
-
-    Returns:
-        ``(attributor, training data, info)``; ``info`` is also written to ``store/similarity.json``.
-    """
-    folder = Path(store)
-    spec = {"split": "train", "n": None, "seed": 0, "resize": None, "data_root": None, **dict(data)}
-    config = dict(extractor_config or {})
-    if extractor == "simclr" and not weights:
-        train = _load_training_data(spec)
-        folder.mkdir(parents=True, exist_ok=True)
-        file = folder / "simclr.safetensors"
-        if not file.is_file():
-            SimCLRExtractor(SimCLRConfig.from_dict(config)).fit(train.images, show_progress=show_progress).save(file)
-        weights = str(file)
-    ext = extractor_from_spec(extractor, config, weights=weights)
-    if isinstance(ext, ClassifierExtractor) and spec["resize"] is None:
-        model_cfg = getattr(ext._model(), "config", None)
-        spec["resize"] = getattr(model_cfg, "image_size", None)
-    train = _load_training_data(spec)
-    tuned = FeatureMapper.load(mapper) if mapper else None
-    sim_cfg = SimilarityConfig.from_dict(dict(similarity_config or {}))
-    attributor = SimilarityAttributor(ext, sim_cfg, mapper=tuned).fit(train, store=folder, show_progress=show_progress)
-    calibration = None
-    if mapper:
-        sidecar = Path(f"{mapper}.json")
-        if sidecar.is_file():
-            calibration = json.loads(sidecar.read_text()).get("calibration")
-    if calibration:
-        attributor.calibration_ = SoftCalibration(float(calibration["inv_tau"]), float(calibration["bias"]))
-    if faiss and attributor.index_ is not None:
-        attributor.index_.build_faiss("hnsw")
-    info = {
-        "format": _INFO_FORMAT,
-        "extractor": extractor,
-        "extractor_config": ext.config.to_dict(),
-        "weights": str(Path(weights).resolve()) if weights else None,
-        "mapper": str(Path(mapper).resolve()) if mapper else None,
-        "calibration": calibration,
-        "similarity_config": sim_cfg.to_dict(),
-        "image_size": int(train.image_size),
-        "channels": int(train.n_channels),
-        "n_train": len(train),
-        "data": {**spec, "data_root": str(spec["data_root"]) if spec["data_root"] is not None else None},
-        "method": attributor.method,
-    }
-    atomic_write_json(folder / INDEX_INFO, info)
-    return attributor, train, info
-
-
-def open_similarity_index(
-    store: str | Path, *, similarity_config: Mapping[str, Any] | None = None
-) -> tuple[SimilarityAttributor, ImageDataset, dict[str, Any]]:
-    """Rebuild the attributor of an index folder written by :func:`build_similarity_index` (no featurizing).
-
-    Args:
-        store: The index folder.
-        similarity_config: Search-time :class:`SimilarityConfig` changes (e.g. ``{"search": "faiss"}``).
-
-    Raises:
-        DataError: No index there, an empty or unfinished one, or training data that no longer matches.
-    """
-    info = read_index_info(store)
-    if similarity_config:
-        info["similarity_config"] = {**info.get("similarity_config", {}), **dict(similarity_config)}
-    if not (Path(store) / INDEX_FILE).is_file():
-        raise DataError(
-            f"The similarity index at {store} has no features yet (an interrupted build?); run the same "
-            "'genprov similarity index' command again to finish it."
-        )
-    index = FeatureIndex.open(store)
-    if not index.segments or not index.is_complete:
-        raise DataError(
-            f"The similarity index at {store} is empty or unfinished ({index.n_rows} rows ready); run the same "
-            "'genprov similarity index' command again to finish it."
-        )
-    train = _load_training_data(info["data"])
-    if index.n_rows != len(train):
-        raise DataError(
-            f"{store} holds {index.n_rows} rows but its training data {info['data']} now has {len(train)} images; "
-            "rebuild the index."
-        )
-    attributor = attributor_from_info(info)
-    calibration = attributor.calibration_
-    attributor.fit(train, store=index, show_progress=False)  # reuses the finished index (checks the spec)
-    if calibration is not None:
-        attributor.calibration_ = calibration
-    return attributor, train, info
-
-
-def tune_on_customizations(
-    extractor: FeatureExtractor,
-    pool: Tensor,
-    folder: str | Path,
-    config: TuningConfig | None = None,
-    *,
-    n_val_classes: int = 2,
-    seed: int = 0,
-    grid: Sequence[Mapping[str, Any]] = (),
-) -> tuple[FeatureMapper, SoftCalibration, dict[str, Any]]:
-    """Tune a mapper on a customization benchmark's seen cases and calibrate the soft attribution.
-
-    The seen cases are split into tuning and validation cases as in ``genprov reproduce similarity``
-    (validation: the object cases of ``n_val_classes`` seen classes, and every third seen style case);
-    the mapper early-stops on the validation mAP, and the soft attribution's scalars are fitted on the
-    validation queries' tuned scores (candidates: pool + every exemplar). Unseen cases are not used.
-
-    Args:
-        extractor: The (frozen) feature extractor.
-        pool: (n, C, H, W) the training images (the base model's pool; negatives).
-        folder: The benchmark folder (``manifest.json``, from ``build_customizations``).
-        config: Tuning settings.
-        n_val_classes: Seen classes held out for validation.
-        seed: Seed of the class split.
-        grid: Candidate changes of ``config``; the mapper with the best validation mAP is kept (empty:
-            ``config`` alone).
-
-    Returns:
-        ``(mapper, calibration, summary)``.
-    """
-    folder = Path(folder)
-    cases = load_customizations(folder)
-    seen_classes = read_json(folder / "manifest.json").get("config", {}).get("seen_classes", (0, 1, 2, 3, 4))
-    roles = _roles(cases, seen_classes, n_val_classes, seed)
-    if "tune" not in roles or "val" not in roles:
-        raise DataError(f"{folder} needs at least two seen customizations to tune on and validate with; got {roles}.")
-    ex = [c.exemplar_images(folder) for c in cases]
-    rows, first = [], 0
-    for e in ex:
-        rows.append(np.arange(first, first + len(e)))
-        first += len(e)
-    samples = [c.sample_images(folder) for c in cases]
-    sizes = [len(s) for s in samples]
-    feats = _Features(
-        pool=extractor.extract(pool),
-        exemplars=extractor.extract(torch.cat(ex)),
-        samples=list(extractor.extract(torch.cat(samples)).split(sizes)),
-        control=torch.empty(0, 0),
-    )
-    bench = _Bench(
-        pool=pool,
-        pool_labels=np.zeros(len(pool), dtype=np.int64),
-        cases=cases,
-        roles=roles,
-        exemplars=torch.cat(ex),
-        ex_rows=rows,
-        samples=samples,
-        control=pool[:0],
-        control_case=np.zeros(0, dtype=np.int64),
-    )
-    cfg = SimilarityExperimentConfig(
-        seed=seed, tuning=(config or TuningConfig(seed=seed)).to_dict(), tuning_grid=tuple(dict(g) for g in grid)
-    )
-    mapper = _tune(cfg, feats, bench)
-    tuned = feats.mapped(mapper)
-    val_s, val_p = _protocol_b_rows(tuned, bench, "val")
-    calibration = fit_soft_calibration(val_s, val_p)
-    summary = {
-        "roles": {r: roles.count(r) for r in ("tune", "val", "unseen")},
-        "chosen": {k: v for k, v in mapper.config.to_dict().items() if k in ("lr", "two_towers", "mapper")},
-        "best_step": mapper.best_step_,
-        "untuned_val_mAP": mapper.untuned_val_map_,
-        "tuned_val_mAP": mapper.best_val_map_,
-        "calibration": calibration.to_dict(),
-    }
-    return mapper, calibration, summary

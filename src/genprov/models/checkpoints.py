@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -51,7 +52,9 @@ __all__ = [
     "LoadedCheckpoint",
     "ModelKind",
     "check_state",
+    "checkpoint_source",
     "flatten_optimizer_state",
+    "genprov_version",
     "is_checkpoint",
     "load_checkpoint",
     "load_modules",
@@ -65,6 +68,8 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _MAX_LISTED = 5
+# module -> (checkpoint folder, module name) for every module built by load_checkpoint
+_SOURCES: weakref.WeakKeyDictionary[nn.Module, tuple[Path, str]] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +134,8 @@ class LoadedCheckpoint:
         return self.modules[name]
 
 
-def _genprov_version() -> str:
+def genprov_version() -> str:
+    """The installed genprov version (``"unknown"`` in an uninstalled source tree); recorded in every artefact."""
     try:
         return metadata.version("genprov")
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
@@ -216,7 +222,7 @@ def save_checkpoint(
     atomic_write_json(
         folder / CONFIG_FILE,
         {
-            "genprov_version": _genprov_version(),
+            "genprov_version": genprov_version(),
             "kind": kind,
             "modules": list(modules),
             "model": model_config.to_dict(),
@@ -347,8 +353,9 @@ def load_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu") -
             "is damaged; retrain it (e.g. with a lower --lr) or restore it from a copy."
         )
     load_modules(modules, tensors)
-    for module in modules.values():
+    for name, module in modules.items():
         module.to(device).eval()
+        _SOURCES[module] = (folder.resolve(), name)
     return LoadedCheckpoint(
         kind=spec.name,
         model_config=model_config,
@@ -358,6 +365,14 @@ def load_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu") -
         path=folder,
         genprov_version=str(data.get("genprov_version", "unknown")),
     )
+
+
+def checkpoint_source(module: nn.Module) -> tuple[Path, str] | None:
+    """``(checkpoint folder, module name)`` of a module built by :func:`load_checkpoint`, else ``None``.
+
+    Fitted artefacts record it (:mod:`genprov.models.artifact`) so that they reopen without the module.
+    """
+    return _SOURCES.get(module)
 
 
 def load_modules(modules: Mapping[str, nn.Module], tensors: Mapping[str, Tensor]) -> None:

@@ -10,7 +10,12 @@ import dataclasses
 
 from genprov.config import Config, is_int, require
 
-__all__ = ["TrainConfig"]
+__all__ = ["COMMAND_STEPS", "TrainConfig"]
+
+#: Training steps of ``genprov train gan`` and ``genprov train ddpm`` when ``--steps`` is not given: enough
+#: for a usable model on 8-16 px digits on a CPU (a DDPM needs more steps than a GAN). ``TrainConfig.n_steps``
+#: is the kind-independent library default (and ``genprov train classifier``'s).
+COMMAND_STEPS: dict[str, int] = {"gan": 2000, "ddpm": 3000}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -14,8 +14,11 @@ prediction vectors), and trains a decoder to map observations back to the inputs
 Both are trained with the MSE between reconstruction and input (Adam), with early stopping on a
 validation split: 20% of the attacker's data by default (``val_fraction``), or an explicit one passed to
 :meth:`InversionAttack.fit`; the weights of the best validation epoch are kept. Initial weights and batch
-order come from ``config.seed``. Fitted attacks are saved as a folder with ``config.json`` and
-``model.safetensors`` (nothing pickled) and read back with :meth:`InversionAttack.load`.
+order come from ``config.seed``. Fitted attacks are artefacts (:mod:`genprov.models.artifact`):
+``save_pretrained(folder)`` writes ``config.json`` and ``state.safetensors`` (nothing pickled) and
+:meth:`InversionAttack.from_pretrained` reads them back (and the ``genprov-inversion-attack-v2`` folders
+of earlier versions). :meth:`InversionAttack.reconstruct` returns the tensor of reconstructions,
+:meth:`InversionAttack.invert` the same as a :class:`~genprov.results.ReconstructionResult`.
 
 Images are reconstructed in [-1, 1] (a ``tanh`` output), genprov's image range.
 """
@@ -26,8 +29,6 @@ import copy
 import dataclasses
 import logging
 import math
-from abc import ABC
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -36,11 +37,11 @@ from torch import Tensor, nn
 
 from genprov.config import Config, is_int, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
-from genprov.models.checkpoints import check_state, load_tensors, save_tensors
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
+from genprov.models.checkpoints import check_state
 from genprov.privacy.explainers import Observations
 from genprov.registry import Registry
-from genprov.utils.artifacts import check_output_folder, refuse_pickle
-from genprov.utils.io import atomic_write_json, read_json
+from genprov.results import ReconstructionResult
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
 from genprov.utils.validation import check_images
@@ -62,9 +63,6 @@ logger = logging.getLogger(__name__)
 #: Every inversion attack, by kebab-case name: ``ATTACKS.create("exp-mi", config=AttackConfig())``.
 ATTACKS: Registry[InversionAttack] = Registry("attack")
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-_FORMAT = "genprov-inversion-attack-v2"  # v2: linear decoder head (v1: tanh)
 _LOG_EPS = 1e-6
 
 
@@ -196,7 +194,7 @@ class InversionNet(nn.Module):
         return out
 
 
-class InversionAttack(ABC):
+class InversionAttack(Pretrained):
     """Base of the inversion attacks: fit a decoder on (observations, inputs), then reconstruct.
 
     Args:
@@ -212,6 +210,8 @@ class InversionAttack(ABC):
     """
 
     name: ClassVar[str] = ""
+    artifact_kind: ClassVar[str] = "inversion-attack"
+    tensors_file: ClassVar[str] = "model.safetensors"
     #: whether the decoder reads the explanation maps
     uses_explanations: ClassVar[bool] = False
 
@@ -401,7 +401,7 @@ class InversionAttack(ABC):
         if not hasattr(self, "net_") or not hasattr(self, "val_mse_"):
             raise NotFittedError(
                 f"This {type(self).__name__} is not fitted yet; call .fit(observations, inputs) first "
-                "(or InversionAttack.load(folder))."
+                "(or reopen a fitted one with InversionAttack.from_pretrained(folder))."
             )
 
     def reconstruct(self, observations: Observations | Tensor, *, batch_size: int = 512) -> Tensor:
@@ -434,26 +434,37 @@ class InversionAttack(ABC):
             return torch.empty(0, *self.image_shape_)
         return torch.cat(parts)
 
+    def invert(self, observations: Observations | Tensor, private: Tensor | None = None) -> ReconstructionResult:
+        """:meth:`reconstruct` as a :class:`~genprov.results.ReconstructionResult`.
+
+        Args:
+            observations: As for :meth:`reconstruct`.
+            private: (n, C, H, W) the true inputs in [-1, 1], or ``None``; when given, ``metrics`` holds
+                their mean squared error ``{"mse": ...}``.
+
+        Raises:
+            DataError: ``private`` does not have the reconstructions' shape.
+        """
+        rec = self.reconstruct(observations)
+        metrics: dict[str, float] = {}
+        if private is not None:
+            x = check_images(private, "private", value_range=(-1.0, 1.0)).detach().to(torch.float32)
+            if x.shape != rec.shape:
+                raise DataError(
+                    f"private must have the reconstructions' shape {tuple(rec.shape)}; got {tuple(x.shape)}."
+                )
+            metrics["mse"] = float(F.mse_loss(rec, x))
+        return ReconstructionResult(
+            method=self.name, config=self.config.to_dict(), reconstructions=rec.numpy(), metrics=metrics
+        )
+
     # ---------------------------------------------------------------------------------------- save/load
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` (method, config, shapes, training history) and ``model.safetensors``.
-
-        Returns:
-            The folder (created if needed).
-        """
+    def _payload(self) -> ArtifactPayload:
         self._check_fitted()
-        folder = Path(folder)
-        check_output_folder(folder, accept={f"{self.name} inversion attack"})
-        folder.mkdir(parents=True, exist_ok=True)
-        save_tensors(folder / WEIGHTS_FILE, self.net_.state_dict(), metadata={"method": self.name})
-        atomic_write_json(
-            folder / CONFIG_FILE,
-            {
-                "format": _FORMAT,
-                "method": self.name,
-                "class": type(self).__name__,
-                "config": self.config.to_dict(),
+        return ArtifactPayload(
+            config=self.config,
+            state={
                 "image_shape": list(self.image_shape_),
                 "n_classes": self.n_classes_,
                 "explanation_channels": self.net_.explanation_channels,
@@ -461,35 +472,19 @@ class InversionAttack(ABC):
                 "val_mse": self.val_mse_,
                 "history": self.history_,
             },
+            tensors=self.net_.state_dict(),
         )
-        return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> InversionAttack:
-        """Read an attack written by :meth:`save` (of the class that was saved; ``cls`` must match or be the base).
-
-        Raises:
-            CheckpointError: Missing or unreadable files, another method than ``cls``, or tensors that do not
-                fit the recorded architecture (the message names them).
-        """
-        folder = Path(folder)
-        refuse_pickle(folder, "an attack folder")
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            raise CheckpointError(f"No fitted attack at {folder}: {path} is missing. Fit one and .save(folder) it.")
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
         try:
-            meta = read_json(path)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"Cannot read {path}: {err}.") from err
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a genprov inversion-attack config (format {_FORMAT!r}).")
-        try:
-            factory = ATTACKS.entry(str(meta["method"])).factory
+            factory = ATTACKS.entry(record.method).factory
         except ConfigError as err:
-            raise CheckpointError(f"{path}: {err}") from err
-        if cls is not InversionAttack and factory is not cls:
-            raise CheckpointError(f"{folder} holds a {meta['method']!r} attack, not a {cls.__name__}.")
-        attack = factory(config=AttackConfig.from_dict(meta["config"]))
+            raise CheckpointError(f"{record.folder}: {err}") from err
+        if not (isinstance(factory, type) and issubclass(factory, cls)):
+            raise CheckpointError(f"{record.folder} holds a {record.method!r} attack, not a {cls.__name__}.")
+        attack = factory(config=AttackConfig.from_dict(record.config))
+        meta = record.state
         c, h, w = (int(v) for v in meta["image_shape"])
         net = InversionNet(
             (c, h, w),
@@ -498,8 +493,7 @@ class InversionAttack(ABC):
             attack.config.depth,
             int(meta["explanation_channels"]),
         )
-        tensors = load_tensors(folder / WEIGHTS_FILE)
-        check_state(net.state_dict(), tensors, where=str(folder / WEIGHTS_FILE), hint=" Re-fit and save the attack.")
+        check_state(net.state_dict(), tensors, where=str(record.folder), hint=" Re-fit and save the attack.")
         net.load_state_dict(tensors)
         attack.net_ = net.eval()
         attack.image_shape_ = (c, h, w)
@@ -539,3 +533,12 @@ class PredMIAttack(InversionAttack):
 
     name = "pred-mi"
     uses_explanations = False
+
+
+def _upgrade_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """A ``genprov-inversion-attack-v2`` config.json (linear decoder head) in the artefact layout."""
+    keys = ("image_shape", "n_classes", "explanation_channels", "best_epoch", "val_mse", "history")
+    return {**raw, "kind": "inversion-attack", "state": {k: raw.get(k) for k in keys}, "tensors": "model.safetensors"}
+
+
+InversionAttack.legacy_formats = {"genprov-inversion-attack-v2": _upgrade_v2}

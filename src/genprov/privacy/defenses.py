@@ -21,8 +21,10 @@ difference between defended and clean maps (:func:`measure_distortion`).
   noise of an explanation is drawn from a seed derived from ``(seed, the map's bytes)``: repeating a
   query returns the same answer (no averaging of repeated queries), and results do not depend on batching.
 
-Fitted defenses are saved as a folder with ``config.json`` (+ ``model.safetensors`` for GNIME) and read
-back with :meth:`Defense.load`, given the explainer they wrap (checked against the one recorded).
+Fitted defenses are artefacts (:mod:`genprov.models.artifact`): ``save_pretrained(folder)`` records the
+wrapped explainer (method, config, model checkpoint) with the defense's state, and
+:meth:`Defense.from_pretrained` rebuilds both (``genprov-explanation-defense-v2`` folders of earlier
+versions included).
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ import dataclasses
 import hashlib
 import math
 from abc import abstractmethod
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -41,12 +42,11 @@ from torch import Tensor, nn
 
 from genprov.config import is_int, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
-from genprov.models.checkpoints import check_state, load_tensors, save_tensors
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
+from genprov.models.checkpoints import check_state
 from genprov.privacy.attacks import InversionNet
-from genprov.privacy.explainers import Explainer, ExplainerConfig
+from genprov.privacy.explainers import EXPLAINERS, Explainer, ExplainerConfig, Observations
 from genprov.registry import Registry
-from genprov.utils.artifacts import check_output_folder, refuse_pickle
-from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
 from genprov.utils.validation import check_images
@@ -69,32 +69,42 @@ __all__ = [
 #: Every defense, by kebab-case name: ``DEFENSES.create("gnime", explainer, config=GNIMEConfig(a=100))``.
 DEFENSES: Registry[Defense] = Registry("defense")
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-_FORMAT = "genprov-explanation-defense-v2"  # v2: GNIME trained against a linear-head inverter
 _LOG_EPS = 1e-6
 
 
-class Defense(Explainer):
-    """An explainer that releases a defended version of another explainer's maps.
+class Defense(Pretrained):
+    """A defended explanation service: wraps an :class:`Explainer` and releases defended maps.
+
+    A defense is no explainer itself (it has no raw attribution of its own); it offers the part of the
+    explainer's interface an explanation service releases, with the same shapes and meanings:
+    :meth:`explain` (defended post-processed maps), :meth:`predict` (the explainer's predictions, unaltered)
+    and :meth:`observe` (both, what an attacker sees). Subclasses implement :meth:`defend`, the map of
+    clean post-processed explanations to defended ones, and :meth:`_payload` / :meth:`_restore` for their
+    fitted state. Saved with ``save_pretrained``; ``Defense.from_pretrained(folder)`` rebuilds the explainer
+    from the recorded method, config and model checkpoint (an explainer passed as second argument
+    overrides it and must have the recorded method and config; its model may differ).
 
     Args:
         explainer: The wrapped explainer (its model is the model explained).
-        config: The defense's config.
-
-    Subclasses implement :meth:`defend`; :meth:`explain`, :meth:`attribute` and :meth:`observe` then
-    return defended maps and unaltered predictions.
+        config: The defense's config (default: its :attr:`config_class` defaults).
     """
 
-    config: ExplainerConfig
+    name: ClassVar[str] = ""
+    artifact_kind: ClassVar[str] = "defense"
+    tensors_file: ClassVar[str] = "model.safetensors"
+    config_class: ClassVar[type[ExplainerConfig]] = ExplainerConfig
 
     def __init__(self, explainer: Explainer, config: ExplainerConfig | None = None) -> None:
         if not isinstance(explainer, Explainer):
             raise ConfigError(
                 f"A defense wraps an Explainer (e.g. EXPLAINERS.create('lrp', model)); got {explainer!r}."
             )
-        super().__init__(explainer.model, config)
+        if config is not None and not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}; got {type(config).__name__}."
+            )
         self.explainer = explainer
+        self.config = config if config is not None else self.config_class()
 
     @abstractmethod
     def defend(self, explanations: Tensor) -> Tensor:
@@ -107,15 +117,8 @@ class Defense(Explainer):
             (n, 1, H, W) float32 defended maps.
         """
 
-    def _attribute(self, x: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - explain is overridden
-        return self.defend(self.explainer.explain(x, target))
-
-    def attribute(self, x: Tensor, target: Tensor | None = None) -> Tensor:
-        """The defended map (a defense has no separate raw attribution): same as :meth:`explain`."""
-        return self.explain(x, target)
-
     def explain(self, x: Tensor, target: Tensor | None = None, *, postprocess: bool = True) -> Tensor:
-        """Defended explanation maps.
+        """Defended explanation maps: ``defend(explainer.explain(x, target))``.
 
         Args:
             x: (n, C, H, W) float images.
@@ -135,94 +138,92 @@ class Defense(Explainer):
             )
         return self.defend(self.explainer.explain(x, target))
 
+    def predict(self, x: Tensor) -> Tensor:
+        """The released prediction vectors, unaltered: the wrapped explainer's :meth:`Explainer.predict`."""
+        return self.explainer.predict(x)
+
+    def observe(self, x: Tensor, target: Tensor | None = None) -> Observations:
+        """Defended explanations and unaltered predictions of ``x``: what an attacker querying the service sees."""
+        return Observations(explanations=self.explain(x, target), predictions=self.predict(x))
+
     def describe(self) -> dict[str, object]:
         """``{"name", "config", "explainer": {...}}``."""
-        return {**super().describe(), "explainer": self.explainer.describe()}
+        return {"name": self.name, "config": self.config.to_dict(), "explainer": self.explainer.describe()}
 
     # ------------------------------------------------------------------------------------- save / load
 
     def _state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """Fitted state as ``(JSON-able metadata, named tensors)`` (none for stateless defenses)."""
         return {}, {}
 
     def _restore(self, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """Inverse of :meth:`_state`."""
         return None
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` (and ``model.safetensors`` when the defense has weights) into ``folder``.
-
-        Returns:
-            The folder.
-        """
+    def _payload(self) -> ArtifactPayload:
         meta, tensors = self._state()
-        folder = Path(folder)
-        check_output_folder(folder, accept={f"{self.name} defense"})
-        folder.mkdir(parents=True, exist_ok=True)
-        if tensors:
-            save_tensors(folder / WEIGHTS_FILE, tensors, metadata={"method": self.name})
-        atomic_write_json(
-            folder / CONFIG_FILE,
-            {
-                "format": _FORMAT,
-                "method": self.name,
-                "class": type(self).__name__,
-                "config": self.config.to_dict(),
-                "explainer": self.explainer.describe(),
-                "state": meta,
-                "has_weights": bool(tensors),
-            },
+        return ArtifactPayload(
+            config=self.config,
+            state={"explainer": self.explainer.describe(), "defense": meta},
+            tensors=tensors,
+            wraps={"model": self.explainer.model},
         )
-        return folder
 
     @classmethod
-    def load(cls, folder: str | Path, explainer: Explainer) -> Defense:
-        """Read a defense written by :meth:`save`.
-
-        Args:
-            folder: The folder.
-            explainer: The explainer it wraps; its method and config (except ``batch_size``) must equal
-                the recorded ones.
-
-        Returns:
-            The defense, of the class that was saved.
-
-        Raises:
-            CheckpointError: Missing or unreadable files, another method than ``cls``, another explainer
-                than recorded (the message names the differences), or weights that do not fit.
-        """
-        folder = Path(folder)
-        refuse_pickle(folder, "a defense folder")
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            raise CheckpointError(f"No saved defense at {folder}: {path} is missing. Fit one and .save(folder) it.")
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
         try:
-            meta = read_json(path)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"Cannot read {path}: {err}.") from err
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a genprov explanation-defense config (format {_FORMAT!r}).")
-        try:
-            entry = DEFENSES.entry(str(meta["method"]))
+            entry = DEFENSES.entry(record.method)
         except ConfigError as err:
-            raise CheckpointError(f"{path}: {err}") from err
-        if cls is not Defense and entry.factory is not cls:
-            raise CheckpointError(f"{folder} holds a {meta['method']!r} defense, not a {cls.__name__}.")
-        recorded = meta.get("explainer", {})
-        given = explainer.describe()
-        diffs = _explainer_diffs(recorded, given)
+            raise CheckpointError(f"{record.folder}: {err}") from err
+        factory = entry.factory
+        if not (isinstance(factory, type) and issubclass(factory, cls)):
+            raise CheckpointError(f"{record.folder} holds a {record.method!r} defense, not a {cls.__name__}.")
+        recorded = record.state.get("explainer", {})
+        if wrapped is None:
+            explainer = _rebuild_explainer(record, recorded)
+        elif isinstance(wrapped, Explainer):
+            explainer = wrapped  # any model: a defense acts on maps, whose shape it checks when used
+        else:
+            raise ConfigError(f"Defense.from_pretrained takes the Explainer it wraps; got {type(wrapped).__name__}.")
+        diffs = _explainer_diffs(recorded, explainer.describe())
         if diffs:
             raise CheckpointError(
-                f"{folder} was fitted for another explainer: {'; '.join(diffs)}. Pass the explainer it was "
+                f"{record.folder} was fitted for another explainer: {'; '.join(diffs)}. Pass the explainer it was "
                 "fitted with (same method and config)."
             )
-        config_type = entry.config if entry.config is not None else ExplainerConfig
         try:
-            config = config_type.from_dict(meta["config"])
+            config = factory.config_class.from_dict(record.config)
         except ConfigError as err:
-            raise CheckpointError(f"{path} holds an invalid config: {err}") from err
-        defense = entry.factory(explainer, config=config)
-        tensors = load_tensors(folder / WEIGHTS_FILE) if meta.get("has_weights") else {}
-        defense._restore(dict(meta.get("state", {})), tensors)
+            raise CheckpointError(f"{record.folder} holds an invalid config: {err}") from err
+        defense = factory(explainer, config=config)
+        defense._restore(dict(record.state.get("defense") or {}), tensors)
         return defense
+
+
+def _rebuild_explainer(record: ArtifactRecord, recorded: Any) -> Explainer:
+    """The explainer recorded in a defense artefact, on the model reopened from its checkpoint."""
+    model = record.wrapped("model", None)
+    if model is None or not isinstance(recorded, dict):
+        raise CheckpointError(
+            f"The defense at {record.folder} records no explainer model; pass the explainer: "
+            "Defense.from_pretrained(folder, explainer)."
+        )
+    name, config = str(recorded.get("name")), dict(recorded.get("config") or {})
+    config_type = EXPLAINERS.config_type(name) or ExplainerConfig
+    return EXPLAINERS.create(name, model, config=config_type.from_dict(config))
+
+
+def _upgrade_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """A ``genprov-explanation-defense-v2`` config.json in the artefact layout."""
+    return {
+        **raw,
+        "kind": "defense",
+        "state": {"explainer": raw.get("explainer"), "defense": raw.get("state")},
+        "tensors": "model.safetensors" if raw.get("has_weights") else None,
+    }
+
+
+Defense.legacy_formats = {"genprov-explanation-defense-v2": _upgrade_v2}
 
 
 def _explainer_diffs(recorded: Any, given: dict[str, object]) -> list[str]:
@@ -597,7 +598,7 @@ class GNIMEDefense(Defense):
         if not hasattr(self, "generator_") or not hasattr(self, "history_"):
             raise NotFittedError(
                 "This GNIMEDefense is not fitted yet; call .fit(x) with the defender's images first "
-                "(or Defense.load(folder, explainer))."
+                "(or reopen a fitted one with Defense.from_pretrained(folder))."
             )
 
     def defend(self, explanations: Tensor) -> Tensor:
@@ -652,7 +653,7 @@ class GNIMEDefense(Defense):
         )
         expected = {f"generator.{k}": v for k, v in gen.state_dict().items()}
         expected.update({f"inverter.{k}": v for k, v in inv.state_dict().items()})
-        check_state(expected, tensors, where=WEIGHTS_FILE, hint=" Re-fit and save the defense.")
+        check_state(expected, tensors, where="the saved GNIME weights", hint=" Re-fit and save the defense.")
         gen.load_state_dict({k[len("generator.") :]: v for k, v in tensors.items() if k.startswith("generator.")})
         inv.load_state_dict({k[len("inverter.") :]: v for k, v in tensors.items() if k.startswith("inverter.")})
         self.generator_, self.inverter_ = gen.eval(), inv.eval()

@@ -196,8 +196,25 @@ class Explainer(ABC):
 
     # ----------------------------------------------------------------------------------------- helpers
 
+    def _input_channels(self) -> int | None:
+        """Channels the model takes: its config's ``channels``, else its first convolution's (``None``: unknown)."""
+        channels = getattr(getattr(self.model, "config", None), "channels", None)
+        if isinstance(channels, int):
+            return channels
+        for module in self.model.modules():
+            if isinstance(module, nn.Conv2d):
+                return int(module.in_channels)
+        return None
+
     def _check(self, x: object, target: Tensor | None) -> tuple[Tensor, Tensor | None]:
         checked = check_images(x, "x", value_range=None).detach().to(self._dtype())
+        channels = self._input_channels()
+        if channels is not None and checked.shape[1] != channels:
+            raise DataError(
+                f"x has {checked.shape[1]} channel(s) but the {type(self.model).__name__} explained takes "
+                f"{channels}-channel images; convert the images ({'grey' if channels == 1 else 'RGB'}) or explain "
+                "a classifier trained on such images."
+            )
         if target is not None:
             if not isinstance(target, Tensor) or target.ndim != 1 or len(target) != len(checked):
                 got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__

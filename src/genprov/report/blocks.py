@@ -531,6 +531,47 @@ class Gallery(Block):
             rows.append(_indexed_row(negative_label, train_images, negative_indices, negative_scores, "negative"))
         return cls(rows, query=query, query_caption=query_caption, caption=caption)
 
+    @classmethod
+    def influence(
+        cls,
+        query: ImageSource | None,
+        train_images: Tensor,
+        scores: Tensor | np.ndarray,
+        *,
+        k_positive: int = 5,
+        k_negative: int = 3,
+        caption: str = "",
+        query_caption: str = "query",
+    ) -> Gallery:
+        """A query beside its ``k_positive`` most positive and ``k_negative`` most negative training examples.
+
+        Args:
+            query: (C, H, W) the query image, or ``None``.
+            train_images: (n_train, C, H, W) the training set.
+            scores: (n_train,) the query's scores over the whole training set; higher = more positive
+                influence (ties keep the lower index first).
+            k_positive: Examples in the first row.
+            k_negative: Examples in the second row (0: none).
+            caption: Shown under the gallery.
+            query_caption: Label under the query image.
+        """
+        s = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+        order = torch.sort(s, descending=True, stable=True).indices
+        pos = order[: min(k_positive, len(s))]
+        neg = order.flip(0)[: min(k_negative, len(s))] if k_negative else None
+        return cls.top_k(
+            query,
+            train_images,
+            pos,
+            s[pos],
+            negative_indices=neg,
+            negative_scores=s[neg] if neg is not None else None,
+            caption=caption,
+            query_caption=query_caption,
+            positive_label="Most positive (proponents)",
+            negative_label="Most negative (opponents)",
+        )
+
     def context(self, assets: AssetSink, key: str) -> dict[str, Any]:
         """Template context: the query's and every thumbnail's ``src`` with formatted captions."""
         if isinstance(self.thumb_px, bool) or not isinstance(self.thumb_px, int) or self.thumb_px < 8:

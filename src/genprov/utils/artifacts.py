@@ -1,10 +1,11 @@
 """What an output folder already holds, and the checks every writer makes before it writes anything.
 
 genprov's artefacts are folders recognised by their marker files: a checkpoint's ``config.json``
-(``kind``), a fitted attributor's, attack's or defense's ``config.json`` (``format`` and ``method``), a
-feature store's ``manifest.json``, a keyed family's ``manifest.json``, a similarity index's
-``similarity.json`` / ``index.json``, a workspace's ``workspace.json``, samples, a command's
-``results.json``. :func:`identify_artifact` names what a folder holds; :func:`check_output_folder`
+(``kind``), a fitted object's ``config.json`` (``format`` ``genprov-artifact``, ``kind`` and ``method``:
+attributors, keyed families, similarity indexes, extractors, mappers, attacks, defenses), a feature
+store's ``manifest.json``, the layouts before that format (a keyed family's ``manifest.json``, a
+similarity index's ``similarity.json``), a feature index's ``index.json``, a workspace's
+``workspace.json``, samples, a command's ``results.json``. :func:`identify_artifact` names what a folder holds; :func:`check_output_folder`
 refuses, before anything is written, a path that is a file or a folder holding an artefact the writer
 may not replace, naming what is there. Writers that resume their own runs accept their own kind and then
 check that it is the same run.
@@ -27,11 +28,13 @@ from typing import Any
 from genprov.exceptions import CheckpointError, ConfigError, DataError
 
 __all__ = [
+    "ARTIFACT_FORMAT",
     "INCOMPLETE_CHECKPOINT",
     "INCOMPLETE_INDEX",
     "INCOMPLETE_STORE",
     "PICKLE_SUFFIXES",
     "Artifact",
+    "artifact_label",
     "check_output_file",
     "check_output_folder",
     "ensure_free_space",
@@ -48,6 +51,19 @@ INCOMPLETE_CHECKPOINT = "incomplete checkpoint"
 INCOMPLETE_STORE = "incomplete feature store"
 #: Kind of a folder with a similarity index's parts but no ``index.json`` (an index build killed early).
 INCOMPLETE_INDEX = "incomplete similarity index"
+#: ``format`` of a fitted object's ``config.json`` (:mod:`genprov.models.artifact`).
+ARTIFACT_FORMAT = "genprov-artifact"
+# what a fitted object of each artefact kind is called in messages (and in check_output_folder's accept)
+_KIND_LABELS = {
+    "model-attributor": "detector",
+    "keyed-family": "family",
+    "data-attributor": "data attributor",
+    "similarity-index": "index",
+    "feature-extractor": "feature extractor",
+    "feature-mapper": "feature mapper",
+    "inversion-attack": "inversion attack",
+    "defense": "defense",
+}
 #: File suffixes of pickled PyTorch / Lightning / transformers weights.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 # files a genprov writer may leave without its main marker (a run interrupted while saving)
@@ -93,11 +109,18 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def artifact_label(kind: str, method: str) -> str:
+    """What :func:`identify_artifact` calls a fitted object: ``"flipad detector"``, ``"gnime defense"``."""
+    return f"{method} {_KIND_LABELS.get(kind, kind)}"
+
+
 def _from_config(path: Path) -> Artifact:
     data = _json(path)
     if data is None:
         return Artifact("genprov output", "an unreadable config.json")
     fmt, method, kind = str(data.get("format", "")), data.get("method"), data.get("kind")
+    if fmt == ARTIFACT_FORMAT:
+        return Artifact(artifact_label(str(kind), str(method)), f"config.json kind {kind!r} method {method!r}")
     if "attributor" in fmt:
         return Artifact(f"{method} detector", f"config.json method {method!r}")
     if "attack" in fmt:
@@ -134,6 +157,8 @@ def identify_artifact(folder: str | os.PathLike[str]) -> Artifact | None:
         return Artifact("workspace", "workspace.json")
     if (path / "similarity.json").is_file():
         return Artifact("similarity index", "similarity.json")
+    if (path / "config.json").is_file() and (_json(path / "config.json") or {}).get("format") == ARTIFACT_FORMAT:
+        return _from_config(path / "config.json")  # before index.json: a similarity index holds both
     if (path / "index.json").is_file():
         return Artifact("feature index", "index.json")
     if (path / "manifest.json").is_file():

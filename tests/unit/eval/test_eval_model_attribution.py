@@ -14,7 +14,6 @@ from genprov.eval import (
     attributability,
     roc_auc,
     roc_curve,
-    threshold_at_fnr,
     tpr_at_fpr,
 )
 from genprov.exceptions import DataError
@@ -51,15 +50,6 @@ def test_roc_auc_hand_made() -> None:
     assert roc_auc([3.0, 4.0], [1.0, 2.0]) == 1.0
     assert roc_auc([1.0, 2.0], [3.0, 4.0]) == 0.0
     assert roc_auc([1.0], [1.0]) == 0.5
-
-
-@pytest.mark.parametrize("fnr", [0.0, 0.05, 0.1, 0.29, 0.5, 0.99, 1.0])
-def test_threshold_at_fnr_is_the_largest_admissible_threshold(fnr: float) -> None:
-    own = np.round(np.random.default_rng(1).normal(size=100), 1)  # with ties
-    got = threshold_at_fnr(own, fnr)
-    candidates = [t for t in [*own, math.inf] if (own < t).mean() <= fnr + 1e-12]
-    assert got == max(candidates)
-    assert (own < got).mean() <= fnr + 1e-12
 
 
 def test_accuracy_at_threshold_matches_balanced_accuracy() -> None:
@@ -100,7 +90,6 @@ def test_attributability_hand_made() -> None:
         (lambda: roc_auc([], [1.0]), "empty"),
         (lambda: roc_auc([1.0, float("nan")], [1.0]), "NaN"),
         (lambda: roc_auc([[1.0]], [1.0]), "shape"),
-        (lambda: threshold_at_fnr([1.0, 2.0], 1.5), "fnr"),
         (lambda: tpr_at_fpr([1.0], [0.0], -0.1), "fpr"),
         (lambda: accuracy_at_threshold([1.0], [0.0], float("nan")), "threshold"),
         (lambda: roc_auc("abc", [1.0]), "torch.Tensor"),

@@ -77,16 +77,16 @@ def test_early_stopping_and_explicit_validation(data: tuple[torch.Tensor, Observ
 def test_save_load_round_trip(tmp_path: Path, data: tuple[torch.Tensor, Observations]) -> None:
     x, obs = data
     attack = ExpMIAttack(_FAST).fit(obs, x)
-    attack.save(tmp_path / "exp")
-    back = InversionAttack.load(tmp_path / "exp")
+    attack.save_pretrained(tmp_path / "exp")
+    back = InversionAttack.from_pretrained(tmp_path / "exp")
     assert isinstance(back, ExpMIAttack) and back.config == attack.config
     assert torch.equal(back.reconstruct(obs), attack.reconstruct(obs))
     assert back.history_ == attack.history_ and back.best_epoch_ == attack.best_epoch_
-    assert ExpMIAttack.load(tmp_path / "exp").val_mse_ == attack.val_mse_
+    assert ExpMIAttack.from_pretrained(tmp_path / "exp").val_mse_ == attack.val_mse_
     with pytest.raises(CheckpointError, match="holds a 'exp-mi' attack, not a PredMIAttack"):
-        PredMIAttack.load(tmp_path / "exp")
+        PredMIAttack.from_pretrained(tmp_path / "exp")
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
-        InversionAttack.load(tmp_path / "nothing")
+        InversionAttack.from_pretrained(tmp_path / "nothing")
 
 
 def test_bad_inputs_get_clear_errors(data: tuple[torch.Tensor, Observations]) -> None:

@@ -92,18 +92,18 @@ def test_rnd_noise_depends_on_the_map_not_the_batch(setup: tuple[torch.Tensor, E
 
 def test_save_load_round_trip(tmp_path: Path, setup: tuple[torch.Tensor, Explainer, GNIMEDefense]) -> None:
     x, explainer, gnime = setup
-    gnime.save(tmp_path / "gnime")
-    back = Defense.load(tmp_path / "gnime", explainer)
+    gnime.save_pretrained(tmp_path / "gnime")
+    back = Defense.from_pretrained(tmp_path / "gnime", explainer)
     assert isinstance(back, GNIMEDefense) and back.config == gnime.config and back.history_ == gnime.history_
     assert torch.equal(back.explain(x), gnime.explain(x))
     rnd = matched_gaussian_noise(gnime, x)
-    rnd.save(tmp_path / "rnd")
-    rnd_back = GaussianNoiseDefense.load(tmp_path / "rnd", explainer)
+    rnd.save_pretrained(tmp_path / "rnd")
+    rnd_back = GaussianNoiseDefense.from_pretrained(tmp_path / "rnd", explainer)
     assert rnd_back.config == rnd.config and torch.equal(rnd_back.explain(x), rnd.explain(x))
     with pytest.raises(CheckpointError, match="method 'gradient' recorded, 'grad-cam' given"):
-        Defense.load(tmp_path / "gnime", EXPLAINERS.create("grad-cam", explainer.model))
+        Defense.from_pretrained(tmp_path / "gnime", EXPLAINERS.create("grad-cam", explainer.model))
     with pytest.raises(CheckpointError, match="holds a 'gnime' defense, not a GaussianNoiseDefense"):
-        GaussianNoiseDefense.load(tmp_path / "gnime", explainer)
+        GaussianNoiseDefense.from_pretrained(tmp_path / "gnime", explainer)
 
 
 def test_bad_inputs_get_clear_errors(setup: tuple[torch.Tensor, Explainer, GNIMEDefense]) -> None:

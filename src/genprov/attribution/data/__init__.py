@@ -4,7 +4,8 @@
   with TracIn / Grad-Dot, Grad-Cos, relative and renormalized influence as scoring options.
 - :data:`OUTPUT_FUNCTIONS` and :data:`PROJECTORS`: the registries TRAK is built from.
 - :class:`SimilarityAttributor` (:mod:`~genprov.attribution.data.similarity`): attribution by similarity in
-  a feature space (:data:`FEATURE_EXTRACTORS`), optionally tuned (:class:`FeatureMapper`), with calibrated
+  a feature space (:data:`FEATURE_EXTRACTORS`, :mod:`~genprov.attribution.data.extractors`), optionally tuned
+  (:class:`FeatureMapper`, :mod:`~genprov.attribution.data.mapper`), with calibrated
   soft attribution (:func:`fit_soft_calibration`).
 - :class:`DataAttributor` and :class:`EnsembleAttributor`: the shared interface and score averaging.
 
@@ -15,7 +16,7 @@ Example:
 """
 
 from genprov.attribution.data.base import DataAttributor, EnsembleAttributor, top_k, training_images
-from genprov.attribution.data.features import (
+from genprov.attribution.data.extractors import (
     BACKBONES,
     FEATURE_EXTRACTORS,
     ClassifierExtractor,
@@ -24,7 +25,6 @@ from genprov.attribution.data.features import (
     EfficientNetLite0Extractor,
     ExtractorConfig,
     FeatureExtractor,
-    FeatureMapper,
     LocalWeightsConfig,
     LocalWeightsExtractor,
     PixelExtractor,
@@ -33,11 +33,9 @@ from genprov.attribution.data.features import (
     RandomCNNExtractor,
     SimCLRConfig,
     SimCLRExtractor,
-    TuningConfig,
     build_extractor,
-    hub_statistics,
-    split_classes,
 )
+from genprov.attribution.data.mapper import FeatureMapper, TuningConfig, hub_statistics, split_classes
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import (
     PROJECTORS,

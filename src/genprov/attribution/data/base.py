@@ -9,8 +9,7 @@ as a :class:`~genprov.results.DataAttributionResult`.
 :class:`EnsembleAttributor` averages the scores of several fitted attributors, e.g. TRAK over several
 checkpoints or independently trained models (Park et al., 2023, sec. 3, step 5).
 
-Departure from DESIGN §4: ``featurize(batch, indices)`` returns the ``(b, k)`` features instead of
-``None``. The caller (a shard of :meth:`DataAttributor.fit`, or a remote worker) decides where they go,
+``featurize(batch, indices)`` returns the ``(b, k)`` features rather than storing them itself. The caller (a shard of :meth:`DataAttributor.fit`, or a remote worker) decides where they go,
 and tests can compare them with a reference directly.
 """
 
@@ -75,8 +74,19 @@ def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 class DataAttributor(ABC):
     """Scores every training example's influence on a query.
 
-    Subclasses implement :meth:`fit`, :meth:`featurize` and :meth:`scores`; :meth:`attribute` is shared.
-    The constructor stores its arguments and does nothing else; learned state ends in ``_``.
+    The contract every data attributor satisfies (TRAK, D-TRAK, the TracIn family, similarity):
+
+    * :meth:`fit` featurizes the training set with :meth:`featurize` into a store described by
+      :meth:`store_spec` (a store of another spec is refused) and prepares scoring;
+    * :meth:`featurize_queries` computes a query's features ONCE (for TRAK: its projected gradients);
+      :meth:`scores_from_features` turns them into the (n_queries, n_train) scores, higher = more positive
+      influence; :meth:`scores` chains the two;
+    * :meth:`attribute` always returns a :class:`~genprov.results.DataAttributionResult` (top-k indices and
+      scores, sorted descending); :meth:`result_from_scores` builds it from scores already computed, so a
+      caller needing both the full scores and the top k featurizes the queries once.
+
+    The constructor stores its arguments; learned state ends in ``_``; calling a scoring method before
+    :meth:`fit` raises :class:`~genprov.exceptions.NotFittedError`.
     """
 
     #: Method name recorded in results (e.g. ``"trak"``, ``"d-trak"``).
@@ -101,8 +111,21 @@ class DataAttributor(ABC):
         """
 
     @abstractmethod
+    def featurize_queries(self, queries: Tensor) -> Tensor:
+        """(n_queries, C, H, W) query images -> (n_queries, k) features (randomness seeded by each query's pixels)."""
+
+    @abstractmethod
+    def scores_from_features(self, query_features: Tensor) -> Tensor:
+        """(n_queries, k) features from :meth:`featurize_queries` -> (n_queries, n_train) float scores."""
+
+    @abstractmethod
+    def store_spec(self, train: Tensor) -> dict[str, Any]:
+        """What a feature store of the training images ``train`` must match (JSON-able; recorded in its manifest)."""
+
     def scores(self, queries: Tensor) -> Tensor:
         """(n_queries, n_train) float32 scores; higher = more positive influence on the query."""
+        self._check_fitted()
+        return self.scores_from_features(self.featurize_queries(queries)).to(torch.float32)
 
     @property
     def is_fitted(self) -> bool:
@@ -123,8 +146,12 @@ class DataAttributor(ABC):
         Returns:
             :class:`DataAttributionResult` with (n_queries, k) ``indices`` and ``scores``, sorted descending.
         """
+        return self.result_from_scores(self.scores(queries), k=k)
+
+    def result_from_scores(self, scores: Tensor, *, k: int = 10) -> DataAttributionResult:
+        """The :meth:`attribute` result of queries whose (n_queries, n_train) :meth:`scores` are given."""
         self._check_fitted()
-        indices, values = top_k(self.scores(queries), k)
+        indices, values = top_k(scores, k)
         config = self.config.to_dict() if self.config is not None else {}
         return DataAttributionResult(
             method=self.method,
@@ -144,6 +171,8 @@ class EnsembleAttributor(DataAttributor):
     """
 
     method = "ensemble"
+
+    widths_: list[int]
 
     def __init__(self, members: Sequence[DataAttributor]) -> None:
         self.members = list(members)
@@ -165,6 +194,8 @@ class EnsembleAttributor(DataAttributor):
         sizes = {int(getattr(m, "n_train_", -1)) for m in self.members}
         if len(sizes) != 1:
             raise DataError(f"ensemble members were fitted on training sets of different sizes: {sorted(sizes)}.")
+        first = training_images(train)[:1]
+        self.widths_ = [int(m.featurize(first, torch.zeros(1, dtype=torch.int64)).shape[1]) for m in self.members]
         self.n_train_ = sizes.pop()
         return self
 
@@ -172,10 +203,17 @@ class EnsembleAttributor(DataAttributor):
         """The members' features side by side: (b, sum of member dims)."""
         return torch.cat([m.featurize(batch, indices) for m in self.members], dim=1)
 
-    def scores(self, queries: Tensor) -> Tensor:
-        """Mean of the members' scores, (n_queries, n_train)."""
+    def featurize_queries(self, queries: Tensor) -> Tensor:
+        """The members' query features side by side: (n_queries, sum of member dims)."""
+        return torch.cat([m.featurize_queries(queries) for m in self.members], dim=1)
+
+    def scores_from_features(self, query_features: Tensor) -> Tensor:
+        """Mean of the members' scores of their column blocks of ``query_features``, (n_queries, n_train)."""
         self._check_fitted()
-        total = self.members[0].scores(queries).to(torch.float64)
-        for member in self.members[1:]:
-            total += member.scores(queries).to(torch.float64)
-        return (total / len(self.members)).to(torch.float32)
+        parts = torch.split(query_features, self.widths_, dim=1)
+        total = sum(m.scores_from_features(f).to(torch.float64) for m, f in zip(self.members, parts, strict=True))
+        return torch.as_tensor(total) / len(self.members)
+
+    def store_spec(self, train: Tensor) -> dict[str, Any]:
+        """The members' specs (each member has its own store)."""
+        return {"members": [m.store_spec(train) for m in self.members]}

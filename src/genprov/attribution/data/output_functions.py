@@ -110,9 +110,8 @@ class OutputFunction(ABC):
     def __init__(self, config: Config | None = None) -> None:
         self.config = config
 
-    @abstractmethod
     def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
-        """Evaluate the function.
+        """Evaluate the function (checks the shapes, then :meth:`evaluate`).
 
         Args:
             eps_pred: (b, C, H, W) predicted noise ``eps_theta(x_t, t)``.
@@ -122,7 +121,25 @@ class OutputFunction(ABC):
 
         Returns:
             (b,) one value per item.
+
+        Raises:
+            DataError: ``eps`` (for functions that read it) or ``t`` does not match ``eps_pred``.
         """
+        if self.uses_target and tuple(eps.shape) != tuple(eps_pred.shape):
+            raise DataError(
+                f"{self!r}: eps has shape {tuple(eps.shape)} but eps_pred {tuple(eps_pred.shape)}; pass the noise "
+                "that made x_t, one per predicted item."
+            )
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != eps_pred.shape[0]):
+            raise DataError(
+                f"{self!r}: t has shape {tuple(t.shape)} for {eps_pred.shape[0]} predicted items; pass one timestep "
+                "per item."
+            )
+        return self.evaluate(eps_pred, eps, t, schedule)
+
+    @abstractmethod
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+        """The function's value per item on checked inputs (arguments as in :meth:`__call__`)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -142,7 +159,7 @@ class Loss(OutputFunction):
 
     uses_target = True
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         return _flat(eps_pred - eps).pow(2).mean(dim=1)
 
 
@@ -150,7 +167,7 @@ class Loss(OutputFunction):
 class SquaredL2Norm(OutputFunction):
     """D-TRAK's output: ``mean(eps_theta^2)`` (D-TRAK's ``mean-squared-l2-norm``, sec. 4)."""
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         return _flat(eps_pred).pow(2).mean(dim=1)
 
 
@@ -158,7 +175,7 @@ class SquaredL2Norm(OutputFunction):
 class Mean(OutputFunction):
     """``mean(eps_theta)`` (D-TRAK, table 1)."""
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         return _flat(eps_pred).mean(dim=1)
 
 
@@ -166,7 +183,7 @@ class Mean(OutputFunction):
 class L1Norm(OutputFunction):
     """``sum(abs(eps_theta))`` (D-TRAK, table 1)."""
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         return _flat(eps_pred).abs().sum(dim=1)
 
 
@@ -174,7 +191,7 @@ class L1Norm(OutputFunction):
 class L2Norm(OutputFunction):
     """``sqrt(sum(eps_theta^2))`` (D-TRAK, table 1)."""
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         return _flat(eps_pred).pow(2).sum(dim=1).sqrt()
 
 
@@ -182,7 +199,7 @@ class L2Norm(OutputFunction):
 class LinfNorm(OutputFunction):
     """``max(abs(eps_theta))`` (D-TRAK, table 1)."""
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         return _flat(eps_pred).abs().amax(dim=1)
 
 
@@ -192,7 +209,7 @@ class WeightedMSE(OutputFunction):
 
     uses_target = True
 
-    def __call__(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    def evaluate(self, eps_pred: Tensor, eps: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
         beta = schedule.betas[t]
         weight = beta / (2 * (1 - beta) * (1 - schedule.alphas_cumprod[t]))
         return weight * _flat(eps_pred - eps).pow(2).mean(dim=1)

@@ -2,9 +2,9 @@
 
 Method (Wang et al., ICCV 2023, "Evaluating data attribution for text-to-image models", sec. 4-6):
 
-1. Features. A :class:`~genprov.attribution.data.features.FeatureExtractor` maps every training image to
+1. Features. A :class:`~genprov.attribution.data.extractors.FeatureExtractor` maps every training image to
    a feature vector (optionally through the training tower of a tuned
-   :class:`~genprov.attribution.data.features.FeatureMapper`); the vectors go to a
+   :class:`~genprov.attribution.data.mapper.FeatureMapper`); the vectors go to a
    :class:`~genprov.storage.FeatureIndex` (sharded, resumable; a different extractor, mapper or data
    raises :class:`~genprov.exceptions.StoreMismatchError`) or stay in memory.
 2. Scores. A query (generated image) is featurized the same way (query tower) and compared with every
@@ -23,10 +23,11 @@ Higher scores mean more similar, read as more influence. The original code keeps
 images in memory and does one full matmul plus a full argsort per query; here search streams the memmap
 in chunks and keeps a running top-k.
 
-Departure from DESIGN §4: ``fit(train, store=...)`` takes a store *folder* (or a
-:class:`~genprov.storage.FeatureIndex`), not a :class:`~genprov.storage.FeatureStore`: rows can be appended
-later (:meth:`SimilarityAttributor.add`), which a fixed-size store cannot do. Without a DataAttributor
-registry in :mod:`~genprov.attribution.data.base`, the class is not registered anywhere.
+``fit(train, store=...)`` takes an index *folder* (or a :class:`~genprov.storage.FeatureIndex`) rather than
+a fixed-size :class:`~genprov.storage.FeatureStore`, so that rows can be appended later
+(:meth:`SimilarityAttributor.add`). There is no data-attributor registry, so the class is not registered
+anywhere; the CLI and the service build it from an index folder
+(:mod:`~genprov.attribution.data.index_folder`).
 
 Example:
     >>> ext = FEATURE_EXTRACTORS.create("pixels")  # doctest: +SKIP
@@ -50,7 +51,8 @@ import torch
 from torch import Tensor
 
 from genprov.attribution.data.base import DataAttributor, TrainingSet, training_images
-from genprov.attribution.data.features import FEATURE_EXTRACTORS, FeatureExtractor, FeatureMapper
+from genprov.attribution.data.extractors import FEATURE_EXTRACTORS, FeatureExtractor
+from genprov.attribution.data.mapper import FeatureMapper
 from genprov.config import Config, is_int, is_positive_int, require
 from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import ConfigError, DataError, NotFittedError, StoreMismatchError
@@ -426,8 +428,9 @@ class SimilarityAttributor(DataAttributor):
             feats = self.mapper.map_queries(feats)
         return self._normalise(feats)
 
-    def store_spec(self, image_shape: Sequence[int]) -> dict[str, Any]:
-        """What an index must match: extractor (name, config, weights), mapper, metric and image shape."""
+    def store_spec(self, train: Tensor) -> dict[str, Any]:
+        """What an index of ``train`` must match: extractor (name, config, weights), mapper, image shape."""
+        image_shape = train.shape[1:]
         return {
             "format": _FORMAT,
             "method": "similarity-features",
@@ -500,7 +503,7 @@ class SimilarityAttributor(DataAttributor):
             return self
         key = fingerprint_arrays(images.detach().cpu().contiguous().numpy())
         path = store.path if isinstance(store, FeatureIndex) else store
-        spec = self._with_recorded_locations(Path(path), self.store_spec(shape))
+        spec = self._with_recorded_locations(Path(path), self.store_spec(images))
         index = FeatureIndex.create(path, dim=dim, metric=self.config.metric, spec=spec)
         segments = index.segments
         if segments and (segments[0]["key"] != key or int(segments[0]["n_rows"]) != n):
@@ -567,10 +570,6 @@ class SimilarityAttributor(DataAttributor):
                 rows = torch.from_numpy(np.array(array[start : start + chunk], dtype=np.float32))
                 out[:, offset + start : offset + start + rows.shape[0]] = q @ rows.T
         return out
-
-    def scores(self, queries: Tensor) -> Tensor:
-        """(n_queries, n_train) float32 cosine similarities; higher = more similar = more influence."""
-        return self.scores_from_features(self.featurize_queries(queries))
 
     def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Top-k training indices and exact scores per query (exact, or FAISS + exact re-ranking)."""

@@ -48,7 +48,8 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -61,11 +62,15 @@ from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSch
 from genprov.attribution.data.projectors import PROJECTORS, Projector
 from genprov.config import Config, is_int, require
 from genprov.data.dataset import fingerprint_arrays
-from genprov.exceptions import ConfigError, DataError
+from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
 from genprov.models.diffusion import build_scheduler
 from genprov.storage import FeatureStore, fingerprint_state
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "DAMPING_GRID",
@@ -262,7 +267,7 @@ def query_key(image: Tensor) -> str:
     return hashlib.blake2b(array.tobytes() + str(array.shape).encode(), digest_size=12).hexdigest()
 
 
-class TRAKAttributor(DataAttributor):
+class TRAKAttributor(DataAttributor, Pretrained):
     """TRAK / D-TRAK data attribution for a noise-prediction diffusion model.
 
     Args:
@@ -278,6 +283,8 @@ class TRAKAttributor(DataAttributor):
         damping_: The lambda used.
         store_: The :class:`FeatureStore`, or ``None`` when fitted in memory.
     """
+
+    artifact_kind: ClassVar[str] = "data-attributor"
 
     def __init__(self, model: nn.Module, scheduler: Any = None, config: TRAKConfig | None = None) -> None:
         self.model = model
@@ -545,6 +552,43 @@ class TRAKAttributor(DataAttributor):
         self._prepare()
         return self
 
+    # ------------------------------------------------------------------------------------ save / load
+
+    def _payload(self) -> ArtifactPayload:
+        """The config, the model's checkpoint, and the store folder (or, fitted in memory, the features)."""
+        self._check_fitted()
+        assert self.train_features_ is not None
+        store = str(self.store_.path.resolve()) if self.store_ is not None else None
+        tensors = {} if store else {"train_features": torch.from_numpy(np.ascontiguousarray(self.train_features_))}
+        return ArtifactPayload(
+            config=self.config,
+            state={"store": store, "n_train": self.n_train_},
+            tensors=tensors,
+            wraps={"model": self.model},
+        )
+
+    @classmethod
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        """Reopen the model and the features (no training data needed: the store's data fingerprint is
+        checked when :meth:`fit` is given the data)."""
+        model = record.wrapped("model", wrapped)
+        if model is None:
+            raise CheckpointError(f"{record.folder} records no model; pass it: from_pretrained(folder, model).")
+        attributor = cls(model, None, TRAKConfig.from_dict(record.config))
+        store = record.state.get("store")
+        if not store:
+            attributor.fit_features(tensors["train_features"])
+            return attributor
+        fs = FeatureStore.open(Path(str(store)))
+        if not fs.is_complete or fs.spec.get("model_fingerprint") != fingerprint_state(model):
+            raise CheckpointError(
+                f"The feature store {fs.path} of {record.folder} is incomplete or was computed for another model; "
+                "fit again (attributor.fit(train, store)) and save_pretrained it."
+            )
+        attributor.store_ = fs
+        attributor.fit_features(fs.read("features"))
+        return attributor
+
     # ------------------------------------------------------------------------------------ kernels
 
     def _chunks(self) -> Any:
@@ -633,8 +677,8 @@ class TRAKAttributor(DataAttributor):
             out[:, start : start + len(rows)] = left @ rows.T
         return out
 
-    def scores_from_features(self, query_features: np.ndarray | Tensor) -> np.ndarray:
-        """Scores of queries given their features.
+    def scores_from_features(self, query_features: np.ndarray | Tensor) -> Tensor:
+        """Scores of queries given their features (:meth:`featurize_queries`).
 
         Args:
             query_features: (n_queries, k) features computed like the training ones.
@@ -643,7 +687,9 @@ class TRAKAttributor(DataAttributor):
             (n_queries, n_train) float64 scores; higher = more positive influence.
         """
         self._check_fitted()
-        phi_q = self._query_array(query_features)
+        return torch.from_numpy(self._scores_array(self._query_array(query_features)))
+
+    def _scores_array(self, phi_q: np.ndarray) -> np.ndarray:
         scoring = self.config.scoring
         if scoring == "grad-dot":
             return self._train_product(phi_q)
@@ -673,11 +719,6 @@ class TRAKAttributor(DataAttributor):
             raise DataError("query features contain NaN or infinite values.")
         return phi_q
 
-    def scores(self, queries: Tensor) -> Tensor:
-        """(n_queries, n_train) float32 scores of query images; higher = more positive influence."""
-        self._check_fitted()
-        return torch.from_numpy(self.scores_from_features(self.featurize_queries(queries))).to(torch.float32)
-
     def scores_sweep(
         self,
         query_features: np.ndarray | Tensor,
@@ -704,7 +745,7 @@ class TRAKAttributor(DataAttributor):
         if not lambdas or any(not math.isfinite(d) or d < 0 for d in lambdas):
             raise ConfigError(f"dampings must be a non-empty list of numbers >= 0; got {list(dampings)}.")
         if self.config.scoring in ("grad-dot", "grad-cos"):
-            fixed = self.scores_from_features(phi_q)
+            fixed = self._scores_array(phi_q)
             return np.stack([fixed] * len(lambdas))
         gram = self._kernel.get("gram")
         if gram is None:

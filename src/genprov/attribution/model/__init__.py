@@ -31,7 +31,7 @@ from genprov.attribution.model.baselines import (
     RawPixelAttributorConfig,
 )
 from genprov.attribution.model.detectors import DETECTORS, DeepSAD, DeepSADConfig
-from genprov.attribution.model.features import FeatureAttributor, FeatureAttributorConfig
+from genprov.attribution.model.feature_attributor import FeatureAttributor, FeatureAttributorConfig
 from genprov.attribution.model.flipad import (
     FinalLayerInversionAttributor,
     FinalLayerInversionAttributorConfig,

@@ -12,19 +12,25 @@ images). An attributor
 ``score_samples`` is higher for samples more likely made by the generator; ``predict`` claims a sample
 when its score is ``>= threshold_``.
 
-Fitted attributors are saved as a folder with ``config.json`` (method, config, threshold, small state)
-and ``state.safetensors`` (tensors); nothing is pickled. The generator itself is not saved: pass it to
-:meth:`ModelAttributor.load` again (a fingerprint of its weights is checked).
+Fitted attributors are artefacts (:mod:`genprov.models.artifact`): ``save_pretrained(folder)`` writes
+``config.json`` (method, config, threshold, small state, the generator's checkpoint and fingerprint) and
+``state.safetensors``; nothing is pickled. ``ModelAttributor.from_pretrained(folder)`` reopens the
+generator from the recorded checkpoint; a generator passed as second argument overrides it (its weights'
+fingerprint is checked).
+
+Every model-attribution method, the thresholded :class:`ModelAttributor` and the keyed family
+(:class:`~genprov.attribution.model.keyed.KeyedGenerators`, whose decision is a rule over its keys) alike,
+satisfies :class:`AttributesSamples`: ``attribute(x)`` returns a :class:`~genprov.results.Result` of its
+family (``ModelAttributionResult`` / ``KeyedAttributionResult``) and the fitted object is an artefact with
+``save_pretrained(folder)`` / ``from_pretrained(folder)``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -32,11 +38,10 @@ from torch import Tensor, nn
 
 from genprov.config import Config, is_int, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
-from genprov.models.checkpoints import load_tensors, save_tensors
+from genprov.metrics import threshold_at_fnr
+from genprov.models.artifact import STATE_FILE, ArtifactPayload, ArtifactRecord, Pretrained
 from genprov.registry import Registry
-from genprov.results import ModelAttributionResult
-from genprov.utils.artifacts import check_output_folder, refuse_pickle
-from genprov.utils.io import atomic_write_json, read_json
+from genprov.results import ModelAttributionResult, Result
 from genprov.utils.seeding import torch_generator
 from genprov.utils.validation import check_images, check_matrix
 
@@ -44,19 +49,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
-    "CONFIG_FILE",
     "MODEL_ATTRIBUTORS",
-    "STATE_FILE",
+    "AttributesSamples",
     "Detector",
     "ModelAttributor",
     "ModelAttributorConfig",
-    "generator_fingerprint",
-    "threshold_at_fnr",
 ]
-
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.safetensors"
-_FORMAT = "genprov-model-attributor-v1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,36 +80,23 @@ class ModelAttributorConfig(Config):
         require(is_positive_int(self.batch_size), "batch_size", "a positive integer", self.batch_size)
 
 
-def threshold_at_fnr(own_scores: Tensor, fnr: float) -> float:
-    """The largest threshold that rejects at most ``floor(fnr * n)`` of the ``n`` own scores.
+@runtime_checkable
+class AttributesSamples(Protocol):
+    """The contract every model-attribution method satisfies (:class:`ModelAttributor`, ``KeyedGenerators``).
 
-    Same rule as :func:`genprov.eval.threshold_at_fnr` (which this layer may not import): a sample is
-    claimed when ``score >= threshold``.
-
-    Args:
-        own_scores: (n,) scores of held-out own samples.
-        fnr: Allowed false-negative rate in [0, 1).
-
-    Returns:
-        One of the own scores.
+    ``attribute(x)`` takes (n, C, H, W) images in [-1, 1] (or (n, D) rows) and returns one
+    :class:`~genprov.results.Result` per call (raising ``DataError`` on wrong shapes, ``NotFittedError``
+    before fitting); ``save_pretrained(folder)`` writes the fitted object as an artefact, which the class's
+    ``from_pretrained(folder)`` reopens without being passed what it studies.
     """
-    own = torch.sort(own_scores.detach().to(torch.float64).flatten()).values
-    if own.numel() == 0:
-        raise DataError("Cannot set a threshold from zero held-out own samples; pass more generated samples.")
-    allowed = math.floor(fnr * own.numel() + 1e-9)
-    return float(own[min(allowed, own.numel() - 1)])
 
+    def attribute(self, x: Tensor) -> Result:
+        """Per-sample attribution of ``x``."""
+        ...
 
-def generator_fingerprint(generator: nn.Module | None) -> str | None:
-    """Hex digest of a module's parameters and buffers (names, shapes, values), or ``None`` for no module."""
-    if generator is None:
-        return None
-    h = hashlib.blake2b(digest_size=12)
-    for name, tensor in sorted(generator.state_dict().items()):
-        arr = np.ascontiguousarray(tensor.detach().to("cpu").to(torch.float32).numpy())
-        h.update(f"{name}{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the fitted object as an artefact folder; returns it."""
+        ...
 
 
 class Detector(ABC):
@@ -143,8 +128,14 @@ class Detector(ABC):
         """Inverse of :meth:`state`."""
 
 
-class ModelAttributor(ABC):
+class ModelAttributor(Pretrained):
     """Base class of single-model attributors (FLIPAD and its baselines).
+
+    Contract: ``fit`` learns from own samples (and optional negatives) and sets ``threshold_``;
+    ``score_samples`` returns (n,) float32 scores, higher = more likely own; ``predict`` is
+    ``score >= threshold_``; ``attribute`` always returns a :class:`~genprov.results.ModelAttributionResult`.
+    Fitted attributors are artefacts: ``save_pretrained(folder)`` / ``from_pretrained(folder[, generator])``
+    (:mod:`genprov.models.artifact`).
 
     Args:
         generator: The generator studied (``None`` for methods that only look at samples, e.g. raw pixels).
@@ -157,6 +148,7 @@ class ModelAttributor(ABC):
     """
 
     name: ClassVar[str] = ""
+    artifact_kind: ClassVar[str] = "model-attributor"
     config_class: ClassVar[type[ModelAttributorConfig]] = ModelAttributorConfig
     #: whether the method needs the generator (its fingerprint is checked on load)
     needs_generator: ClassVar[bool] = False
@@ -335,97 +327,61 @@ class ModelAttributor(ABC):
         if not hasattr(self, "threshold_"):
             raise NotFittedError(
                 f"This {type(self).__name__} is not fitted yet; call .fit(generated, negatives=...) first "
-                "(or load a fitted one with ModelAttributor.load)."
+                "(or reopen a fitted one with ModelAttributor.from_pretrained(folder))."
             )
 
     # ---------------------------------------------------------------------------------------- save / load
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``config.json`` and ``state.safetensors`` into ``folder`` (created), each atomically.
-
-        Returns:
-            The folder.
-
-        Raises:
-            ConfigError: ``folder`` is a file or holds another artefact than a detector of this method.
-        """
+    def _payload(self) -> ArtifactPayload:
         self._check_fitted()
         meta, tensors = self._state()
         clash = [k for k in tensors if k.startswith("attributor.")]
         if clash:
             raise ConfigError(f"state tensor names must not start with 'attributor.'; got {clash}.")
-        folder = Path(folder)
-        check_output_folder(folder, accept={f"{self.name} detector"})
-        folder.mkdir(parents=True, exist_ok=True)
-        save_tensors(folder / STATE_FILE, {**tensors, "attributor.holdout_scores": self.holdout_scores_})
-        atomic_write_json(
-            folder / CONFIG_FILE,
-            {
-                "format": _FORMAT,
-                "method": self.name,
-                "class": type(self).__name__,
-                "config": self.config.to_dict(),
-                "threshold": float(self.threshold_),
-                "input_shape": list(self.input_shape_),
-                "generator_fingerprint": generator_fingerprint(self.generator) if self.needs_generator else None,
-                "state": meta,
-            },
+        return ArtifactPayload(
+            config=self.config,
+            state={"threshold": float(self.threshold_), "input_shape": list(self.input_shape_), "method": meta},
+            tensors={**tensors, "attributor.holdout_scores": self.holdout_scores_},
+            wraps={"generator": self.generator if self.needs_generator else None},
         )
-        return folder
 
     @classmethod
-    def load(cls, folder: str | Path, generator: nn.Module | None = None) -> ModelAttributor:
-        """Read an attributor written by :meth:`save`.
-
-        Args:
-            folder: The folder.
-            generator: The generator it was fitted for (required by methods that use it, e.g. FLIPAD).
-
-        Returns:
-            The fitted attributor, of the class that was saved.
-
-        Raises:
-            CheckpointError: Missing or unreadable files, an unknown method, a different class than asked
-                for, or a generator whose weights differ from the one it was fitted for.
-        """
-        folder = Path(folder)
-        refuse_pickle(folder, "a detector folder")
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            raise CheckpointError(
-                f"No fitted attributor at {folder}: {path} is missing. Fit one and save it with .save(folder)."
-            )
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
         try:
-            meta = read_json(path)
-        except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
-            raise CheckpointError(f"Cannot read {path}: {err}. Re-create it by fitting again.") from err
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{path} is not a genprov model-attributor config (format {_FORMAT!r}).")
-        try:
-            factory = MODEL_ATTRIBUTORS.entry(str(meta["method"])).factory
+            factory = MODEL_ATTRIBUTORS.entry(record.method).factory
         except ConfigError as err:
-            raise CheckpointError(f"{path}: {err}") from err
+            raise CheckpointError(f"{record.folder}: {err}") from err
         if not (isinstance(factory, type) and issubclass(factory, cls)):
-            raise CheckpointError(f"{path} holds a {meta['method']!r} attributor, which is not a {cls.__name__}.")
-        if factory.needs_generator:
-            if generator is None:
-                raise CheckpointError(
-                    f"The {meta['method']!r} attributor at {folder} needs the generator it was fitted for; "
-                    "pass it as ModelAttributor.load(folder, generator)."
-                )
-            if meta.get("generator_fingerprint") != generator_fingerprint(generator):
-                raise CheckpointError(
-                    f"The generator passed to load differs from the one the attributor at {folder} was fitted "
-                    "for (its weights have another fingerprint). Pass the same generator, or fit again."
-                )
-        config = factory.config_class.from_dict(meta["config"])
-        obj: ModelAttributor = factory(generator, config)
-        tensors = load_tensors(folder / STATE_FILE)
-        obj.input_shape_ = tuple(int(s) for s in meta["input_shape"])
+            raise CheckpointError(
+                f"{record.folder} holds a {record.method!r} attributor, which is not a {cls.__name__}."
+            )
+        generator = record.wrapped("generator", wrapped) if factory.needs_generator else wrapped
+        if factory.needs_generator and generator is None:
+            raise CheckpointError(
+                f"The {record.method!r} attributor at {record.folder} needs the generator it was fitted for; "
+                "pass it as from_pretrained(folder, generator)."
+            )
+        obj = factory(generator, factory.config_class.from_dict(record.config))
+        obj.input_shape_ = tuple(int(s) for s in record.state["input_shape"])
         obj.holdout_scores_ = tensors.pop("attributor.holdout_scores")
-        obj._restore(dict(meta.get("state") or {}), tensors)
-        obj.threshold_ = float(meta["threshold"])
+        obj._restore(dict(record.state.get("method") or {}), tensors)
+        obj.threshold_ = float(record.state["threshold"])
         return obj
+
+
+def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A ``genprov-model-attributor-v1`` config.json in the artefact layout."""
+    fingerprint = raw.get("generator_fingerprint")
+    return {
+        **raw,
+        "kind": ModelAttributor.artifact_kind,
+        "wraps": {"generator": {"fingerprint": fingerprint}} if fingerprint else {},
+        "state": {"threshold": raw.get("threshold"), "input_shape": raw.get("input_shape"), "method": raw.get("state")},
+        "tensors": STATE_FILE,
+    }
+
+
+ModelAttributor.legacy_formats = {"genprov-model-attributor-v1": _upgrade_v1}
 
 
 #: Every single-model attributor, by kebab-case name: ``MODEL_ATTRIBUTORS.create("flipad", generator)``.

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from genprov.attribution.model.base import MODEL_ATTRIBUTORS, ModelAttributor, ModelAttributorConfig
-from genprov.attribution.model.features import FeatureAttributor, FeatureAttributorConfig, reduce_spatial
+from genprov.attribution.model.feature_attributor import FeatureAttributor, FeatureAttributorConfig, reduce_spatial
 from genprov.config import is_positive_int, require
 from genprov.data.perturb import gaussian_blur
 from genprov.exceptions import ConfigError, DataError

@@ -12,7 +12,7 @@ activation. For every sample the attributor recovers ``z`` (paper Sec. 3.2):
 3. ``d`` solves ``min_d 1/2 ||y - W z_bar - W d||^2 + alpha ||d||_1`` (batched, matrix-free FISTA, see
    :mod:`genprov.attribution.model.inversion`) and the feature is ``z = z_bar + d``.
 
-The features go through the shared pipeline of :mod:`genprov.attribution.model.features` (max-pooling to
+The features go through the shared pipeline of :mod:`genprov.attribution.model.feature_attributor` (max-pooling to
 at most ``pool_to`` x ``pool_to``, standardisation ``(z - mu) / (sd + 0.05)`` with own-sample statistics,
 optional channel selection) into Deep SAD (paper Sec. 4), thresholded at ``fnr`` (0.5%) on held-out own
 samples.
@@ -64,7 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from genprov.attribution.model.base import MODEL_ATTRIBUTORS, ModelAttributorConfig
-from genprov.attribution.model.features import FeatureAttributor, FeatureAttributorConfig
+from genprov.attribution.model.feature_attributor import FeatureAttributor, FeatureAttributorConfig
 from genprov.attribution.model.inversion import (
     ACTIVATIONS,
     SUPPORTED_LAYERS,
@@ -79,6 +79,7 @@ from genprov.exceptions import ConfigError, DataError, NotFittedError
 from genprov.utils.seeding import derive_seed
 
 __all__ = [
+    "FLIPAD_IMAGE_SETTINGS",
     "FinalLayerInversionAttributor",
     "FinalLayerInversionAttributorConfig",
     "LatentSampler",
@@ -89,6 +90,10 @@ __all__ = [
 LatentSampler = Callable[[int, int], Tensor]
 
 _VAE_FINAL_LAYER = "decoder.conv_out"
+#: FLIPAD settings for 8-bit images chosen by the study of ``genprov reproduce flipad`` (censored saturated
+#: pixels, 300 FISTA iterations), where the config keeps the paper's (``"clip"``, 500 iterations):
+#: ``genprov flipad fit`` and the reproduction start from them.
+FLIPAD_IMAGE_SETTINGS: dict[str, Any] = {"saturation": "censor", "max_iter": 300}
 
 
 @dataclass(frozen=True, kw_only=True)

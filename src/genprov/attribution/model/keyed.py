@@ -58,9 +58,11 @@ just far enough to reach ``phi_i^T x' = -1``; it stays on key ``j``'s positive s
 ``cos(phi_i, phi_j) < (phi_j^T x / |phi_j|) / ((phi_i^T x + 1) / |phi_i|)``, so the threshold angle of the
 pair is the arccos of the minimum of that ratio over the data.
 
-A family lives in a folder (every file written atomically)::
+A family is an artefact (:mod:`genprov.models.artifact`, kind ``keyed-family``) that lives in a folder
+(every file written atomically)::
 
-    FAMILY/manifest.json           config, root and data fingerprints, member status, checks, warnings
+    FAMILY/config.json             the artefact record: config; state = root and data fingerprints, member
+                                   status, checks, warnings (the family's *manifest*)
     FAMILY/root/                   copy of G0 (checkpoint: config.json + model.safetensors)
     FAMILY/keys/key-000.safetensors  phi_0 (one tensor "key" of shape (C, H, W))
     FAMILY/users/user-000/         G_0's final checkpoint (robust when the config asks for it)
@@ -68,11 +70,13 @@ A family lives in a folder (every file written atomically)::
 
 Building is resumable member by member: :meth:`KeyedGenerators.create` on a half-built folder loads
 what is recorded as done and trains the rest (and extends a finished family when asked for more keys);
-a different root model, data or config raises :class:`~genprov.exceptions.StoreMismatchError`.
+a different root model, data or config raises :class:`~genprov.exceptions.StoreMismatchError`. Families
+written before the artefact format (``manifest.json``, format ``genprov-keyed-family`` version 1) open and
+resume as they are; the next write records them in ``config.json``.
 
 Example:
     >>> family = KeyedGenerators.create("runs/dcgan", 10, KeyedGeneratorsConfig(), out="runs/family")  # doctest: +SKIP
-    >>> result = KeyedGenerators.load("runs/family").attribute(images)                                  # doctest: +SKIP
+    >>> result = KeyedGenerators.from_pretrained("runs/family").attribute(images)                       # doctest: +SKIP
     >>> result.labels[:3]                                                                               # doctest: +SKIP
     ['user-3', 'none', 'ambiguous']
 """
@@ -87,14 +91,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genprov.attribution.model.base import generator_fingerprint
 from genprov.attribution.model.keyed_postprocess import (
     PostProcessConfig,
     check_post_process_names,
@@ -104,6 +107,14 @@ from genprov.config import Config, is_int, require
 from genprov.data import ImageDataset, load_dataset
 from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError, StoreMismatchError
+from genprov.models.artifact import (
+    ArtifactPayload,
+    ArtifactRecord,
+    Pretrained,
+    module_fingerprint,
+    read_artifact,
+    write_artifact,
+)
 from genprov.models.checkpoints import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -117,16 +128,19 @@ from genprov.models.checkpoints import (
 from genprov.models.gans import GANConfig, Generator
 from genprov.models.sampling import sample
 from genprov.models.training import batch_indices
-from genprov.results import Result
+from genprov.results import AMBIGUOUS, NONE, KeyedAttributionResult
 from genprov.utils.artifacts import check_output_folder
-from genprov.utils.io import atomic_write_bytes, atomic_write_json, read_json
+from genprov.utils.io import atomic_write_bytes, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
 from genprov.utils.validation import check_images
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = [
     "AMBIGUOUS",
-    "MANIFEST_FILE",
+    "LEGACY_MANIFEST",
     "NONE",
     "KeyConstraintError",
     "KeyConstraintWarning",
@@ -146,14 +160,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Attribution label of an image no key claims (authentic, or from a model outside the family).
-NONE = -1
-#: Attribution label of an image two or more keys claim, or whose responses sit exactly on a boundary.
-AMBIGUOUS = -2
 
-MANIFEST_FILE = "manifest.json"
-_FORMAT = "genprov-keyed-family"
-_VERSION = 1
+#: The manifest file of families written before the artefact format (read, never written).
+LEGACY_MANIFEST = "manifest.json"
+_LEGACY_FORMAT = "genprov-keyed-family"
+_KIND = "keyed-family"
 ROOT_DIR = "root"
 KEYS_DIR = "keys"
 USERS_DIR = "users"
@@ -414,47 +425,6 @@ def check_angle_feasible(n_keys: int, dim: int, target_angle: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ results
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class KeyedAttributionResult(Result):
-    """Attribution of images to the user models of a keyed family.
-
-    Attributes:
-        users: (n,) int64: the user index, :data:`NONE` (-1: no key claims it) or :data:`AMBIGUOUS`
-            (-2: several keys claim it, or a response is exactly 0).
-        responses: (n, n_keys) float ``phi_j^T x``; negative = claimed by key ``j``.
-        method: ``"keyed"``.
-        config: The family's config as a dict.
-    """
-
-    _arrays: ClassVar[tuple[str, ...]] = ("users", "responses")
-
-    users: np.ndarray
-    responses: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.responses.ndim != 2 or self.users.shape != (self.responses.shape[0],):
-            raise DataError(
-                f"users must have shape (n,) and responses (n, n_keys); got {self.users.shape} and "
-                f"{self.responses.shape}."
-            )
-
-    @property
-    def labels(self) -> list[str]:
-        """``"user-<i>"``, ``"none"`` or ``"ambiguous"`` per image."""
-        return [_label(int(u)) for u in self.users]
-
-    def counts(self) -> dict[str, int]:
-        """Number of images per label, users in index order, then ``none`` and ``ambiguous``."""
-        out = {f"user-{i}": int((self.users == i).sum()) for i in range(self.responses.shape[1])}
-        out["none"] = int((self.users == NONE).sum())
-        out["ambiguous"] = int((self.users == AMBIGUOUS).sum())
-        return out
-
-
-def _label(user: int) -> str:
-    return "none" if user == NONE else "ambiguous" if user == AMBIGUOUS else f"user-{user}"
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -742,11 +712,15 @@ def _fingerprint_tensor(x: Tensor) -> str:
     return fingerprint_arrays(x.detach().cpu().contiguous().numpy())
 
 
-class KeyedGenerators:
+class KeyedGenerators(Pretrained):
     """A family of keyed user models of one root generator, with decentralized attribution.
 
     Build one with :meth:`create` (or :meth:`make_robust` from a plain family), open one with
-    :meth:`load`; the constructor only stores what it is given.
+    :meth:`from_pretrained`; the constructor only stores what it is given. It satisfies the
+    :class:`~genprov.attribution.model.base.AttributesSamples` contract of model attribution:
+    :meth:`attribute` returns a :class:`~genprov.results.KeyedAttributionResult` (its decision is the
+    decentralized rule, not a threshold, so it is no :class:`ModelAttributor`), and the family is an
+    artefact (``save_pretrained`` copies it, members included).
 
     Args:
         folder: The family folder.
@@ -754,8 +728,11 @@ class KeyedGenerators:
         keys: (n_keys, C, H, W) keys.
         users: The user models ``G_i`` (eval mode), one per key.
         config: How the family was trained.
-        manifest: The parsed ``manifest.json``.
+        manifest: The family's manifest (the state recorded in its ``config.json``, plus ``"config"``).
     """
+
+    name: ClassVar[str] = "keyed"
+    artifact_kind: ClassVar[str] = _KIND
 
     def __init__(
         self,
@@ -893,7 +870,7 @@ class KeyedGenerators:
             _check_base(base, g0, config, n_keys)
         builder = _Builder(Path(out), g0, source, images, config, n_keys, base, show_progress)
         builder.run()
-        return cls.load(out)
+        return cls.from_pretrained(out)
 
     def make_robust(
         self,
@@ -931,23 +908,59 @@ class KeyedGenerators:
             show_progress=show_progress,
         )
 
-    # ------------------------------------------------------------------------------------------- load
+    # ------------------------------------------------------------------------------------- save / open
+
+    def _payload(self) -> ArtifactPayload:
+        return ArtifactPayload(config=self.config, state={k: v for k, v in self.manifest.items() if k != "config"})
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Copy the family (root, keys, user and plain models, manifest) into ``folder``; returns it.
+
+        Raises:
+            ConfigError: ``folder`` is a file or holds another artefact than a keyed family (nothing is written).
+        """
+        out = Path(folder)
+        check_output_folder(out, accept={"keyed family"})
+        if out.resolve() != self.folder.resolve():
+            save_checkpoint(out / ROOT_DIR, "gan", {"generator": self.root}, self.root.config)
+            for member, key, user in zip(self.manifest["members"], self.keys, self.users, strict=True):
+                save_tensors(out / member["key"], {"key": key.detach().cpu()})
+                save_checkpoint(out / member["user"], "gan", {"generator": user}, self.root.config)
+                if member["plain"] != member["user"] and is_checkpoint(self.folder / member["plain"]):
+                    _copy_checkpoint(self.folder / member["plain"], out / member["plain"])
+        return super().save_pretrained(out)
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> KeyedGenerators:
-        """Open a finished family folder.
+    def from_pretrained(
+        cls, folder: str | Path, wrapped: Any = None, *, device: str | torch.device = "cpu"
+    ) -> Self:
+        """Open a finished family folder (also one written before the artefact format, with ``manifest.json``).
+
+        Args:
+            folder: The family folder.
+            wrapped: Unused (a family holds its root model).
+            device: Where to load the models and keys.
 
         Raises:
             CheckpointError: If the folder, its manifest or a member's file is missing or unreadable, or the
                 family is not finished (run :meth:`create` on it again to finish it).
         """
-        folder = Path(folder)
-        manifest = _read_manifest(folder)
-        if manifest is None:
+        record = _read_record(Path(folder))
+        if record is None:
             raise CheckpointError(
-                f"{folder} is not a keyed family: {folder / MANIFEST_FILE} is missing. Build one with "
+                f"{folder} is not a keyed family: {Path(folder) / CONFIG_FILE} is missing. Build one with "
                 "'genprov keyed create' or KeyedGenerators.create."
             )
+        return cls._open(record, device)
+
+    @classmethod
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        return cls._open(record, "cpu")
+
+    @classmethod
+    def _open(cls, record: ArtifactRecord, device: str | torch.device) -> Self:
+        folder = record.folder
+        manifest = {**record.state, "config": record.config}
         config = KeyedGeneratorsConfig.from_dict(manifest["config"])
         unfinished = [m["index"] for m in manifest["members"] if not m.get("done")]
         if unfinished or not manifest.get("complete"):
@@ -959,7 +972,7 @@ class KeyedGenerators:
         if not is_checkpoint(root_dir):
             raise CheckpointError(f"The family in {folder} is incomplete: its root model {root_dir} is missing.")
         root, _ = _load_root(load_checkpoint(root_dir, device=device))
-        if generator_fingerprint(root) != manifest["root"]["fingerprint"]:
+        if module_fingerprint(root) != manifest["root"]["fingerprint"]:
             raise CheckpointError(
                 f"{root_dir} does not match the root model the family was trained from (fingerprint differs); "
                 "was it replaced? Rebuild the family."
@@ -990,7 +1003,7 @@ class KeyedGenerators:
 
 def _check_base(base: KeyedGenerators, root: Generator, config: KeyedGeneratorsConfig, n_keys: int) -> None:
     """Raise :class:`StoreMismatchError` unless ``base`` can seed a family of ``root`` with ``config``."""
-    if generator_fingerprint(base.root) != generator_fingerprint(root):
+    if module_fingerprint(base.root) != module_fingerprint(root):
         raise StoreMismatchError(f"The base family {base.folder} was built from another root model.")
     if base.n_keys < n_keys:
         raise StoreMismatchError(f"The base family {base.folder} has {base.n_keys} keys; {n_keys} were asked for.")
@@ -1002,17 +1015,40 @@ def _check_base(base: KeyedGenerators, root: Generator, config: KeyedGeneratorsC
         )
 
 
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    path = folder / MANIFEST_FILE
+def _legacy_manifest(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """A family of the layout before the artefact format (``manifest.json``, version 1) as a ``config.json``."""
+    path = folder / LEGACY_MANIFEST
     if not path.is_file():
         return None
     try:
         data = read_json(path)
     except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
         raise CheckpointError(f"Cannot read {path}: {err}. The family manifest is corrupted.") from err
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a keyed-family manifest (format {_FORMAT!r}).")
-    return data
+    if not isinstance(data, dict) or data.get("format") != _LEGACY_FORMAT:
+        raise CheckpointError(f"{path} is not a keyed-family manifest (format {_LEGACY_FORMAT!r}).")
+    if data.get("version", 1) != 1:
+        raise CheckpointError(
+            f"{path} has keyed-family manifest version {data['version']!r}; this genprov reads version 1 and the "
+            "artefact format. Open it with the genprov that wrote it, or rebuild the family."
+        )
+    state = {k: v for k, v in data.items() if k not in ("format", "version", "config")}
+    return {"kind": _KIND, "method": KeyedGenerators.name, "config": data.get("config"), "state": state}, {}
+
+
+KeyedGenerators.legacy_layout = _legacy_manifest
+
+
+def _read_record(folder: Path) -> ArtifactRecord | None:
+    """The family's artefact record (``None``: no family there, neither ``config.json`` nor ``manifest.json``)."""
+    if not (folder / CONFIG_FILE).is_file() and not (folder / LEGACY_MANIFEST).is_file():
+        return None
+    return read_artifact(folder, _KIND, legacy_layout=_legacy_manifest)[0]
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of the family in ``folder`` (its recorded state plus ``"config"``), or ``None``."""
+    record = _read_record(folder)
+    return None if record is None else {**record.state, "config": record.config}
 
 
 class _Builder:
@@ -1037,7 +1073,7 @@ class _Builder:
         self.base = base
         self.show_progress = show_progress
         self.gan: GANConfig = root.config
-        self.root_fp = generator_fingerprint(root)
+        self.root_fp = module_fingerprint(root)
         self.data_fp = _fingerprint_tensor(real)
         self.source = source
         self._g0_pool: Tensor | None = None
@@ -1047,8 +1083,6 @@ class _Builder:
 
     def _fresh_manifest(self) -> dict[str, Any]:
         return {
-            "format": _FORMAT,
-            "version": _VERSION,
             "complete": False,
             "n_keys": self.n_keys,
             "config": self.config.to_dict(),
@@ -1086,7 +1120,13 @@ class _Builder:
         return manifest
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_json(self.out / MANIFEST_FILE, manifest)
+        write_artifact(
+            self.out,
+            kind=_KIND,
+            method=KeyedGenerators.name,
+            class_name=KeyedGenerators.__name__,
+            payload=ArtifactPayload(config=self.config, state={k: v for k, v in manifest.items() if k != "config"}),
+        )
 
     def _member(self, manifest: dict[str, Any], index: int) -> dict[str, Any]:
         members: list[dict[str, Any]] = manifest["members"]

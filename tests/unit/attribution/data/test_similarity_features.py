@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from genprov.attribution.data.features import (
+from genprov.attribution.data.extractors import (
     BACKBONES,
     FEATURE_EXTRACTORS,
     ClassifierExtractor,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genprov.attribution.model.base import threshold_at_fnr
 from genprov.attribution.model.detectors import DETECTORS, DeepSAD, DeepSADConfig, DeepSADNet
 from genprov.eval import roc_auc
-from genprov.eval import threshold_at_fnr as eval_threshold_at_fnr
 from genprov.exceptions import ConfigError, DataError, NotFittedError
+from genprov.metrics import threshold_at_fnr
 
 FAST = DeepSADConfig(widths=(16,), rep_dim=8, n_epochs=15, lr=1e-3, lr_milestones=(10,), batch_size=64)
 
@@ -69,12 +68,6 @@ def test_same_seed_same_scores_and_state_round_trip() -> None:
     restored = DeepSAD(FAST.replace(n_epochs=3))
     restored.restore(meta, tensors)
     torch.testing.assert_close(restored.score(other), a.score(other))
-
-
-def test_threshold_matches_eval() -> None:
-    scores = torch.round(torch.randn(101, generator=torch.Generator().manual_seed(5)), decimals=1)
-    for fnr in (0.0, 0.005, 0.05, 0.3):
-        assert threshold_at_fnr(scores, fnr) == pytest.approx(eval_threshold_at_fnr(scores, fnr))
 
 
 def test_registry_and_errors() -> None:

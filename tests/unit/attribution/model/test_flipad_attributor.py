@@ -134,21 +134,21 @@ def test_any_module_with_named_final_layer_and_activation() -> None:
 def test_save_and_load_round_trip(tiny_gan: nn.Module, tmp_path: Path) -> None:
     own, real = samples(tiny_gan, 40, seed=1), _noise_images(30, (1, 8, 8), 2)
     flipad = FinalLayerInversionAttributor(tiny_gan, FAST).fit(own, negatives=real)
-    flipad.save(tmp_path / "det")
+    flipad.save_pretrained(tmp_path / "det")
     assert {p.name for p in (tmp_path / "det").iterdir()} == {"config.json", "state.safetensors"}
-    loaded = ModelAttributor.load(tmp_path / "det", tiny_gan)
+    loaded = ModelAttributor.from_pretrained(tmp_path / "det", tiny_gan)
     assert isinstance(loaded, FinalLayerInversionAttributor)
     assert loaded.config == flipad.config
     assert loaded.threshold_ == flipad.threshold_
     torch.testing.assert_close(loaded.score_samples(real), flipad.score_samples(real))
-    torch.testing.assert_close(FinalLayerInversionAttributor.load(tmp_path / "det", tiny_gan).anchor_, flipad.anchor_)
+    torch.testing.assert_close(FinalLayerInversionAttributor.from_pretrained(tmp_path / "det", tiny_gan).anchor_, flipad.anchor_)
     with pytest.raises(CheckpointError, match="needs the generator"):
-        ModelAttributor.load(tmp_path / "det")
+        ModelAttributor.from_pretrained(tmp_path / "det")
     other = type(tiny_gan)(tiny_gan.config)
     with pytest.raises(CheckpointError, match="differs from the one"):
-        ModelAttributor.load(tmp_path / "det", other)
+        ModelAttributor.from_pretrained(tmp_path / "det", other)
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
-        ModelAttributor.load(tmp_path / "nowhere", tiny_gan)
+        ModelAttributor.from_pretrained(tmp_path / "nowhere", tiny_gan)
 
 
 def test_config_round_trip_and_validation() -> None:
@@ -195,7 +195,7 @@ def test_input_errors_and_not_fitted(tiny_gan: nn.Module) -> None:
         with pytest.raises(NotFittedError, match="fit"):
             call(x)
     with pytest.raises(NotFittedError):
-        flipad.save("unused")
+        flipad.save_pretrained("unused")
     with pytest.raises(DataError, match="at least 2 for training"):
         flipad.fit(x[:2])
     with pytest.raises(DataError, match=r"values in \[-1.0, 1.0\]"):

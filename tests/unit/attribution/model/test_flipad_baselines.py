@@ -19,7 +19,7 @@ from genprov.attribution.model import (
     RawPixelAttributor,
 )
 from genprov.attribution.model.baselines import dct2
-from genprov.attribution.model.features import reduce_spatial
+from genprov.attribution.model.feature_attributor import reduce_spatial
 from genprov.data import gaussian_blur
 from genprov.eval import roc_auc
 from genprov.exceptions import ConfigError, NotFittedError
@@ -73,8 +73,8 @@ def test_feature_baselines_separate_a_pattern(cls: type, tmp_path: Path) -> None
     att = cls(None, cls.config_class(detector=FAST_DETECTOR.replace(n_epochs=10), holdout_fraction=0.25))
     att.fit(own[:80], negatives=other[:60])
     assert roc_auc(att.score_samples(own[80:]), att.score_samples(other[60:])) > 0.9
-    att.save(tmp_path / cls.name)
-    loaded = ModelAttributor.load(tmp_path / cls.name)
+    att.save_pretrained(tmp_path / cls.name)
+    loaded = ModelAttributor.from_pretrained(tmp_path / cls.name)
     torch.testing.assert_close(loaded.score_samples(other[60:]), att.score_samples(other[60:]))
 
 
@@ -83,9 +83,9 @@ def test_prnu_fingerprint_correlation(tmp_path: Path) -> None:
     prnu = PRNUAttributor(None).fit(own[:80])
     assert prnu.fingerprint_.shape == (1, 8, 8)
     assert roc_auc(prnu.score_samples(own[80:]), prnu.score_samples(other[60:])) > 0.95
-    prnu.save(tmp_path / "prnu")
+    prnu.save_pretrained(tmp_path / "prnu")
     torch.testing.assert_close(
-        ModelAttributor.load(tmp_path / "prnu").score_samples(other[:4]), prnu.score_samples(other[:4])
+        ModelAttributor.from_pretrained(tmp_path / "prnu").score_samples(other[:4]), prnu.score_samples(other[:4])
     )
 
 

@@ -128,12 +128,12 @@ def test_family_attributes_a_mixed_batch(family: KeyedGenerators, real: torch.Te
     assert result.responses.shape == (3 * n, 2)
     angles = family.angles()
     assert angles[0, 1] == pytest.approx(90.0, abs=1e-3)
-    manifest = json.loads((family.folder / "manifest.json").read_text())
+    manifest = json.loads((family.folder / "config.json").read_text())["state"]
     assert manifest["complete"] and len(manifest["threshold_angles"]) == 2
 
 
 def test_save_load_round_trip(family: KeyedGenerators) -> None:
-    loaded = KeyedGenerators.load(family.folder)
+    loaded = KeyedGenerators.from_pretrained(family.folder)
     assert torch.equal(loaded.keys, family.keys)
     assert loaded.config == family.config
     assert torch.equal(loaded.sample(1, 8, seed=3), family.sample(1, 8, seed=3))
@@ -143,17 +143,18 @@ def test_save_load_round_trip(family: KeyedGenerators) -> None:
 def test_resume_and_grow(tmp_path: Path, root_dir: Path, real: torch.Tensor, family: KeyedGenerators) -> None:
     out = tmp_path / "fam"
     shutil.copytree(family.folder, out)
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest_path = out / "config.json"
+    record = json.loads(manifest_path.read_text())
+    manifest = record["state"]
     manifest["complete"] = False  # as if interrupted during user model 1
     manifest["members"][1]["stages"] = ["key"]
     manifest["members"][1]["done"] = False
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps(record))
     shutil.rmtree(out / "users" / "user-001")
     key_bytes = (out / "keys" / "key-001.safetensors").read_bytes()
     user0_bytes = (out / "users" / "user-000" / "model.safetensors").read_bytes()
     with pytest.raises(CheckpointError, match="not finished"):
-        KeyedGenerators.load(out)
+        KeyedGenerators.from_pretrained(out)
 
     resumed = KeyedGenerators.create(root_dir, 3, FAST, out=out, real=real)  # finishes member 1, adds member 2
     assert resumed.n_keys == 3
@@ -199,16 +200,16 @@ def test_clear_errors(tmp_path: Path, family: KeyedGenerators, real: torch.Tenso
         family.attribute(torch.zeros(2, 1, 16, 16))
     with pytest.raises(DataError, match="unsqueeze"):
         family.attribute(torch.zeros(1, 8, 8))
-    with pytest.raises(CheckpointError, match=r"manifest\.json is missing"):
-        KeyedGenerators.load(tmp_path)
+    with pytest.raises(CheckpointError, match=r"not a keyed family: .*config\.json is missing"):
+        KeyedGenerators.from_pretrained(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(family.folder, broken)
     (broken / "users" / "user-001" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="user model 1"):
-        KeyedGenerators.load(broken)
+        KeyedGenerators.from_pretrained(broken)
     (broken / "keys" / "key-000.safetensors").unlink()
     with pytest.raises(CheckpointError, match="key 0"):
-        KeyedGenerators.load(broken)
+        KeyedGenerators.from_pretrained(broken)
     other_root = tmp_path / "other-root"
     save_checkpoint(other_root, "gan", {"generator": _tiny_generator(seed=1)}, TINY)
     with pytest.raises(StoreMismatchError, match="different root model"):
@@ -219,4 +220,4 @@ def test_clear_errors(tmp_path: Path, family: KeyedGenerators, real: torch.Tenso
     shutil.copytree(family.folder, replaced)
     save_checkpoint(replaced / "root", "gan", {"generator": _tiny_generator(seed=2)}, TINY)
     with pytest.raises(CheckpointError, match="does not match the root model"):
-        KeyedGenerators.load(replaced)
+        KeyedGenerators.from_pretrained(replaced)

@@ -1,4 +1,4 @@
-"""LDS evaluation of TRAK scores (``genprov.experiments.dtrak``): oracles, held-out lambda, ceiling, losses."""
+"""LDS and counterfactual evaluation (``genprov.eval.lds``): oracles, held-out lambda, ceiling, losses."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from genprov.exceptions import DataError
-from genprov.experiments.dtrak import (
-    DTRAKExperimentConfig,
+from genprov.eval.lds import (
     EvalDraws,
     LDSBenchmark,
+    counterfactual_metrics,
+    counterfactual_removals,
     evaluate_lds,
-    influence_gallery,
     measure_losses,
     noise_ceiling,
     pixel_similarity,
 )
+from genprov.exceptions import DataError
 from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_loss
+from genprov.report import Gallery
 from genprov.utils.seeding import numpy_rng
 
 
@@ -102,14 +103,34 @@ def test_pixel_similarity_and_gallery() -> None:
     train = torch.rand(6, 1, 8, 8) * 2 - 1
     scores = pixel_similarity(train[[2]], train)
     assert scores.argmax() == 2 and scores[0, 2] == 0
-    gallery = influence_gallery(train[2], train, scores[0], k_positive=3, k_negative=2)
+    gallery = Gallery.influence(train[2], train, scores[0], k_positive=3, k_negative=2)
     assert gallery.rows[0].items[0].caption == "#2" and len(gallery.rows[1].items) == 2
 
 
-def test_experiment_config_presets() -> None:
-    quick = DTRAKExperimentConfig.from_dict({"quick": True, "n_train": 50})
-    assert quick.preset == "tiny" and quick.n_train == 50 and quick.n_workers == 1
-    full = DTRAKExperimentConfig.preset_for("digits")
-    assert full.preset == "small" and full.n_subsets == 32
-    assert DTRAKExperimentConfig.from_dict({"data": "mnist"}).image_size == 16
-    assert DTRAKExperimentConfig.from_dict(full.to_dict()) == full
+def test_counterfactual_removals_take_each_methods_top_k_and_a_seeded_random_k() -> None:
+    scores = np.array([[0.0, 3.0, 1.0, 2.0], [5.0, 4.0, 3.0, 2.0], [1.0, 1.0, 0.0, 9.0]])
+    removals = counterfactual_removals({"A": scores, "B": -scores}, [2, 0], k=2, n_train=4, seed=3)
+    assert list(removals) == ["random", "A", "B"]
+    np.testing.assert_array_equal(removals["A"][0], [3, 0])  # query column 2: 9 first, then the tie 1, 1 by index
+    np.testing.assert_array_equal(removals["A"][1], [1, 3])
+    np.testing.assert_array_equal(removals["B"][1], [0, 2])
+    again = counterfactual_removals({"A": scores}, [2, 0], k=2, n_train=4, seed=3)["random"]
+    for mine, other in zip(removals["random"], again, strict=True):
+        assert len(set(mine.tolist())) == 2
+        np.testing.assert_array_equal(mine, other)
+    with pytest.raises(DataError, match="k"):
+        counterfactual_removals({"A": scores}, [0], k=4, n_train=4, seed=0)
+
+
+def test_counterfactual_metrics_measure_how_far_the_regenerated_images_moved() -> None:
+    originals = torch.zeros(3, 1, 2, 2)
+    moved = originals.clone()
+    moved[:, 0, 0, 0] = torch.tensor([1.0, 2.0, 3.0])  # l2 distances 1, 2, 3
+    out = counterfactual_metrics(originals, {"same": originals, "moved": moved}, lambda x: x + 1.0, seed=0, n_boot=20)
+    assert out["same"]["per_query_l2"] == [0.0, 0.0, 0.0]
+    assert out["same"]["feature_cosine"]["mean"] == pytest.approx(1.0)
+    assert out["moved"]["per_query_l2"] == pytest.approx([1.0, 2.0, 3.0])
+    assert out["moved"]["pixel_l2"]["mean"] == pytest.approx(2.0)
+    assert out["moved"]["feature_cosine"]["mean"] < 1.0
+    with pytest.raises(DataError, match="shape"):
+        counterfactual_metrics(originals, {"bad": moved[:2]}, lambda x: x, seed=0, n_boot=5)

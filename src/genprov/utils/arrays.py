@@ -1,4 +1,4 @@
-"""Input conversion and checks shared by the metric modules (private).
+"""Input conversion and checks shared by the metric functions (:mod:`genprov.metrics`, :mod:`genprov.eval`).
 
 Metrics accept torch tensors, numpy arrays or plain sequences; these helpers turn them into float64 (or
 bool / int64) numpy arrays and raise :class:`~genprov.exceptions.DataError` naming the argument, what
