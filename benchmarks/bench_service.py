@@ -45,8 +45,8 @@ def _workspace(folder: Path, n_index: int) -> tuple[Path, list[bytes], str]:
     from genprov.app.register import add_similarity, add_trak
     from genprov.app.workspace import Workspace
     from genprov.attribution.data import TRAKAttributor, TRAKConfig
+    from genprov.attribution.data.index_folder import build_similarity_index
     from genprov.data import load_dataset, to_uint8
-    from genprov.experiments.similarity import build_similarity_index
     from genprov.models.diffusion import DDPMConfig
     from genprov.models.training import default_train_config, train_ddpm
 

@@ -92,14 +92,11 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_classifier(CLF_CFG, default_train_config(CLF_CFG, n_steps=2, batch_size=8), digits, root / "clf")
     train_ddpm(DDPM_CFG, default_train_config(DDPM_CFG, n_steps=2, batch_size=8), digits, root / "ddpm")
     detector = FinalLayerInversionAttributor(
-        gan.model,
+        load_checkpoint(root / "gan").model,  # reopened, so the detector records where its generator lives
         FinalLayerInversionAttributorConfig.from_dict({"max_iter": 10, "detector": {"n_epochs": 1, "widths": [4]}}),
     )
     detector.fit(png_roundtrip(sample(gan.model, 40, seed=1)), negatives=digits.images[:40])
-    detector.save_pretrained(root / "detector")
-    (root / "detector" / "cli.json").write_text(
-        json.dumps({"generator": str(root / "gan"), "method": "flipad", "image_size": 8, "channels": 1})
-    )
+    detector.save_pretrained(root / "detector")  # its config.json records the generator (root / "gan")
     store = _cli(
         "trak", "featurize", "--model", root / "ddpm", "--data", "digits", "--store", root / "store", *TRAK_FAST
     )
@@ -269,7 +266,9 @@ def test_library_saves_refuse_another_kind(unchanged: Path) -> None:
     with pytest.raises(ConfigError, match="already holds a gan checkpoint"):
         save_checkpoint(unchanged / "gan", "classifier", clf.modules, clf.model_config)
     with pytest.raises(ConfigError, match="already holds a classifier checkpoint"):
-        FinalLayerInversionAttributor.from_pretrained(unchanged / "detector", gan.model).save_pretrained(unchanged / "clf")
+        FinalLayerInversionAttributor.from_pretrained(unchanged / "detector", gan.model).save_pretrained(
+            unchanged / "clf"
+        )
     with pytest.raises(ConfigError, match="already holds a gan checkpoint"):
         FeatureStore.create(unchanged / "gan", n_rows=4, arrays={"features": 2}, spec={})
     with pytest.raises(ConfigError, match="already holds a flipad detector"):

@@ -32,11 +32,12 @@ from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
 from genprov.app.workspace import Workspace
+from genprov.attribution.model import ModelAttributor
 from genprov.cli.common import handle_errors, os_error_message, out_of_memory_message
 from genprov.cli.main import app
 from genprov.data import load_image, load_images
 from genprov.exceptions import ConfigError, DataError
-from genprov.models.checkpoints import save_checkpoint
+from genprov.models.checkpoints import load_checkpoint, save_checkpoint
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 
 GENPROV = Path(sys.executable).with_name("genprov")
@@ -173,13 +174,14 @@ def public_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def artefacts(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A flipad detector (with its CLI sidecar), a keyed family, a similarity index and a classifier, all 8x8."""
+    """A flipad detector (its config.json records its generator), a keyed family, a similarity index and a
+    classifier, all 8x8."""
     runs = tiny_workspace.parent / "runs"
     root = tmp_path_factory.mktemp("hostile-artefacts")
     detector = root / "detector"
-    shutil.copytree(runs / "detector", detector)
-    sidecar = {"generator": str(runs / "gan"), "method": "flipad", "image_size": 8, "channels": 1}
-    (detector / "cli.json").write_text(json.dumps(sidecar))
+    shutil.copytree(runs / "gan", root / "gan")
+    generator = load_checkpoint(root / "gan").model  # reopened: the detector saved below records its checkpoint
+    ModelAttributor.from_pretrained(runs / "detector", generator).save_pretrained(detector)  # as 'flipad fit' does
     cfg = ClassifierConfig(width=4, feature_dim=8)
     save_checkpoint(root / "classifier", "classifier", {"classifier": CNNClassifier(cfg)}, cfg)
     return {
@@ -686,7 +688,7 @@ def test_a_crafted_entry_name_never_leads_outside_the_workspace(workspace_copy: 
     assert (victim / "data.txt").read_text() == "precious\n"
 
 
-@pytest.mark.parametrize("marker", ["config.json", "cli.json"])
+@pytest.mark.parametrize("marker", ["config.json", "state.safetensors"])
 def test_an_unreadable_artefact_is_a_permission_problem_not_corruption(
     artefacts: dict[str, Path], public_tmp: Path, marker: str
 ) -> None:
@@ -694,10 +696,7 @@ def test_an_unreadable_artefact_is_a_permission_problem_not_corruption(
     root = public_tmp / f"unreadable-{marker}"
     folder, gan = root / "detector", root / "gan"
     shutil.copytree(artefacts["detector"], folder)
-    shutil.copytree(artefacts["gan"], gan)
-    (folder / "cli.json").write_text(
-        json.dumps({**json.loads((folder / "cli.json").read_text()), "generator": str(gan)})
-    )
+    shutil.copytree(artefacts["gan"], gan)  # the detector records its generator relative to itself
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     (folder / marker).chmod(0o600)

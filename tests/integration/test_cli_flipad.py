@@ -54,7 +54,7 @@ def test_fit_then_score(runner: CliRunner, gan: Path, tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["method"] == "flipad"
     assert summary["negatives"] == 90
-    assert {p.name for p in det.iterdir()} == {"config.json", "state.safetensors", "cli.json"}
+    assert {p.name for p in det.iterdir()} == {"config.json", "state.safetensors"}  # config.json records the generator
 
     result = runner.invoke(
         app, ["score", "--detector", str(det), str(own_dir), str(real_dir / "img_00000.png"), "--json"]

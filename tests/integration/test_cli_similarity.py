@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from genprov.cli.similarity import app
 from genprov.data import load_dataset, save_images
-from genprov.experiments.customization import CustomizationConfig, build_customizations
+from genprov.experiments.similarity import CustomizationConfig, build_customizations
 from genprov.models.classifiers import ClassifierConfig
 from genprov.models.diffusion import DDPM, DDPMConfig
 from genprov.models.training import default_train_config, train_classifier
@@ -52,10 +52,13 @@ def test_help_shows_examples() -> None:
 
 
 def test_index_records_how_to_rebuild(store: Path) -> None:
-    info = json.loads((store / "similarity.json").read_text())
-    assert info["extractor"] == "pixels" and info["image_size"] == 8 and info["channels"] == 1
+    record = json.loads((store / "config.json").read_text())
+    assert record["format"] == "genprov-artifact" and record["kind"] == "similarity-index"
+    info = record["state"]
+    assert info["extractor"]["name"] == "pixels" and info["image_shape"] == [1, 8, 8]
     assert info["data"] == {"name": "digits", "split": "train", "n": 30, "seed": 0, "resize": None, "data_root": None}
-    assert info["extractor_config"]["normalize"] is True and info["similarity_config"]["shard_size"] == 8
+    assert info["extractor"]["config"]["normalize"] is True and record["config"]["shard_size"] == 8
+    assert info["data_fingerprint"] and info["spec"]["extractor"]["extractor"] == "pixels"
     # the same command again reuses the finished index
     again = CliRunner().invoke(app, [*INDEX, "--extractor", "pixels", "--store", str(store), "--json"])
     assert again.exit_code == 0, again.output
@@ -120,10 +123,10 @@ def test_query_bad_files_and_stores_are_clear_errors(store: Path, queries: list[
     empty.mkdir()
     result = CliRunner().invoke(app, ["query", "--store", str(empty), str(queries[0]), "--out", out])
     assert result.exit_code == 2 and "is empty" in result.output
-    # an info file but no features yet (an interrupted build)
+    # a record but no features yet (an interrupted build)
     half = tmp_path / "half"
     half.mkdir()
-    (half / "similarity.json").write_text((store / "similarity.json").read_text())
+    (half / "config.json").write_text((store / "config.json").read_text())
     result = CliRunner().invoke(app, ["query", "--store", str(half), str(queries[0]), "--out", out])
     assert result.exit_code == 2 and "no features yet" in result.output
 
@@ -137,8 +140,10 @@ def test_classifier_checkpoint_index(queries: list[Path], tmp_path: Path) -> Non
     args = [*INDEX, "--extractor", "classifier", "--checkpoint", str(tmp_path / "clf"), "--store", str(folder)]
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    info = json.loads((folder / "similarity.json").read_text())
-    assert info["weights"] == str((tmp_path / "clf").resolve()) and info["data"]["resize"] == 8
+    info = json.loads((folder / "config.json").read_text())["state"]
+    assert (folder / info["extractor"]["weights"]).resolve() == (tmp_path / "clf").resolve()  # found by place...
+    assert info["spec"]["extractor"]["weights"]  # ...and checked by content
+    assert info["data"]["resize"] == 8
     out = tmp_path / "o"
     result = CliRunner().invoke(app, ["query", "--store", str(folder), str(queries[0]), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
@@ -164,7 +169,7 @@ def test_tune_then_tuned_index_is_calibrated(queries: list[Path], tmp_path: Path
         app, [*INDEX, "--extractor", "simclr", "--store", str(untuned), "--set", "steps=2", "--set", "width=4"]
     )
     assert result.exit_code == 0, result.output
-    assert (untuned / "simclr.safetensors").is_file()  # trained on the training set and kept
+    assert (untuned / "simclr" / "config.json").is_file()  # trained on the training set and kept (an artefact)
     mapper = tmp_path / "mapper.safetensors"
     args = ["tune", "--store", str(untuned), "--customizations", str(bench), "--out", str(mapper)]
     result = CliRunner().invoke(app, [*args, "--set", "max_steps=4", "--set", "eval_every=2", "--grid", "--json"])
@@ -173,7 +178,7 @@ def test_tune_then_tuned_index_is_calibrated(queries: list[Path], tmp_path: Path
     assert summary["roles"]["tune"] >= 1 and summary["roles"]["val"] >= 1 and summary["calibration"]["inv_tau"] > 0
     assert summary["chosen"]["lr"] in (1e-3, 1e-4, 1e-5)
     tuned = tmp_path / "tuned"
-    weights = str(untuned / "simclr.safetensors")
+    weights = str(untuned / "simclr")
     args = [*INDEX, "--extractor", "simclr", "--checkpoint", weights, "--mapper", str(mapper), "--store", str(tuned)]
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
@@ -188,4 +193,4 @@ def test_tune_then_tuned_index_is_calibrated(queries: list[Path], tmp_path: Path
     bad = CliRunner().invoke(app, [*again, "--out", str(tmp_path / "m2.safetensors")])
     assert bad.exit_code == 2 and "already a tuned index" in bad.output
     taken = CliRunner().invoke(app, [*again, "--out", str(mapper)])
-    assert taken.exit_code == 2 and "is an existing file" in taken.output
+    assert taken.exit_code == 2 and "already holds a linear feature mapper" in taken.output

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 
 from genprov.experiments import run_experiment
-from genprov.experiments.flipad import METHODS
+from genprov.experiments.flipad import METHODS, FlipadResult
 
 pytestmark = pytest.mark.slow
 
 
-def test_quick_reproduction_writes_results_and_report(tmp_path: Path) -> None:
+def test_quick_reproduction_writes_results_and_report(tmp_path: Path, file_mtimes) -> None:
     results = run_experiment("flipad", {"data": "digits", "seed": 0, "quick": True}, tmp_path, show_progress=False)
     assert (tmp_path / "report.html").is_file()
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["headline"] == json.loads(json.dumps(results["headline"]))
+    assert isinstance(results, FlipadResult) and results.to_dict() == saved
     assert set(saved["table1"]) == {"dcgan", "wgan-gp", "lsgan", "ebgan"}
     for owner in saved["table1"].values():
         assert set(owner) == set(METHODS)
@@ -28,9 +28,12 @@ def test_quick_reproduction_writes_results_and_report(tmp_path: Path) -> None:
     assert saved["table2"]["dcgan"]["flipad"]
     assert set(saved["table3"]) == {"noise-0.1", "jpeg-80"}
     assert set(saved["table5"]["wine"]) == {"wgan-gp", "dcgan"}
-    assert any(row["chosen"] for row in saved["study"])
+    assert any(row.chosen for row in results.study)
     # FLIPAD separates the owner's samples from real digits
-    assert saved["table1"]["dcgan"]["flipad"]["real"]["auc"] > 0.9
-    # a second run reuses the cached models
+    assert results.table1["dcgan"]["flipad"].per_source["real"].auc > 0.9
+    # a second run reuses the cached models (no weights file rewritten) and measures the same numbers
+    models = file_mtimes(tmp_path / "models", "*.safetensors")
+    assert models
     again = run_experiment("flipad", {"data": "digits", "seed": 0, "quick": True}, tmp_path, show_progress=False)
-    assert again["timings_s"]["train_gans"] < results["timings_s"]["train_gans"]
+    assert file_mtimes(tmp_path / "models", "*.safetensors") == models
+    assert isinstance(again, FlipadResult) and again.table1 == results.table1

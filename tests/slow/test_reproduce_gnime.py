@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import genprov.experiments.gnime  # noqa: F401  (registers the experiment)
+from genprov.eval.stats import MeanCI
 from genprov.experiments.base import run_experiment
-from genprov.experiments.gnime import privacy_section
+from genprov.experiments.gnime import GNIMEResult, privacy_section
 from genprov.experiments.quickstart import DemoConfig, DemoContext
 
 pytestmark = pytest.mark.slow
@@ -31,14 +32,14 @@ def _data_root() -> Path | None:
     return None
 
 
-def _mean(row: dict[str, object], key: str) -> float:
-    value = row[key]
-    assert isinstance(value, dict)
-    return float(value["mean"])
+def _mean(value: object) -> float:
+    assert isinstance(value, MeanCI)
+    return value.mean
 
 
 def test_full_digits_reproduction(tmp_path: Path) -> None:
     results = run_experiment("gnime", {"data": "digits", "seed": 0, "explainer": "gradient"}, tmp_path)
+    assert isinstance(results, GNIMEResult)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "report.html").is_file()
     assert saved["classifier_test_accuracy"]["victim"] > 0.9 and saved["classifier_test_accuracy"]["evaluator"] > 0.9
@@ -47,18 +48,18 @@ def test_full_digits_reproduction(tmp_path: Path) -> None:
     assert expmi["mse"]["mean"] < predmi["mse"]["mean"]
     assert expmi["tca"]["mean"] >= predmi["tca"]["mean"] - 0.05
     for threat in ("non-adaptive", "adaptive"):
-        clean, rnd, gnime, _ = saved["table"][threat]
+        clean, rnd, gnime = (results.row(threat, a) for a in ("ExpMI (no defense)", "RND", "GNIME"))
         # RND is matched to GNIME's distortion (measured on the defender's data; the test split is close)
-        assert _mean(rnd, "distortion") == pytest.approx(_mean(gnime, "distortion"), rel=0.3)
+        assert _mean(rnd.distortion) == pytest.approx(_mean(gnime.distortion), rel=0.3)
         # a defense never helps the attacker by much
-        assert _mean(gnime, "mse") >= _mean(clean, "mse") * 0.9
+        assert _mean(gnime.mse) >= _mean(clean.mse) * 0.9
     # against the non-adaptive attacker GNIME at the paper's weight pushes the error up
-    assert _mean(saved["table"]["non-adaptive"][2], "mse") > expmi["mse"]["mean"]
+    assert _mean(results.row("non-adaptive", "GNIME").mse) > expmi["mse"]["mean"]
     # the adaptive attacker at the largest distortion is near the PredMI floor, not far beyond it
     last = saved["sweep"][-1]
     assert last["gnime"]["adaptive"]["mse"]["mean"] <= predmi["mse"]["high"] * 1.25
     assert len(saved["sweep"]) == 5 and saved["finding"]["text"]
-    assert results["finding"]["text"] == saved["finding"]["text"]
+    assert results.finding.text == saved["finding"]["text"]
 
 
 @pytest.mark.skipif(_data_root() is None, reason="needs the Olivetti faces (GENPROV_DATA or ../shared/data)")
@@ -69,7 +70,7 @@ def test_quick_olivetti_per_identity(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["splits"] == {"defender": 200, "attacker_train": 120, "attacker_val": 40, "test": 40}
     assert saved["n_classes"] == 40
-    tca = saved["table"]["adaptive"][0]["tca"]
+    tca = next(r for r in saved["table"]["adaptive"] if r["attack"] == "ExpMI (no defense)")["tca"]
     assert tca["low"] <= tca["mean"] <= tca["high"]
 
 

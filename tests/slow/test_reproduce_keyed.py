@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from genprov.experiments.base import run_experiment
-from genprov.experiments.keyed import keyed_section
+from genprov.experiments.keyed import KeyedResult, keyed_section
 from genprov.experiments.quickstart import DemoConfig, DemoContext
 
 pytestmark = pytest.mark.slow
@@ -16,22 +16,23 @@ pytestmark = pytest.mark.slow
 
 def test_quick_reproduction(tmp_path: Path, file_mtimes) -> None:
     results = run_experiment("keyed", {"data": "digits", "seed": 0, "quick": True}, tmp_path)
+    assert isinstance(results, KeyedResult)
     assert (tmp_path / "report.html").is_file()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["conditions"] == ["clean", "blur", "crop", "noise", "jpeg", "combination"]
     families = set(saved["metrics"])
     assert {"plain", "robust-blur", "robust-crop", "robust-noise", "robust-jpeg", "robust-combination"} <= families
     assert {"alternating", "robust-keys", "noise-margin", "compliance-margin"} <= families
-    clean = results["metrics"]["plain"]["clean"]
-    assert clean["attributability"] >= 0.95 and clean["distinguishability"] >= 0.95
-    assert clean["real_attributed_none"] >= 0.95
+    clean = results.metrics["plain"]["clean"]
+    assert clean.attributability >= 0.95 and clean.distinguishability >= 0.95
+    assert clean.real_attributed_none >= 0.95
     angles = saved["keys"]["angles_degrees"]
     assert abs(angles[0][1] - 90.0) < 1e-3
     # a second run reuses every cached model and family (no weights file rewritten)
     cached = file_mtimes(tmp_path, "*.safetensors")
     assert cached
     again = run_experiment("keyed", {"data": "digits", "seed": 0, "quick": True}, tmp_path)
-    assert again["metrics"]["plain"]["clean"] == results["metrics"]["plain"]["clean"]
+    assert isinstance(again, KeyedResult) and again.metrics["plain"]["clean"] == clean
     assert file_mtimes(tmp_path, "*.safetensors") == cached
 
 
@@ -40,4 +41,4 @@ def test_demo_section(tmp_path: Path) -> None:
     section = keyed_section(ctx)
     assert section.id == "keyed"
     assert 0.0 <= ctx.results["keyed"]["attributability"] <= 1.0
-    assert len(list((tmp_path / "models" / "keyed").glob("*/manifest.json"))) == 1
+    assert len(list((tmp_path / "models" / "keyed").glob("*/config.json"))) == 1

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import genprov.experiments.similarity  # noqa: F401  (registers the "similarity" experiment)
 from genprov.experiments.base import run_experiment
-from genprov.experiments.quickstart import DEMO_SECTIONS, DemoConfig, run_demo
-from genprov.experiments.similarity import similarity_section
+from genprov.experiments.quickstart import DemoConfig, run_demo
+from genprov.experiments.similarity import SimilarityResult  # registers the experiment and demo section
 
 pytestmark = pytest.mark.slow
 
@@ -26,25 +25,25 @@ pytestmark = pytest.mark.slow
 def test_full_digits_reproduction_supports_the_claims(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     out = Path(os.environ.get("GENPROV_SIMILARITY_OUT", str(tmp_path)))
-    results = run_experiment("similarity", {"data": "digits", "seed": 0}, out, show_progress=False)
+    result = run_experiment("similarity", {"data": "digits", "seed": 0}, out, show_progress=False)
+    assert isinstance(result, SimilarityResult)
     saved = json.loads((out / "results.json").read_text())
+    assert saved == result.to_dict()
     assert saved["experiment"] == "similarity" and saved["config"]["quick"] is False
-    strength = results["influence_strength"]
-    assert strength["exemplar_nn_rate"] > 0.2  # customization matters ...
-    assert strength["near_copy_rate"] < 0.25  # ... without copying
-    claims = results["claims"]
-    chance = claims["chance_mAP"]
-    for name, per in claims["per_extractor"].items():
-        assert per["untuned_mAP"] > 2 * chance, name  # every method well above chance
-        assert per["tuned_mAP"] > 2 * chance, name
-        assert per["control_mAP"] < 4 * chance, name  # the control stays near chance
-    assert {"pixels", "classifier", "simclr", "random-cnn"} <= set(claims["per_extractor"])
+    strength = result.influence_strength
+    assert strength.exemplar_nn_rate > 0.2  # customization matters ...
+    assert strength.near_copy_rate < 0.25  # ... without copying
+    claims = result.claims
+    chance = claims.chance_map
+    for name, per in claims.per_extractor.items():
+        assert per.untuned_map > 2 * chance, name  # every method well above chance
+        assert per.tuned_map > 2 * chance, name
+        assert per.control_map < 4 * chance, name  # the control stays near chance
+    assert {"pixels", "classifier", "simclr", "random-cnn"} <= set(claims.per_extractor)
     assert "Top-k with soft shares" in (out / "report.html").read_text()
 
 
 def test_demo_similarity_section(tmp_path: Path) -> None:
-    if "similarity" not in DEMO_SECTIONS:
-        DEMO_SECTIONS.register("similarity")(similarity_section)
     config = DemoConfig(quick=True, sections=("similarity",), n_samples=16)
     results = run_demo(config, tmp_path, show_progress=False)
     section = results["sections"]["similarity"]

@@ -34,8 +34,7 @@ from PIL import Image
 
 from genprov.app.workspace import MANIFEST, Entry, Workspace
 from genprov.attribution.data import TRAKAttributor, TRAKConfig
-from genprov.attribution.data.index_folder import attributor_from_info
-from genprov.attribution.data.similarity import SimilarityAttributor
+from genprov.attribution.data.similarity import PARTS, SimilarityAttributor
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
 from genprov.data import image_to_tensor, min_image_size, png_roundtrip
 from genprov.exceptions import CheckpointError, ConfigError, GenprovError
@@ -58,6 +57,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Largest accepted upload, in MB (``genprov serve --max-upload-mb``).
+DEFAULT_MAX_UPLOAD_MB = 10.0
 #: Worker threads of an :class:`AnalysisPool` (each loads its own copy of every entry).
 DEFAULT_WORKERS = 1
 #: Requests an :class:`AnalysisPool` lets wait beyond the running ones before answering "busy".
@@ -207,11 +208,14 @@ def _load_trak(ws: Workspace, entry: Entry) -> Analyzer:
 
 def _load_similarity(ws: Workspace, entry: Entry) -> Analyzer:
     base = ws.entry_dir(entry.name)
-    info = dict(entry.info)
-    for part in ("weights", "mapper"):
-        if info.get(part):
-            info[part] = str((base / "index" / info[part]) if info.get(f"{part}_in_index") else base / part)
-    attributor = attributor_from_info(info).fit(ws.train_images(entry.name), store=base / "index")
+    info = entry.info
+    moved = {
+        part: (base / "index" / str(info[part])) if info.get(f"{part}_in_index") else base / part
+        for part in PARTS
+        if info.get(part)
+    }
+    attributor = SimilarityAttributor.from_pretrained(base / "index", moved)
+    attributor.fit(ws.train_images(entry.name), store=attributor.index_)  # checks the training images
     return _SimilarityAnalyzer(entry, attributor)
 
 

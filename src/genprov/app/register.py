@@ -16,9 +16,11 @@ import torch
 from genprov.app.engine import ANALYZERS
 from genprov.app.workspace import TRAIN_IMAGES, Entry, Workspace
 from genprov.attribution.data.index_folder import read_index_info
-from genprov.attribution.model import KeyedGenerators
+from genprov.attribution.data.similarity import recorded_parts
+from genprov.attribution.model import KeyedGenerators, ModelAttributor
 from genprov.data import load_dataset
 from genprov.exceptions import CheckpointError, DataError, GenprovError
+from genprov.models.artifact import read_artifact
 from genprov.models.checkpoints import load_checkpoint
 from genprov.storage import FeatureStore
 from genprov.utils.artifacts import identify_artifact
@@ -38,29 +40,38 @@ def _verified(ws: Workspace, entry: Entry) -> Entry:
 
 
 def add_flipad(ws: Workspace, name: str, detector: str | Path, *, generator: str | Path | None = None) -> Entry:
-    """Register a detector written by ``genprov flipad fit`` (or ``ModelAttributor.save``) and its GAN.
+    """Register a detector written by ``genprov flipad fit`` (or ``save_pretrained``) and its GAN.
 
     Args:
         ws: The workspace.
         name: Entry name.
         detector: The detector folder.
-        generator: The GAN checkpoint folder (default: the one ``genprov flipad fit`` recorded).
+        generator: The GAN checkpoint folder (default: the one the detector's config.json records).
     """
     detector = Path(detector)
     found = identify_artifact(detector)
     if found is None or not found.kind.endswith(" detector"):
         holds = f"it holds {found.describe()}" if found else "no detector config.json in it"
         raise DataError(f"{detector} is not a detector ({holds}); fit one with 'genprov flipad fit'.")
-    recorded = detector / "cli.json"
     if generator is None:
-        if not recorded.is_file():
-            raise DataError(f"{detector} does not say which generator it is for; pass --generator.")
-        generator = Path(read_json(recorded)["generator"])
+        generator = _recorded_generator(detector)
     ckpt = load_checkpoint(generator)
     cfg = ckpt.model_config
     info = {"image_size": int(cfg.image_size), "channels": int(cfg.channels), "generator": str(generator)}  # type: ignore[attr-defined]
     entry = ws.add(name, "flipad", {"detector": detector, "generator": Path(generator)}, info)
     return _verified(ws, entry)
+
+
+def _recorded_generator(detector: Path) -> Path:
+    """The generator checkpoint a detector's config.json records (or, fitted before it did, its cli.json)."""
+    legacy = detector / "cli.json"
+    if legacy.is_file():
+        return Path(read_json(legacy)["generator"])
+    record, _ = read_artifact(detector, ModelAttributor.artifact_kind, legacy=ModelAttributor.legacy_formats)
+    checkpoint = (record.wraps.get("generator") or {}).get("checkpoint")
+    if not checkpoint:
+        raise DataError(f"{detector} does not say which generator it is for; pass --generator.")
+    return (detector / str(checkpoint)).resolve()
 
 
 def add_keyed(ws: Workspace, name: str, family: str | Path) -> Entry:
@@ -141,18 +152,23 @@ def add_similarity(
         data_root: Folder of dataset files, when the recorded training data is not built in.
     """
     store = Path(store)
-    info = read_index_info(store)
+    record = read_index_info(store)
+    channels, image_size, _ = (int(v) for v in record.state["image_shape"])
+    info: dict[str, Any] = {
+        "method": record.state.get("name"),
+        "extractor": record.state["extractor"]["name"],
+        "image_size": image_size,
+        "channels": channels,
+        "calibrated": record.state.get("calibration") is not None,
+        "data": record.state.get("data"),
+    }
     parts: dict[str, Path] = {"index": store}
-    for part in ("weights", "mapper"):
-        source = info.get(part)
-        if not source:
-            continue
-        source_path = Path(source).resolve()
-        if source_path.is_relative_to(store.resolve()):
-            info[part] = str(source_path.relative_to(store.resolve()))  # copied with the index
+    for part, source in recorded_parts(record).items():  # where each part lies in the entry's folder
+        if source.is_relative_to(store.resolve()):
+            info[part] = str(source.relative_to(store.resolve()))  # copied with the index
             info[f"{part}_in_index"] = True
         else:
-            parts[part] = source_path
+            parts[part] = source
             info[part] = part
-    images = train if train is not None else _recorded_images(info.get("data"), data_root, str(store))
+    images = train if train is not None else _recorded_images(info["data"], data_root, str(store))
     return _add_with_images(ws, name, "similarity", parts, info, images)

@@ -55,6 +55,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genprov.app.engine import (
+    DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_QUEUE,
     DEFAULT_WORKERS,
     AnalysisPool,
@@ -80,7 +81,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_MB = 10.0
 #: Longest accepted upload filename (it is shown on the result page).
 MAX_FILENAME_CHARS = 255
 _MULTIPART_SLACK = 64 * 1024  # multipart framing and small fields allowed beyond the image limit

@@ -36,7 +36,9 @@ def build_demo_workspace(out: Path, servable: list[dict[str, Any]], *, data: str
             examples[f"{name}-sample"] = sample(load_checkpoint(item["generator"]).model, 1, seed=seed + 1)
         elif kind == "keyed":
             add_keyed(ws, name, item["family"])
-            examples[f"{name}-user-0-sample"] = KeyedGenerators.from_pretrained(item["family"]).sample(0, 1, seed=seed + 1)
+            examples[f"{name}-user-0-sample"] = KeyedGenerators.from_pretrained(item["family"]).sample(
+                0, 1, seed=seed + 1
+            )
         elif kind == "trak":
             with np.load(item["train"], allow_pickle=False) as arrays:
                 train = torch.from_numpy(arrays["images"])

@@ -32,8 +32,8 @@ from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from genprov.models.gans import GANConfig
 from genprov.models.sampling import sample
-from genprov.utils.artifacts import check_output_folder
-from genprov.utils.io import atomic_write_json, read_json
+from genprov.utils.artifacts import check_output_folder, identify_artifact
+from genprov.utils.io import read_json
 
 app = typer.Typer(
     help="Single-model attribution with FLIPAD: fit a detector for your GAN, then ask whether images came from "
@@ -43,7 +43,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-CLI_FILE = "cli.json"
+#: Sidecar of detectors fitted before their config.json recorded the generator's checkpoint (read only).
+LEGACY_CLI_FILE = "cli.json"
 #: Method settings this command starts from where they differ from the config class's defaults.
 _COMMAND_SETTINGS: dict[str, dict[str, Any]] = {"flipad": FLIPAD_IMAGE_SETTINGS}
 _FLIPAD_SETTINGS_HELP = (
@@ -131,11 +132,7 @@ def fit_cmd(
         real_images = real_images[order]
     negative_images = png_roundtrip(torch.cat([real_images, *parts[1:]]))
     attributor.fit(own, negatives=negative_images)
-    attributor.save_pretrained(out)
-    atomic_write_json(
-        out / CLI_FILE,
-        {"generator": str(generator.resolve()), "method": method, "image_size": size, "channels": channels},
-    )
+    attributor.save_pretrained(out)  # its config.json records the generator's checkpoint
     summary = {
         "detector": str(out),
         "method": method,
@@ -149,14 +146,16 @@ def fit_cmd(
 
 
 def _load_detector(detector: Path) -> tuple[ModelAttributor, dict[str, Any]]:
-    info_path = detector / CLI_FILE
-    if not info_path.is_file():
-        raise CheckpointError(
-            f"{detector} is not a detector saved by 'genprov flipad fit' ({info_path} is missing). Fit one first."
-        )
-    info = read_json(info_path)
-    ckpt = _image_generator(Path(info["generator"]))
-    return ModelAttributor.from_pretrained(detector, ckpt.model), info
+    """The detector (its generator reopened from the checkpoint its config.json records) and its image size."""
+    if not (detector / "config.json").is_file():  # an unreadable one is reported by the reader as such
+        found = identify_artifact(detector)
+        holds = f"it holds {found.describe()}" if found else "no detector config.json in it"
+        raise CheckpointError(f"{detector} is not a detector ({holds}). Fit one first: 'genprov flipad fit'.")
+    legacy = detector / LEGACY_CLI_FILE
+    generator = _image_generator(Path(read_json(legacy)["generator"])).model if legacy.is_file() else None
+    attributor = ModelAttributor.from_pretrained(detector, generator)
+    channels, size = attributor.input_shape_[0], attributor.input_shape_[-1]
+    return attributor, {"method": attributor.name, "image_size": size, "channels": channels}
 
 
 @app.command("score")

@@ -19,7 +19,7 @@ from genprov.cli.common import (
     parse_sets,
 )
 from genprov.experiments import EXPERIMENTS, run_experiment
-from genprov.experiments.base import ExperimentConfig, ExperimentResult
+from genprov.experiments.base import ExperimentConfig
 from genprov.experiments.gnime import GNIMEExperimentConfig
 
 
@@ -51,10 +51,9 @@ def reproduce(
     config = {"data": data, "seed": seed, "quick": quick, **parse_sets(sets)}
     if explainer is not None:
         config["explainer"] = explainer
-    results = run_experiment(name, config, out, data_root=data_root)
+    result = run_experiment(name, config, out, data_root=data_root)
     if as_json:
-        # similarity and customization still return the results dict; the others a typed ExperimentResult
-        emit(results.to_dict() if isinstance(results, ExperimentResult) else results, as_json=True)
+        emit(result.to_dict(), as_json=True)
     else:
         console.print(f"[green]done:[/] {out / 'results.json'} and {out / 'report.html'}")
 

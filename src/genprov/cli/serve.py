@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from genprov.app.engine import DEFAULT_QUEUE, DEFAULT_WORKERS
+from genprov.app.engine import DEFAULT_MAX_UPLOAD_MB, DEFAULT_QUEUE, DEFAULT_WORKERS
 from genprov.app.results import DEFAULT_RESULTS_MAX_AGE_H, DEFAULT_RESULTS_MAX_MB
 from genprov.cli.common import console, handle_errors
 from genprov.exceptions import ConfigError, MissingDependencyError
@@ -31,7 +31,9 @@ def serve(
     workspace: Path = typer.Option(..., "--workspace", help="Workspace folder (genprov workspace add / genprov demo)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port (1-65535)."),
-    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload in MB (> 0)."),
+    max_upload_mb: float = typer.Option(
+        DEFAULT_MAX_UPLOAD_MB, "--max-upload-mb", help="Largest accepted upload in MB (> 0)."
+    ),
     workers: int = typer.Option(
         DEFAULT_WORKERS,
         "--workers",

@@ -1,8 +1,9 @@
 """``genprov similarity``: which training images is a generated image built on, by feature similarity.
 
 ``index`` featurizes a training set with a feature extractor into a resumable index folder and records in
-``similarity.json`` everything needed to rebuild the attributor (extractor name, config and weights,
-mapper, calibration, image size, channels, training data spec); ``tune`` trains a feature mapper on a
+its ``config.json`` (the artefact ``similarity-index``) everything needed to rebuild the attributor
+(extractor name, config and weights by place and content, mapper, calibration, image shape, training data
+spec and fingerprint); ``tune`` trains a feature mapper on a
 customization benchmark (the folder ``genprov reproduce similarity`` writes under ``customizations/``) and
 calibrates the soft attribution; ``query`` attributes image files against an index: JSON, an ``.npz`` and
 HTML galleries in which each training image is drawn with an area proportional to its share of influence.
@@ -19,12 +20,7 @@ from typing import Any
 import torch
 import typer
 
-from genprov.attribution.data.index_folder import (
-    build_similarity_index,
-    extractor_from_spec,
-    open_similarity_index,
-    read_index_info,
-)
+from genprov.attribution.data.index_folder import build_similarity_index, open_similarity_index, read_index_info
 from genprov.attribution.data.mapper import TuningConfig
 from genprov.attribution.data.similarity import SimilarityConfig
 from genprov.cli.common import (
@@ -116,7 +112,7 @@ def index_cmd(
         "resize": resize,
         "data_root": str(data_root) if data_root is not None else None,
     }
-    attributor, train, info = build_similarity_index(
+    attributor, train, record = build_similarity_index(
         extractor,
         store,
         data_spec,
@@ -126,14 +122,15 @@ def index_cmd(
         similarity_config=similarity_config,
         faiss=faiss,
     )
+    channels, image_size, _ = record.state["image_shape"]
     summary = {
         "store": str(store),
         "method": attributor.method,
         "n_train": len(train),
-        "image_size": info["image_size"],
-        "channels": info["channels"],
+        "image_size": image_size,
+        "channels": channels,
         "feature_dim": attributor.index_.dim if attributor.index_ is not None else None,
-        "calibrated": info["calibration"] is not None,
+        "calibrated": record.state["calibration"] is not None,
     }
     emit(summary, as_json=as_json, title="similarity index")
 
@@ -147,7 +144,11 @@ def tune_cmd(
         "--customizations",
         help="Customization benchmark folder with manifest.json (e.g. <reproduce out>/customizations).",
     ),
-    out: Path = typer.Option(..., "--out", help="Mapper file to write (.safetensors; a .json sidecar is added)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Folder for the tuned mapper (an artefact); its calibration and summary go to OUT.json beside it.",
+    ),
     n_val_classes: int = typer.Option(
         N_VAL_CLASSES, "--n-val-classes", min=1, help="Seen classes held out for early stopping."
     ),
@@ -168,19 +169,17 @@ def tune_cmd(
     The mapper early-stops on the validation mAP of held-out seen classes; the soft attribution's two scalars
     are fitted on the same validation queries. Index the training set again with --mapper to use it.
 
-    Example: genprov similarity tune --store runs/sim --customizations runs/repro/customizations --out runs/mapper.safetensors
+    Example: genprov similarity tune --store runs/sim --customizations runs/repro/customizations --out runs/mapper
     """
     sidecar = Path(f"{out}.json")
-    for path in (out, sidecar):
-        check_output_file(path)
-    info = read_index_info(store)
-    extractor = extractor_from_spec(info["extractor"], info["extractor_config"], weights=info.get("weights"))
-    if info.get("mapper"):
+    check_output_folder(out)  # the mapper is an artefact folder
+    check_output_file(sidecar)
+    if read_index_info(store).state.get("mapper"):
         raise DataError(f"{store} is already a tuned index; tune on an untuned one (index without --mapper).")
-    _, train, _ = open_similarity_index(store)
+    untuned, train, record = open_similarity_index(store)
     config = TuningConfig.from_dict({"seed": seed, **parse_sets(sets)})
     mapper, calibration, summary = tune_on_customizations(
-        extractor,
+        untuned.feature_extractor,
         train.images,
         customizations,
         config,
@@ -188,12 +187,12 @@ def tune_cmd(
         seed=seed,
         grid=TUNING_GRID if grid else (),
     )
-    mapper.save(out)
+    mapper.save_pretrained(out)
     atomic_write_json(
         sidecar,
         {
             "calibration": calibration.to_dict(),
-            "extractor": info["extractor"],
+            "extractor": record.state["extractor"]["name"],
             "store": str(store),
             "customizations": str(customizations),
             **summary,
@@ -298,8 +297,9 @@ def query_cmd(
     Example: genprov similarity query --store runs/sim samples/0001.png samples/0002.png --top-k 20 --out runs/why
     """
     check_output_folder(out)
-    attributor, train, info = open_similarity_index(store, similarity_config={"search": search})
-    x = _query_images(list(images), size=int(info["image_size"]), channels=int(info["channels"]), convert=convert)
+    attributor, train, record = open_similarity_index(store, similarity_config={"search": search})
+    channels, image_size, _ = (int(v) for v in record.state["image_shape"])
+    x = _query_images(list(images), size=image_size, channels=channels, convert=convert)
     k = min(top_k, len(train))
     result = attributor.attribute(x, k=k)
     assert result.soft is not None
@@ -320,9 +320,9 @@ def query_cmd(
         "method": attributor.method,
         "store": str(store),
         "n_train": len(train),
-        "image_size": info["image_size"],
+        "image_size": image_size,
         "calibration": calibration.to_dict() if calibration is not None else None,
-        "calibrated": bool(info.get("calibration")),
+        "calibrated": bool(record.state.get("calibration")),
         "queries": rows,
     }
     atomic_write_json(out / "results.json", summary)
@@ -345,7 +345,7 @@ def query_cmd(
         intro="Most similar training images with their soft share of influence (gallery.html draws them sized "
         "by share).",
     )
-    if not info.get("calibration"):
+    if not record.state.get("calibration"):
         section.add(Text("Uncalibrated soft attribution (default inv_tau and bias): tune to calibrate.", tone="note"))
     for q, r in enumerate(rows):
         idx = torch.as_tensor([t["index"] for t in r["top"]])

@@ -12,6 +12,11 @@
 
 Every function documents what "higher" means and raises :class:`~genprov.exceptions.DataError` with a
 clear message on empty, mismatched or non-finite input.
+
+Evaluation protocols that the CLI and the reproductions share sit beside the metrics, in modules not
+imported here (they train models or read benchmark folders): :mod:`~genprov.eval.lds` (LDS benchmark),
+:mod:`~genprov.eval.privacy_audit` (the model-inversion audit) and :mod:`~genprov.eval.customization`
+(the customization benchmark and the feature-mapper tuning protocol of ``genprov similarity tune``).
 """
 
 from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score

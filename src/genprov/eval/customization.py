@@ -1,7 +1,7 @@
 """The customization benchmark of feature-similarity attribution: reading it, and its tuning protocol.
 
 A benchmark folder (built by ``genprov reproduce similarity``, see
-:func:`genprov.experiments.customization.build_customizations`) holds customized models' exemplars and
+:func:`genprov.experiments.similarity.customization.build_customizations`) holds customized models' exemplars and
 samples as PNG files plus ``manifest.json``: one :class:`Customization` per case. Its *seen* cases may
 tune features; they are split into tuning and validation cases by :func:`case_roles`. The tuning protocol
 (:func:`tune_mapper`) trains a :class:`~genprov.attribution.data.mapper.FeatureMapper` per candidate on the

@@ -1,18 +1,20 @@
 """Paper reproductions at small scale and the demo (``genprov.experiments.quickstart``).
 
 Importing this package registers every experiment in :data:`EXPERIMENTS` and every demo section in
-``genprov.experiments.quickstart.DEMO_SECTIONS``.
+``genprov.experiments.quickstart.DEMO_SECTIONS``. A reproduction is a package ``experiments/<name>/``:
+``config.py`` (its :class:`ExperimentConfig` subclass and presets), ``run.py`` (the runner registered with
+``@EXPERIMENTS.register``, returning a frozen :class:`ExperimentResult` whose ``to_dict()`` is
+``results.json``), ``results.py`` (the result and its row dataclasses), ``report.py`` (the HTML report built
+from the result) and ``demo.py`` (its demo section, registered with ``@DEMO_SECTIONS.register``).
 """
 
 from genprov.experiments import dtrak, flipad, gnime, keyed, quickstart, similarity
-from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, run_experiment
-
-quickstart.DEMO_SECTIONS.register("keyed")(keyed.keyed_section)
-quickstart.DEMO_SECTIONS.register("similarity")(similarity.similarity_section)
+from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, ExperimentResult, run_experiment
 
 __all__ = [
     "EXPERIMENTS",
     "ExperimentConfig",
+    "ExperimentResult",
     "dtrak",
     "flipad",
     "gnime",

@@ -25,9 +25,11 @@ from genprov.utils.io import atomic_write_json, json_safe
 
 __all__ = [
     "EXPERIMENTS",
+    "GAN_DATA_SIZES",
     "ExperimentConfig",
     "ExperimentResult",
     "ExperimentRunner",
+    "gan_preset_values",
     "json_key",
     "run_experiment",
     "start_run",
@@ -43,7 +45,8 @@ class ExperimentResult:
     """
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain-JSON form written to ``results.json`` (non-finite floats as ``null``)."""
+        """The plain-JSON form written to ``results.json`` (non-finite floats as ``null``); a nested object
+        with its own ``to_dict`` (a config, a ``MeanCI``, a row with a computed shape) serialises by it."""
         plain = json_safe(_plain(self))
         assert isinstance(plain, dict)
         return plain
@@ -60,22 +63,29 @@ def json_key(key: str | None = None, *, inline: bool = False) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Config):
-        return value.to_dict()
+    if isinstance(value, ExperimentResult):
+        return _fields(value)
+    if callable(getattr(value, "to_dict", None)):  # configs, MeanCI, rows with their own JSON shape
+        return _plain(value.to_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            item = _plain(getattr(value, f.name))
-            if f.metadata.get("inline"):
-                out.update(item)
-            else:
-                out[f.metadata.get("json_key") or f.name] = item
-        return out
+        return _fields(value)
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A dataclass's fields in declaration order, under their :func:`json_key` names."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(value):
+        item = _plain(getattr(value, f.name))
+        if f.metadata.get("inline"):
+            out.update(item)
+        else:
+            out[f.metadata.get("json_key") or f.name] = item
+    return out
 
 
 ExperimentRunner = Callable[..., ExperimentResult]
@@ -131,6 +141,19 @@ class ExperimentConfig(Config):
 
 
 _E = TypeVar("_E", bound=ExperimentConfig)
+
+#: Data of the GAN reproductions (FLIPAD, keyed) and the image side their GANs work on.
+GAN_DATA_SIZES: Mapping[str, int] = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
+
+
+def gan_preset_values(data: str, quick: bool, quick_values: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset of a GAN reproduction (its :meth:`ExperimentConfig.preset_values`): MNIST-sized GAN
+    training sets (``n_gan_train=10_000``) for data other than the built-in digits and, with ``quick``,
+    ``quick_values`` (the few-minute sizes)."""
+    values: dict[str, Any] = {} if data == "digits" else {"n_gan_train": 10_000}
+    if quick:
+        values.update(quick_values)
+    return values
 
 
 def start_run(config: _E, out_dir: str | Path, data_root: str | Path | None) -> tuple[_E, Path]:

@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -208,14 +208,19 @@ def write_artifact(
     class_name: str,
     payload: ArtifactPayload,
     tensors_file: str = STATE_FILE,
+    accept: Collection[str] = (),
 ) -> Path:
     """Write an artefact folder (``config.json`` + ``tensors_file`` when there are tensors), atomically.
 
+    ``accept`` names further artefact kinds the folder may hold already (a similarity index's record is
+    written into the feature index it describes).
+
     Raises:
-        ConfigError: ``folder`` is a file or holds another artefact than one of this kind and method.
+        ConfigError: ``folder`` is a file or holds another artefact than one of this kind and method (or
+            of a kind in ``accept``).
     """
     folder = Path(folder)
-    check_output_folder(folder, accept={artifact_label(kind, method)})
+    check_output_folder(folder, accept={artifact_label(kind, method), *accept})
     folder.mkdir(parents=True, exist_ok=True)
     if payload.tensors:
         save_tensors(folder / tensors_file, payload.tensors, metadata={"kind": kind, "method": method})

@@ -69,7 +69,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 # files a genprov writer may leave without its main marker (a run interrupted while saving)
 _CHECKPOINT_LEFTOVERS = ("model.safetensors", "train_log.jsonl", "state")
 _STORE_LEFTOVERS = ("features.npy",)
-_INDEX_LEFTOVERS = ("simclr.safetensors", "segments")
+_INDEX_LEFTOVERS = ("simclr/config.json", "simclr.safetensors", "segments")
 # files genprov commands write; a folder holding one is somebody's output
 _OUTPUT_FILES = (
     "report.html",

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from genprov.data import load_dataset
+from genprov.eval.customization import load_customizations
 from genprov.exceptions import DataError
-from genprov.experiments.customization import (
+from genprov.experiments.similarity.customization import (
     CustomizationConfig,
     build_customizations,
     influence_strength,
-    load_customizations,
     stylize,
 )
 from genprov.models.diffusion import DDPM, DDPMConfig

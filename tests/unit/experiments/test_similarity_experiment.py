@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import genprov.experiments.similarity  # noqa: F401  (registers the "similarity" experiment)
 from genprov.eval.retrieval import mean_average_precision
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, run_experiment
 from genprov.experiments.similarity import (
     SimilarityExperimentConfig,
+    SimilarityResult,
     chance_level,
     retrieval_metrics,
     run_similarity,
@@ -107,30 +107,48 @@ def test_chance_level_matches_theory() -> None:
 
 def test_tiny_run_end_to_end_and_resume(tmp_path: Path, file_mtimes) -> None:
     config = SimilarityExperimentConfig.from_dict(TINY)
-    results = run_similarity(config, tmp_path, show_progress=False)
+    result = run_similarity(config, tmp_path, show_progress=False)
+    assert isinstance(result, SimilarityResult)
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == result.to_dict()  # the typed result is exactly what results.json holds
     assert saved["experiment"] == "similarity" and saved["config"]["quick"] is True
+    assert list(saved)[:4] == ["experiment", "config", "data", "benchmark"]
+    assert set(saved["retrieval"][0]) == {"extractor", "features", "protocol", "split", "case", "queries"} | {
+        "mAP",
+        "recall@5",
+        "recall@10",
+        "recall@100",
+        "recall@|E|",
+    }
     html = (tmp_path / "report.html").read_text()
     for heading in ("Summary", "The customization benchmark", "Soft attribution", "Top-k with soft shares"):
         assert heading in html
-    roles = results["benchmark"]["roles"]
+    roles = result.benchmark.roles
     assert roles["tune"] >= 1 and roles["val"] >= 1 and roles["unseen"] >= 1
-    assert set(results["tuning"]) == set(TINY["extractors"])
-    rows = results["retrieval"]
-    assert {r["protocol"] for r in rows} == {"A", "B"} and {r["features"] for r in rows} == {"untuned", "tuned"}
+    assert set(result.tuning) == set(TINY["extractors"])
+    rows = result.retrieval
+    assert {r.protocol for r in rows} == {"A", "B"} and {r.features for r in rows} == {"untuned", "tuned"}
     for r in rows:
-        assert 0 <= r["mAP"] <= 1 and 0 <= r["recall@5"] <= r["recall@10"] <= r["recall@100"] <= 1
-    assert 0 < results["chance_unseen"]["A"]["mAP"] < 1
-    assert 0 <= results["influence_strength"]["exemplar_nn_rate"] <= 1
-    for s in results["soft_attribution"]:
-        assert s["after"]["nll"] > 0 and 0 <= s["after"]["remaining_influence"] <= 1
-    assert {"every_method_far_above_chance", "control_near_chance", "calibration_lowers_nll"} <= set(results["claims"])
+        m = r.metrics
+        assert 0 <= m.mean_ap <= 1 and 0 <= m.recall_5 <= m.recall_10 <= m.recall_100 <= 1
+    assert 0 < result.chance_unseen["A"].mean_ap < 1
+    assert 0 <= result.influence_strength.exemplar_nn_rate <= 1
+    for s in result.soft_attribution:
+        assert s.after.nll > 0 and 0 <= s.after.remaining_influence <= 1
+    claims = result.claims
+    assert (
+        set(claims.per_extractor) == set(TINY["extractors"]) and claims.chance_map == result.chance_unseen["A"].mean_ap
+    )
+    headline = result.retrieval_row("pixels", "tuned")
+    assert (headline.split, headline.case, headline.protocol) == ("unseen", "all", "A")
+    assert claims.per_extractor["pixels"].tuned_map == headline.metrics.mean_ap
     # a second run reuses the models, the benchmark and the features (nothing rewritten): same numbers
     cached = {**file_mtimes(tmp_path, "*.safetensors"), **file_mtimes(tmp_path, "*.npz")}
     assert any(name.startswith("features") for name in cached)
     again = run_experiment("similarity", TINY, tmp_path, show_progress=False)
     assert {**file_mtimes(tmp_path, "*.safetensors"), **file_mtimes(tmp_path, "*.npz")} == cached
-    assert again["retrieval"] == results["retrieval"] and again["soft_attribution"] == results["soft_attribution"]
+    assert isinstance(again, SimilarityResult)
+    assert again.retrieval == result.retrieval and again.soft_attribution == result.soft_attribution
 
 
 def test_map_of_the_metrics_agrees_with_eval() -> None:

@@ -11,6 +11,10 @@ out), regularised toward the identity (``identity_weight * ||W - I||^2``), and e
 identity, is a candidate, so tuning never returns a mapper worse than untuned on the validation set).
 Hubness, the failure mode where a few tuned items become everyone's nearest neighbour, is tracked per
 evaluation by :func:`hub_statistics`.
+
+A fitted mapper is an artefact (:mod:`genprov.models.artifact`, kind ``feature-mapper``, method the
+architecture): ``save_pretrained(folder)`` / ``FeatureMapper.from_pretrained(folder)``; a ``.safetensors``
+file of the format before (``genprov-feature-mapper-1``) still opens.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -34,17 +37,24 @@ from genprov.attribution.data.extractors.base import seeded_init_
 from genprov.config import Config, is_int, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from genprov.metrics import average_precision
-from genprov.models.checkpoints import check_state, load_tensors, save_tensors
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
+from genprov.models.checkpoints import check_state, load_tensors
 from genprov.storage import fingerprint_state
 from genprov.utils.arrays import as_index_list
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["MAPPERS", "FeatureMapper", "TuningConfig", "hub_statistics", "info_nce_loss", "split_classes"]
 
 #: Mapper architectures of :class:`FeatureMapper`.
 MAPPERS = ("linear", "mlp")
-_MAPPER_FORMAT = "genprov-feature-mapper-1"
+#: Format of the single safetensors file mappers were saved as before the artefact format (read only).
+_LEGACY_MAPPER_FORMAT = "genprov-feature-mapper-1"
+#: The fitted attributes recorded in the artefact's state besides the feature dimension.
+_RECORDED = ("history_", "best_step_", "untuned_val_map_", "best_val_map_")
 
 
 def _positive_tensors(positives: Sequence[Any], name: str, n_rows: int, n_items: int) -> list[Tensor]:
@@ -209,13 +219,13 @@ def _as_features(x: Tensor | np.ndarray, name: str, dim: int | None = None) -> T
     return t
 
 
-class FeatureMapper:
+class FeatureMapper(Pretrained):
     """Contrastively tuned map of frozen features (two towers; see the module docstring).
 
     Args:
         config: Settings.
 
-    Attributes (after :meth:`fit` / :meth:`load`):
+    Attributes (after :meth:`fit` / :meth:`from_pretrained`):
         dim_: Feature dimension.
         query_tower_, train_tower_: The towers (the same module when ``two_towers`` is false).
         history_: ``[{"step", "loss", "val_map", hub statistics...}]`` per evaluation.
@@ -223,6 +233,8 @@ class FeatureMapper:
         untuned_val_map_, best_val_map_: Validation mAP at step 0 and of the kept weights (``None`` without
             validation data).
     """
+
+    artifact_kind: ClassVar[str] = "feature-mapper"
 
     def __init__(self, config: TuningConfig | None = None) -> None:
         self.config = config if config is not None else TuningConfig()
@@ -246,7 +258,7 @@ class FeatureMapper:
 
     def _towers(self) -> tuple[nn.Module, nn.Module]:
         if self.query_tower_ is None or self.train_tower_ is None:
-            raise NotFittedError("FeatureMapper is not fitted; call fit(...) or FeatureMapper.load(path).")
+            raise NotFittedError("FeatureMapper is not fitted; call fit(...) or FeatureMapper.from_pretrained(path).")
         return self.query_tower_, self.train_tower_
 
     def map_queries(self, features: Tensor | np.ndarray) -> Tensor:
@@ -333,8 +345,8 @@ class FeatureMapper:
                 since_best += 1
             return since_best >= cfg.patience
 
-        if has_val and evaluate(0):
-            pass
+        if has_val:
+            evaluate(0)  # the untuned (identity) mapper's score: the one to beat
         b = min(cfg.batch_size, queries.shape[0])
         for step in progress(range(1, cfg.max_steps + 1), desc="tuning", total=cfg.max_steps, show=show_progress):
             gen = torch_generator(cfg.seed, "tune-step", step)
@@ -384,42 +396,25 @@ class FeatureMapper:
         if t_tower is not q_tower:
             t_tower.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("train.")})
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the towers to a safetensors file (config and history in its metadata); returns the path."""
-        state = self._state()
-        meta = {
-            "format": _MAPPER_FORMAT,
-            "config": json.dumps(self.config.to_dict()),
-            "dim": str(self.dim_),
-            "history": json.dumps(self.history_),
-            "best_step": json.dumps(self.best_step_),
-            "untuned_val_map": json.dumps(self.untuned_val_map_),
-            "best_val_map": json.dumps(self.best_val_map_),
-        }
-        file = Path(path)
-        save_tensors(file, state, metadata=meta)
-        return file
+    def _method_name(self) -> str:
+        return self.config.mapper
+
+    def _payload(self) -> ArtifactPayload:
+        tensors = self._state()
+        state = {"dim": self.dim_, **{name.rstrip("_"): getattr(self, name) for name in _RECORDED}}
+        return ArtifactPayload(config=self.config, state=state, tensors=tensors)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> FeatureMapper:
-        """Read a mapper written by :meth:`save` (CheckpointError on a missing, corrupt or foreign file)."""
-        file = Path(path)
-        meta = _safetensors_metadata(file)
-        if meta.get("format") != _MAPPER_FORMAT:
-            raise CheckpointError(
-                f"{file} is not a genprov feature mapper (no format {_MAPPER_FORMAT!r} in its metadata)."
-            )
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
         try:
-            out = cls(TuningConfig.from_dict(json.loads(meta["config"])))
-            out._build(int(meta["dim"]))
-            out.history_ = json.loads(meta.get("history", "[]"))
-            out.best_step_ = json.loads(meta.get("best_step", "null"))
-            out.untuned_val_map_ = json.loads(meta.get("untuned_val_map", "null"))
-            out.best_val_map_ = json.loads(meta.get("best_val_map", "null"))
-        except (KeyError, ValueError, ConfigError) as err:
-            raise CheckpointError(f"{file} has invalid metadata: {err}") from err
-        tensors = load_tensors(file)
-        check_state(out._state(), tensors, where=str(file))
+            out = cls(TuningConfig.from_dict(record.config))
+            out._build(int(record.state["dim"]))
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
+            raise CheckpointError(f"{record.folder} records an invalid mapper ({err}); tune it again.") from err
+        for name in _RECORDED:
+            if name.rstrip("_") in record.state:
+                setattr(out, name, record.state[name.rstrip("_")])
+        check_state(out._state(), tensors, where=str(record.folder))
         out._load_state(tensors)
         for m in out._towers():
             m.eval()
@@ -428,3 +423,29 @@ class FeatureMapper:
     def fingerprint(self) -> str:
         """A hash of the towers' weights (part of store specs)."""
         return fingerprint_state(self._state())
+
+
+def _legacy_mapper_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """A mapper saved as one safetensors file (format ``genprov-feature-mapper-1``) as an artefact record."""
+    if not path.is_file():
+        return None
+    meta = _safetensors_metadata(path)
+    if meta.get("format") != _LEGACY_MAPPER_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a genprov feature mapper (no format {_LEGACY_MAPPER_FORMAT!r} in its metadata); pass a "
+            "folder written by save_pretrained."
+        )
+    try:
+        config = json.loads(meta["config"])
+        state = {
+            "dim": int(meta["dim"]),
+            **{name.rstrip("_"): json.loads(meta.get(name.rstrip("_"), "null")) for name in _RECORDED},
+        }
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} has invalid metadata: {err}") from err
+    state["history"] = state["history"] or []
+    raw = {"kind": FeatureMapper.artifact_kind, "method": str(config.get("mapper", "")), "config": config}
+    return {**raw, "state": state}, load_tensors(path)
+
+
+FeatureMapper.legacy_layout = _legacy_mapper_file

@@ -26,8 +26,20 @@ in chunks and keeps a running top-k.
 ``fit(train, store=...)`` takes an index *folder* (or a :class:`~genprov.storage.FeatureIndex`) rather than
 a fixed-size :class:`~genprov.storage.FeatureStore`, so that rows can be appended later
 (:meth:`SimilarityAttributor.add`). There is no data-attributor registry, so the class is not registered
-anywhere; the CLI and the service build it from an index folder
-(:mod:`~genprov.attribution.data.index_folder`).
+anywhere.
+
+Saving (:mod:`genprov.models.artifact`, kind ``similarity-index``): ``save_pretrained(folder)`` writes the
+one record ``config.json`` into the index folder the attributor was fitted on (an attributor fitted in
+memory takes a new folder and its features as tensors): the :class:`SimilarityConfig`, the extractor's
+name and config with the place of its weights relative to the folder (an extractor whose weights have no
+file of their own is saved beside, as the artefact ``extractor/``), the feature mapper (saved beside, as
+``mapper/``), the calibration, the image shape, the training data's ``load_dataset`` arguments and
+fingerprint, and the store spec, whose weight fingerprints identify the extractor and mapper by content.
+``SimilarityAttributor.from_pretrained(folder)`` reopens a queryable attributor from that alone (no
+training data; its fingerprint is checked when :meth:`~SimilarityAttributor.fit` is given it). Index
+folders of the layout before (``similarity.json``, format 1) are read through :func:`legacy_index_layout`;
+other versions are refused, naming them. The CLI and the service reach index folders through
+:mod:`~genprov.attribution.data.index_folder`.
 
 Example:
     >>> ext = FEATURE_EXTRACTORS.create("pixels")  # doctest: +SKIP
@@ -39,34 +51,53 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from genprov.attribution.data.base import DataAttributor, TrainingSet, training_images
-from genprov.attribution.data.extractors import FEATURE_EXTRACTORS, FeatureExtractor
+from genprov.attribution.data.extractors import FEATURE_EXTRACTORS, FeatureExtractor, SimCLRExtractor
 from genprov.attribution.data.mapper import FeatureMapper
 from genprov.config import Config, is_int, is_positive_int, require
 from genprov.data.dataset import fingerprint_arrays
-from genprov.exceptions import ConfigError, DataError, NotFittedError, StoreMismatchError
+from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError, StoreMismatchError
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained, write_artifact
 from genprov.results import DataAttributionResult
-from genprov.storage import INDEX_FILE, FeatureIndex, FeatureStore, exact_search, normalize_rows
+from genprov.storage import (
+    INDEX_FILE,
+    FeatureIndex,
+    FeatureStore,
+    exact_search,
+    normalize_rows,
+    spec_differences,
+)
+from genprov.utils.artifacts import INCOMPLETE_INDEX, artifact_label, check_output_folder, identify_artifact
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
+    "ARTIFACT_KIND",
+    "LEGACY_INFO",
+    "PARTS",
     "SEARCH_BACKENDS",
     "SimilarityAttributor",
     "SimilarityConfig",
     "SoftCalibration",
     "evaluate_soft",
     "expected_calibration_error",
+    "extractor_from_spec",
     "fit_soft_calibration",
+    "legacy_index_layout",
+    "recorded_parts",
     "remaining_influence",
     "soft_attribution",
     "soft_nll",
@@ -77,6 +108,16 @@ logger = logging.getLogger(__name__)
 #: How :meth:`SimilarityAttributor.attribute` finds the top-k.
 SEARCH_BACKENDS = ("exact", "faiss")
 _FORMAT = 1
+#: Artefact kind of a saved :class:`SimilarityAttributor` (its folder is the similarity index).
+ARTIFACT_KIND = "similarity-index"
+#: The record of a similarity index folder in the layout before the artefact format (read, never written).
+LEGACY_INFO = "similarity.json"
+_LEGACY_INFO_FORMAT = 1
+#: Sub-folders of a saved attributor: its extractor (when its weights have no file of their own), its mapper.
+_EXTRACTOR_DIR = "extractor"
+_MAPPER_DIR = "mapper"
+#: What may be relocated when a saved attributor is opened (``from_pretrained(folder, {part: path})``).
+PARTS = ("weights", "mapper")
 
 
 # ============================================================================================ soft attribution
@@ -352,13 +393,16 @@ class SimilarityConfig(Config):
         require(is_int(self.top_n, minimum=1), "top_n", "a positive integer", self.top_n)
 
 
-class SimilarityAttributor(DataAttributor):
+class SimilarityAttributor(DataAttributor, Pretrained):
     """Attribution by similarity in a (tuned) feature space, with calibrated soft shares.
 
     Args:
         extractor: A :class:`FeatureExtractor`, or a registry name built with its default config.
         config: Settings (default :class:`SimilarityConfig`).
         mapper: A fitted :class:`FeatureMapper` (training tower for training images, query tower for queries).
+        weights: Where the extractor's weights were read from (a checkpoint folder, weights file or saved
+            encoder), recorded by :meth:`save_pretrained`; default: the path in the extractor's config, else
+            the extractor is saved beside the record.
 
     Attributes (after :meth:`fit`):
         n_train_: Number of indexed training images.
@@ -366,7 +410,14 @@ class SimilarityAttributor(DataAttributor):
         index_: The :class:`FeatureIndex` (``None`` when fitted in memory).
         train_features_: (n_train, d) features when fitted in memory.
         calibration_: The :class:`SoftCalibration` in use (config defaults until :meth:`calibrate`).
+        data_fingerprint_: Fingerprint of the training images it was fitted on.
+
+    Saved with :meth:`save_pretrained` and reopened with ``SimilarityAttributor.from_pretrained(folder)``
+    (or ``from_pretrained(folder, {"weights": path, "mapper": path})`` for parts moved since; their
+    weights must be the recorded ones).
     """
+
+    artifact_kind: ClassVar[str] = ARTIFACT_KIND
 
     def __init__(
         self,
@@ -374,10 +425,12 @@ class SimilarityAttributor(DataAttributor):
         config: SimilarityConfig | None = None,
         *,
         mapper: FeatureMapper | None = None,
+        weights: str | os.PathLike[str] | None = None,
     ) -> None:
         self.extractor = extractor
         self.config: SimilarityConfig = config if config is not None else SimilarityConfig()
         self.mapper = mapper
+        self.weights = weights
         name = extractor if isinstance(extractor, str) else extractor.name
         self.method = f"similarity[{name}{'+tuned' if mapper is not None else ''}]"
         self.n_train_: int | None = None
@@ -385,6 +438,7 @@ class SimilarityAttributor(DataAttributor):
         self.index_: FeatureIndex | None = None
         self.train_features_: Tensor | None = None
         self.calibration_: SoftCalibration | None = None
+        self.data_fingerprint_: str | None = None
 
     # ------------------------------------------------------------------------------------ features
 
@@ -392,6 +446,11 @@ class SimilarityAttributor(DataAttributor):
         if isinstance(self.extractor, str):
             self.extractor = FEATURE_EXTRACTORS.create(self.extractor)
         return self.extractor
+
+    @property
+    def feature_extractor(self) -> FeatureExtractor:
+        """The extractor (built from the registry when a name was given)."""
+        return self._extractor()
 
     def _normalise(self, feats: Tensor) -> Tensor:
         return normalize_rows(feats) if self.config.metric == "cosine" else feats
@@ -491,7 +550,9 @@ class SimilarityAttributor(DataAttributor):
             raise ConfigError("search='faiss' needs a store folder (the FAISS index is saved next to the features).")
         first = self.featurize(images[:1])
         dim = int(first.shape[1])
+        key = fingerprint_arrays(images.detach().cpu().contiguous().numpy())
         self.image_shape_ = shape
+        self.data_fingerprint_ = key
         self.calibration_ = self.calibration_ or SoftCalibration(self.config.inv_tau, self.config.bias)
         if store is None:
             chunks = [first]
@@ -501,7 +562,6 @@ class SimilarityAttributor(DataAttributor):
             self.index_ = None
             self.n_train_ = n
             return self
-        key = fingerprint_arrays(images.detach().cpu().contiguous().numpy())
         path = store.path if isinstance(store, FeatureIndex) else store
         spec = self._with_recorded_locations(Path(path), self.store_spec(images))
         index = FeatureIndex.create(path, dim=dim, metric=self.config.metric, spec=spec)
@@ -669,3 +729,294 @@ class SimilarityAttributor(DataAttributor):
             raise NotFittedError(
                 "SimilarityAttributor is not fitted; call fit(train) (or fit(train, store=...)) first."
             )
+
+    # ------------------------------------------------------------------------------------ save / open
+
+    def _method_name(self) -> str:
+        return "similarity"
+
+    def _payload(self) -> ArtifactPayload:
+        """Config, calibration, image shape, data fingerprint, store spec, and (fitted in memory) the features.
+
+        The places of the extractor's weights and of the mapper depend on the folder: :meth:`save_pretrained`
+        adds them.
+        """
+        self._check_fitted()
+        assert self.image_shape_ is not None
+        extractor = self._extractor()
+        default = SoftCalibration(self.config.inv_tau, self.config.bias)
+        calibrated = self.calibration_ is not None and self.calibration_ != default
+        state = {
+            "name": self.method,
+            "extractor": {
+                "name": extractor.name,
+                "config": {
+                    k: v for k, v in extractor.config.to_dict().items() if k not in extractor.config.location_fields
+                },
+                "weights": None,
+            },
+            "mapper": None,
+            "calibration": self.calibration_.to_dict() if calibrated and self.calibration_ is not None else None,
+            "image_shape": list(self.image_shape_),
+            "n_train": self.n_train_,
+            "data": None,
+            "data_fingerprint": self.data_fingerprint_,
+            "index": "." if self.index_ is not None else None,
+            "spec": self.store_spec(torch.empty(0, *self.image_shape_)),
+        }
+        tensors = {"train_features": self.train_features_} if self.train_features_ is not None else {}
+        return ArtifactPayload(config=self.config, state=state, tensors=tensors)
+
+    def _weights_location(self) -> Path | None:
+        """The extractor's weights: ``weights`` as given, else the path in the extractor's config."""
+        if self.weights is not None:
+            return Path(self.weights).resolve()
+        config = self._extractor().config
+        for name in config.location_fields:
+            value = getattr(config, name, None)
+            if value:
+                return Path(str(value)).resolve()
+        return None
+
+    def save_pretrained(self, folder: str | Path, *, data: Mapping[str, Any] | None = None) -> Path:
+        """Write the record ``config.json`` (kind ``similarity-index``) into ``folder``; returns it.
+
+        An attributor fitted on an index folder is saved into that folder (the record describes the index);
+        one fitted in memory into a new folder, with its features as tensors. A mapper is saved beside the
+        record (``mapper/``), and so is an extractor whose weights have no file of their own (``extractor/``).
+
+        Args:
+            folder: Where to save (see above).
+            data: The training data's :func:`~genprov.data.load_dataset` arguments, recorded so that a reader
+                can reload the images (``genprov similarity query`` shows them).
+
+        Raises:
+            NotFittedError: Before fitting.
+            ConfigError: ``folder`` is not the index folder the attributor was fitted on (or holds another
+                artefact, or a feature index when fitted in memory).
+        """
+        payload = self._payload()
+        folder = Path(folder)
+        if self.index_ is not None and folder.resolve() != self.index_.path.resolve():
+            raise ConfigError(
+                f"This similarity attributor's features live in the index {self.index_.path}; save it there "
+                f"(save_pretrained({str(self.index_.path)!r})), or fit it with store={str(folder)!r}."
+            )
+        if self.index_ is None and (folder / INDEX_FILE).is_file():
+            raise ConfigError(
+                f"{folder} holds a feature index, but this similarity attributor was fitted in memory; choose a "
+                f"new folder, or fit it with store={str(folder)!r}."
+            )
+        accept = {"feature index", INCOMPLETE_INDEX} if self.index_ is not None else set()
+        check_output_folder(folder, accept={artifact_label(ARTIFACT_KIND, self._method_name()), *accept})
+        state = dict(payload.state)
+        extractor = self._extractor()
+        weights = self._weights_location()
+        if weights is None and extractor.weights_fingerprint() is not None:
+            weights = extractor.save_pretrained(folder / _EXTRACTOR_DIR)
+        state["extractor"] = {**state["extractor"], "weights": _relative(weights, folder) if weights else None}
+        if self.mapper is not None:
+            state["mapper"] = _relative(self.mapper.save_pretrained(folder / _MAPPER_DIR), folder)
+        state["data"] = dict(data) if data is not None else None
+        return write_artifact(
+            folder,
+            kind=ARTIFACT_KIND,
+            method=self._method_name(),
+            class_name=type(self).__name__,
+            payload=dataclasses.replace(payload, state=state),
+            tensors_file=self.tensors_file,
+            accept=accept,
+        )
+
+    @classmethod
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        """Reopen the extractor, mapper, calibration and features (no training data needed).
+
+        ``wrapped``: ``{part: new place}`` of the parts (:data:`PARTS`) moved since saving; they must hold
+        the same weights (checked against the recorded store spec).
+        """
+        if wrapped is not None and not isinstance(wrapped, Mapping):
+            raise ConfigError(
+                f"from_pretrained of a similarity index takes {{part: path}} for moved parts {PARTS}; got "
+                f"{type(wrapped).__name__}."
+            )
+        places = recorded_parts(record, wrapped)
+        state = record.state
+        try:
+            spec = dict(state["extractor"])
+            c, h, w = (int(v) for v in state["image_shape"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{record.folder} records no valid extractor or image shape ({err!r}); rebuild it."
+            ) from err
+        extractor = _open_extractor(str(spec["name"]), spec.get("config"), places.get("weights"), record.folder)
+        mapper = FeatureMapper.from_pretrained(places["mapper"]) if "mapper" in places else None
+        config = SimilarityConfig.from_dict(record.config)
+        attributor = cls(extractor, config, mapper=mapper, weights=places.get("weights"))
+        attributor.image_shape_ = (c, h, w)
+        saved = state.get("spec")
+        differences = spec_differences(saved, attributor.store_spec(torch.empty(0, c, h, w))) if saved else {}
+        if differences:
+            raise CheckpointError(
+                f"The extractor or mapper found for the similarity index at {record.folder} ({places}) has other "
+                f"weights than it was built with ({', '.join(differences)} differ); restore the original files, "
+                "or rebuild the index."
+            )
+        cal = state.get("calibration")
+        attributor.calibration_ = (
+            SoftCalibration(float(cal["inv_tau"]), float(cal["bias"]), cal.get("nll"), int(cal.get("n_queries") or 0))
+            if cal
+            else SoftCalibration(config.inv_tau, config.bias)
+        )
+        attributor.data_fingerprint_ = state.get("data_fingerprint")
+        if state.get("index") is not None:
+            attributor.index_ = _finished_index(record.folder / str(state["index"]))
+            attributor.n_train_ = attributor.index_.n_rows
+            return attributor
+        features = tensors.get("train_features")
+        if features is None:
+            raise CheckpointError(f"{record.folder} records neither a feature index nor features; save it again.")
+        attributor.train_features_ = features
+        attributor.n_train_ = int(features.shape[0])
+        return attributor
+
+
+def _relative(path: str | os.PathLike[str], folder: Path) -> str:
+    """``path`` relative to ``folder`` (both resolved), as recorded in a saved attributor."""
+    return os.path.relpath(Path(path).resolve(), folder.resolve())
+
+
+def recorded_parts(
+    record: ArtifactRecord, moved: Mapping[str, str | os.PathLike[str]] | None = None
+) -> dict[str, Path]:
+    """Where a saved attributor's extractor weights and mapper are: ``{part: path}`` for the :data:`PARTS` it has.
+
+    Recorded places are resolved against the record's folder (older records hold absolute paths);
+    ``moved`` overrides them.
+
+    Raises:
+        ConfigError: ``moved`` names something other than :data:`PARTS`.
+    """
+    moved = dict(moved or {})
+    unknown = sorted(set(moved) - set(PARTS))
+    if unknown:
+        raise ConfigError(f"A similarity index has no parts {unknown}; it has {list(PARTS)}.")
+    recorded = {"weights": (record.state.get("extractor") or {}).get("weights"), "mapper": record.state.get("mapper")}
+    places: dict[str, Path] = {}
+    for part in PARTS:
+        if moved.get(part):
+            places[part] = Path(moved[part])
+        elif recorded[part]:
+            places[part] = (record.folder / str(recorded[part])).resolve()
+    return places
+
+
+def extractor_from_spec(
+    name: str, config: Mapping[str, Any] | None = None, *, weights: str | None = None
+) -> FeatureExtractor:
+    """Build a registered extractor from its name, config dict and weights file.
+
+    Args:
+        name: A :data:`FEATURE_EXTRACTORS` name.
+        config: Its config as a dict (``to_dict()`` form).
+        weights: ``classifier``: a classifier checkpoint folder; ``simclr``: a saved encoder
+            (``SimCLRExtractor.save_pretrained`` folder, or a ``.safetensors`` file of the format before);
+            ``local-weights`` / ``efficientnet-lite0``: a weights file.
+
+    Raises:
+        ConfigError: Unknown name or config key; ``simclr`` without weights.
+    """
+    values = dict(config or {})
+    if name == "simclr":
+        if not weights:
+            raise ConfigError("the simclr extractor needs its trained encoder: pass --checkpoint FILE.safetensors.")
+        return SimCLRExtractor.from_pretrained(weights)
+    if weights:
+        key = {"classifier": "checkpoint", "local-weights": "path", "efficientnet-lite0": "weights"}.get(name)
+        if key is None:
+            raise ConfigError(f"the {name} extractor takes no weights file; drop --checkpoint.")
+        values[key] = str(weights)
+    return FEATURE_EXTRACTORS.create(name, config=values)
+
+
+def _open_extractor(name: str, config: Any, weights: Path | None, folder: Path) -> FeatureExtractor:
+    """The extractor of a saved attributor: a saved extractor artefact, or built from its spec and weights."""
+    if weights is None:
+        return extractor_from_spec(name, config)
+    if not weights.exists():
+        raise CheckpointError(
+            f"The similarity index at {folder} reads its {name} extractor's weights from {weights}, which is missing; "
+            "restore it there, pass its new place (from_pretrained(folder, {'weights': path})), or rebuild the index."
+        )
+    found = identify_artifact(weights)
+    if found is not None and found.kind == artifact_label(FeatureExtractor.artifact_kind, name):
+        return FeatureExtractor.from_pretrained(weights)
+    return extractor_from_spec(name, config, weights=str(weights))
+
+
+def _finished_index(folder: Path) -> FeatureIndex:
+    """The finished feature index in ``folder`` (a similarity index's features)."""
+    if not (folder / INDEX_FILE).is_file():
+        raise DataError(
+            f"The similarity index at {folder} has no features yet (an interrupted build?); run the same "
+            "'genprov similarity index' command again to finish it."
+        )
+    index = FeatureIndex.open(folder)
+    if not index.segments or not index.is_complete:
+        raise DataError(
+            f"The similarity index at {folder} is empty or unfinished ({index.n_rows} rows ready); run the same "
+            "'genprov similarity index' command again to finish it."
+        )
+    return index
+
+
+def legacy_index_layout(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """An index folder with ``similarity.json`` (the layout before the artefact format) as a record.
+
+    Returns:
+        ``None`` when ``path`` holds no ``similarity.json``.
+
+    Raises:
+        CheckpointError: An unreadable ``similarity.json``, or one of another format than 1 (named).
+    """
+    file = Path(path) / LEGACY_INFO
+    if not file.is_file():
+        return None
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # unreadable (OSError) is no corruption: reported as such
+        raise CheckpointError(f"Cannot read {file}: {err}. Rebuild the index with 'genprov similarity index'.") from err
+    found = info.get("format") if isinstance(info, dict) else None
+    if found != _LEGACY_INFO_FORMAT:
+        raise CheckpointError(
+            f"{file} has similarity index format {found!r}; this genprov reads format {_LEGACY_INFO_FORMAT} of "
+            f"{LEGACY_INFO} (and the artefact config.json). Rebuild the index with this genprov's 'genprov "
+            "similarity index'."
+        )
+    try:
+        size, channels = int(info["image_size"]), int(info["channels"])
+        state = {
+            "name": info.get("method"),
+            "extractor": {
+                "name": info["extractor"],
+                "config": info["extractor_config"],
+                "weights": info.get("weights"),
+            },
+            "mapper": info.get("mapper"),
+            "calibration": info.get("calibration"),
+            "image_shape": [channels, size, size],
+            "n_train": info.get("n_train"),
+            "data": info["data"],
+            "data_fingerprint": None,
+            "index": ".",
+            "spec": None,
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{file} lacks its entries ({err!r}); it was not written by 'genprov similarity index'. Rebuild it."
+        ) from err
+    raw = {"kind": ARTIFACT_KIND, "method": "similarity", "config": info.get("similarity_config") or {}, "state": state}
+    return raw, {}
+
+
+SimilarityAttributor.legacy_layout = legacy_index_layout

@@ -19,7 +19,13 @@ Example:
     >>> flipad.fit(own_images, negatives=real_images).predict(x)     # doctest: +SKIP
 """
 
-from genprov.attribution.model.base import MODEL_ATTRIBUTORS, Detector, ModelAttributor, ModelAttributorConfig
+from genprov.attribution.model.base import (
+    MODEL_ATTRIBUTORS,
+    AttributesSamples,
+    Detector,
+    ModelAttributor,
+    ModelAttributorConfig,
+)
 from genprov.attribution.model.baselines import (
     DCTAttributor,
     DCTAttributorConfig,
@@ -59,6 +65,7 @@ __all__ = [
     "MODEL_ATTRIBUTORS",
     "NONE",
     "POST_PROCESSES",
+    "AttributesSamples",
     "DCTAttributor",
     "DCTAttributorConfig",
     "DeepSAD",

@@ -931,9 +931,7 @@ class KeyedGenerators(Pretrained):
         return super().save_pretrained(out)
 
     @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, wrapped: Any = None, *, device: str | torch.device = "cpu"
-    ) -> Self:
+    def from_pretrained(cls, folder: str | Path, wrapped: Any = None, *, device: str | torch.device = "cpu") -> Self:
         """Open a finished family folder (also one written before the artefact format, with ``manifest.json``).
 
         Args:

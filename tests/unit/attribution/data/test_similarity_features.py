@@ -117,13 +117,13 @@ def test_simclr_trains_saves_and_loads(tmp_path, digits) -> None:
     again = _simclr(digits)
     assert ext.losses_ == again.losses_
     assert not torch.allclose(ext.extract(digits[:4]), _simclr(digits, seed=1).extract(digits[:4]))
-    path = ext.save(tmp_path / "simclr.safetensors")
-    loaded = SimCLRExtractor.load(path)
+    path = ext.save_pretrained(tmp_path / "simclr")
+    loaded = SimCLRExtractor.from_pretrained(path)
     assert loaded.config == ext.config
     torch.testing.assert_close(loaded.extract(digits), ext.extract(digits))
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupted"):
-        SimCLRExtractor.load(tmp_path / "bad.safetensors")
+        SimCLRExtractor.from_pretrained(tmp_path / "bad.safetensors")
 
 
 def test_simclr_pieces_against_references() -> None:

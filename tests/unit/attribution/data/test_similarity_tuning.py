@@ -128,14 +128,14 @@ def test_save_load_round_trip(tmp_path) -> None:
     m = FeatureMapper(_config(mapper="mlp", max_steps=40)).fit(
         tq, tp, pool, val_queries=vq, val_positives=vp, val_pool=pool
     )
-    loaded = FeatureMapper.load(m.save(tmp_path / "mapper.safetensors"))
+    loaded = FeatureMapper.from_pretrained(m.save_pretrained(tmp_path / "mapper"))
     assert loaded.config == m.config and loaded.history_ == m.history_ and loaded.best_step_ == m.best_step_
     torch.testing.assert_close(loaded.map_queries(vq), m.map_queries(vq))
     torch.testing.assert_close(loaded.map_train(pool), m.map_train(pool))
     assert loaded.fingerprint() == m.fingerprint()
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
-        FeatureMapper.load(tmp_path / "junk.safetensors")
+        FeatureMapper.from_pretrained(tmp_path / "junk.safetensors")
 
 
 def test_bad_inputs() -> None:

@@ -141,7 +141,9 @@ def test_save_and_load_round_trip(tiny_gan: nn.Module, tmp_path: Path) -> None:
     assert loaded.config == flipad.config
     assert loaded.threshold_ == flipad.threshold_
     torch.testing.assert_close(loaded.score_samples(real), flipad.score_samples(real))
-    torch.testing.assert_close(FinalLayerInversionAttributor.from_pretrained(tmp_path / "det", tiny_gan).anchor_, flipad.anchor_)
+    torch.testing.assert_close(
+        FinalLayerInversionAttributor.from_pretrained(tmp_path / "det", tiny_gan).anchor_, flipad.anchor_
+    )
     with pytest.raises(CheckpointError, match="needs the generator"):
         ModelAttributor.from_pretrained(tmp_path / "det")
     other = type(tiny_gan)(tiny_gan.config)

@@ -23,7 +23,6 @@ from genprov.attribution.model.keyed import (
 )
 from genprov.eval import attributability, distinguishability
 from genprov.exceptions import ConfigError, DataError
-from genprov.experiments.keyed import KeyedExperimentConfig
 
 
 def test_rule_on_hand_made_responses() -> None:
@@ -131,12 +130,3 @@ def test_configs_validate_with_clear_messages() -> None:
     cfg = KeyedGeneratorsConfig.from_dict({"robust": ["noise"], "post_process": {"noise_sigma": [0.0, 0.5]}})
     assert cfg.robust == ("noise",) and cfg.post_process.noise_sigma == (0.0, 0.5)
     assert KeyedGeneratorsConfig.from_dict(cfg.to_dict()) == cfg
-
-
-def test_experiment_quick_preset_merges_family_settings() -> None:
-    cfg = KeyedExperimentConfig.from_dict({"quick": True, "family": {"alpha": 5.0}})
-    assert cfg.n_keys == 3 and cfg.family.user_steps == 600 and cfg.family.alpha == 5.0
-    assert KeyedExperimentConfig.from_dict({}).n_keys == 10
-    assert cfg.strengths("combination") == {"blur": 1.0, "crop": 0.9, "noise": 0.1, "jpeg": 80.0}
-    with pytest.raises(ConfigError, match="test_jpeg_quality"):
-        KeyedExperimentConfig(test_jpeg_quality=100)

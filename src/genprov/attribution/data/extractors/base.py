@@ -1,6 +1,11 @@
 """The extractor interface: :class:`FeatureExtractor`, its :class:`ExtractorConfig`, the
 :data:`FEATURE_EXTRACTORS` registry, and the helpers every extractor uses (:func:`prepare_images`,
 :func:`seeded_init_`).
+
+Extractors are artefacts (:mod:`genprov.models.artifact`, kind ``feature-extractor``):
+``save_pretrained(folder)`` writes the config and the weights (a trained SimCLR encoder, a local backbone's
+or EfficientNet's weights) or, for a classifier, the checkpoint it was loaded from;
+``FeatureExtractor.from_pretrained(folder)`` rebuilds the registered class it names.
 """
 
 from __future__ import annotations
@@ -8,18 +13,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genprov.config import Config, is_positive_int, require
-from genprov.exceptions import DataError
+from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
 from genprov.registry import Registry
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
 from genprov.utils.validation import check_images
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "FEATURE_EXTRACTORS",
@@ -114,17 +123,48 @@ class ExtractorConfig(Config):
         require(isinstance(self.normalize, bool), "normalize", "True or False", self.normalize)
 
 
-class FeatureExtractor(ABC):
+class FeatureExtractor(Pretrained, ABC):
     """Maps images to feature vectors: ``extract(images (n, C, H, W) in [-1, 1]) -> (n, d) float32``.
 
     Subclasses implement :meth:`_forward` (one batch, already checked by :meth:`check_input`) and may
-    override :meth:`check_input`, :attr:`dim` and :meth:`weights_fingerprint`. The constructor stores its
-    arguments only; models are built or loaded on first use.
+    override :meth:`check_input`, :attr:`dim` and :meth:`weights_fingerprint`; extractors with weights
+    override :meth:`_artifact_payload` and :meth:`_restore` so that ``save_pretrained`` /
+    ``from_pretrained`` carry them. The constructor stores its arguments only; models are built or loaded
+    on first use.
     """
 
     #: Registry name (recorded in stores and results).
     name: ClassVar[str] = "feature-extractor"
+    artifact_kind: ClassVar[str] = "feature-extractor"
     config: ExtractorConfig
+
+    # ------------------------------------------------------------------------------------ save / open
+
+    def _artifact_payload(self) -> ArtifactPayload:
+        """What ``save_pretrained`` writes: the config alone (extractors without weights)."""
+        return ArtifactPayload(config=self.config)
+
+    def _payload(self) -> ArtifactPayload:
+        return self._artifact_payload()
+
+    @classmethod
+    def _restore(cls, config: Any, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        """Rebuild from a saved artefact (``config`` already parsed); default: from the config alone."""
+        return cls(config=config)  # type: ignore[call-arg]
+
+    @classmethod
+    def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        try:
+            factory = FEATURE_EXTRACTORS.entry(record.method).factory
+            config_type = FEATURE_EXTRACTORS.config_type(record.method)
+            config = config_type.from_dict(record.config) if config_type is not None else None
+        except ConfigError as err:
+            raise CheckpointError(f"{record.folder}: {err}") from err
+        if not (isinstance(factory, type) and issubclass(factory, cls)):
+            raise CheckpointError(
+                f"{record.folder} holds a {record.method!r} extractor, which is not a {cls.__name__}."
+            )
+        return factory._restore(config, record, tensors, wrapped)
 
     @abstractmethod
     def _forward(self, x: Tensor) -> Tensor:

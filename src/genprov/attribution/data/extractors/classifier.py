@@ -5,9 +5,12 @@ from a checkpoint folder).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from genprov.attribution.data.extractors.base import (
     FEATURE_EXTRACTORS,
@@ -17,6 +20,7 @@ from genprov.attribution.data.extractors.base import (
 )
 from genprov.config import require
 from genprov.exceptions import CheckpointError, ConfigError
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord
 from genprov.models.checkpoints import load_checkpoint
 from genprov.storage import fingerprint_state
 
@@ -52,7 +56,8 @@ class ClassifierExtractor(FeatureExtractor):
         model: The classifier; ``None`` loads ``config.checkpoint``.
         config: Settings.
 
-    Images must have the classifier's size; grey images are replicated for an RGB classifier.
+    Images must have the classifier's size; grey images are replicated for an RGB classifier. Its artefact
+    records the classifier's checkpoint (and fingerprint), which ``from_pretrained`` reopens.
     """
 
     name = "classifier"
@@ -100,3 +105,10 @@ class ClassifierExtractor(FeatureExtractor):
         model = self._model()
         device = next(model.parameters()).device
         return cast(Tensor, model.features(x.to(device))).cpu()  # type: ignore[operator]
+
+    def _artifact_payload(self) -> ArtifactPayload:
+        return ArtifactPayload(config=self.config, wraps={"classifier": self._model()})
+
+    @classmethod
+    def _restore(cls, config: Any, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        return cls(record.wrapped("classifier", wrapped), config)

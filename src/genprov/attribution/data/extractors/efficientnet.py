@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,11 @@ from genprov.attribution.data.extractors.base import (
     prepare_images,
 )
 from genprov.config import is_positive_int, require
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord
 from genprov.storage import fingerprint_state
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EfficientNetLite0Config", "EfficientNetLite0Extractor"]
 
@@ -94,6 +98,18 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             load_backbone_weights(module, load_state_dict_file(file), where=str(file))
             self.module_ = module.eval()
         return self.module_
+
+    def _artifact_payload(self) -> ArtifactPayload:
+        """The config and the loaded weights (the artefact opens without the weights file)."""
+        return ArtifactPayload(config=self.config, tensors=dict(self._setup().state_dict()))
+
+    @classmethod
+    def _restore(cls, config: Any, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        out = cls(config)
+        module = BACKBONES.create("efficientnet-lite0")
+        load_backbone_weights(module, tensors, where=str(record.folder))
+        out.module_ = module.eval()
+        return out
 
     @property
     def dim(self) -> int:

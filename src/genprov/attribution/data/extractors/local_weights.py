@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +24,12 @@ from genprov.attribution.data.extractors.base import (
     prepare_images,
 )
 from genprov.config import is_positive_int, require
-from genprov.exceptions import ConfigError, DataError
+from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord
 from genprov.storage import fingerprint_state
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["LocalWeightsConfig", "LocalWeightsExtractor"]
 
@@ -91,6 +95,9 @@ class LocalWeightsExtractor(FeatureExtractor):
     Raises (on first use):
         CheckpointError: The file is missing / unreadable, or its keys or shapes differ from the backbone's
             (naming them).
+
+    Its artefact holds the loaded weights, so ``from_pretrained`` needs neither the file nor (for a
+    :data:`BACKBONES` backbone) the module.
     """
 
     name = "local-weights"
@@ -155,3 +162,20 @@ class LocalWeightsExtractor(FeatureExtractor):
         if out.ndim == 4:
             out = out.mean(dim=(2, 3))
         return out.cpu()
+
+    def _artifact_payload(self) -> ArtifactPayload:
+        state = {"custom_module": self.module is not None}
+        return ArtifactPayload(config=self.config, state=state, tensors=dict(self._setup().state_dict()))
+
+    @classmethod
+    def _restore(cls, config: Any, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
+        if record.state.get("custom_module") and wrapped is None:
+            raise CheckpointError(
+                f"The local-weights extractor at {record.folder} wraps a module that is no registered backbone; pass "
+                "the same architecture: from_pretrained(folder, module)."
+            )
+        out = cls(wrapped, config)
+        module = wrapped if wrapped is not None else out._build_module()
+        load_backbone_weights(module, tensors, where=str(record.folder))
+        out.module_ = module.eval()
+        return out

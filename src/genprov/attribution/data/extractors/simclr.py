@@ -7,9 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +26,20 @@ from genprov.attribution.data.extractors.base import (
     seeded_init_,
 )
 from genprov.config import is_int, is_positive_int, require
-from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
-from genprov.models.checkpoints import check_state, load_tensors, save_tensors
+from genprov.exceptions import CheckpointError, DataError, NotFittedError
+from genprov.models.artifact import ArtifactPayload, ArtifactRecord
+from genprov.models.checkpoints import check_state, load_tensors
 from genprov.storage import fingerprint_state
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = ["SimCLRConfig", "SimCLRExtractor", "augment", "nt_xent_loss"]
 
-_SIMCLR_FORMAT = "genprov-simclr-1"
+#: Format of the single safetensors file SimCLR encoders were saved as before the artefact format (read only).
+_LEGACY_SIMCLR_FORMAT = "genprov-simclr-1"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,13 +140,15 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 class SimCLRExtractor(FeatureExtractor):
     """A conv encoder trained self-supervised on the pool (SimCLR's NT-Xent over two augmented views).
 
-    Call :meth:`fit` on the pool images (or :meth:`load` a saved one) before :meth:`extract`. Features are
-    the encoder's pooled output (before the projection head), as in SimCLR.
+    Call :meth:`fit` on the pool images (or :meth:`from_pretrained` a saved one) before :meth:`extract`.
+    Features are the encoder's pooled output (before the projection head), as in SimCLR. Saved encoders are
+    artefacts (weights in ``state.safetensors``); a ``.safetensors`` file of the format before
+    (``genprov-simclr-1``) still opens.
 
     Args:
         config: Settings.
 
-    Attributes (after fit / load):
+    Attributes (after fit / from_pretrained):
         encoder_: The :class:`ConvEncoder`.
         head_: The projection head.
         losses_: Training loss per step.
@@ -216,7 +222,9 @@ class SimCLRExtractor(FeatureExtractor):
 
     def _fitted(self) -> ConvEncoder:
         if self.encoder_ is None:
-            raise NotFittedError("SimCLRExtractor is not trained; call fit(pool_images) or SimCLRExtractor.load(path).")
+            raise NotFittedError(
+                "SimCLRExtractor is not trained; call fit(pool_images) or SimCLRExtractor.from_pretrained(path)."
+            )
         return self.encoder_
 
     def weights_fingerprint(self) -> str | None:
@@ -228,47 +236,51 @@ class SimCLRExtractor(FeatureExtractor):
     def _forward(self, x: Tensor) -> Tensor:
         return cast(Tensor, self._fitted()(x))
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the encoder and head to one safetensors file (config in its metadata); returns the path."""
+    def _artifact_payload(self) -> ArtifactPayload:
+        """The config, the input channels, the training losses, and the encoder and head weights."""
         encoder = self._fitted()
         assert self.head_ is not None
         tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in self.head_.state_dict().items()})
-        meta = {
-            "format": _SIMCLR_FORMAT,
-            "config": json.dumps(self.config.to_dict()),
-            "in_channels": str(encoder.in_channels),
-        }
-        file = Path(path)
-        save_tensors(file, tensors, metadata=meta)
-        return file
+        state = {"in_channels": encoder.in_channels, "losses": self.losses_}
+        return ArtifactPayload(config=self.config, state=state, tensors=tensors)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SimCLRExtractor:
-        """Read an encoder written by :meth:`save`.
-
-        Raises:
-            CheckpointError: Missing / unreadable file, or not a genprov SimCLR file, or mismatched tensors.
-        """
-        file = Path(path)
-        meta = _safetensors_metadata(file)
-        if meta.get("format") != _SIMCLR_FORMAT:
-            raise CheckpointError(
-                f"{file} is not a genprov SimCLR encoder (no format {_SIMCLR_FORMAT!r} in its metadata)."
-            )
+    def _restore(cls, config: Any, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
         try:
-            config = SimCLRConfig.from_dict(json.loads(meta["config"]))
-            channels = int(meta["in_channels"])
-        except (KeyError, ValueError, ConfigError) as err:
-            raise CheckpointError(f"{file} has invalid metadata: {err}") from err
+            channels = int(record.state["in_channels"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{record.folder} records no valid in_channels ({err!r}); train it again.") from err
         out = cls(config)
         out._build(channels)
         assert out.encoder_ is not None and out.head_ is not None
-        tensors = load_tensors(file)
         modules = {"encoder": out.encoder_, "head": out.head_}
         expected = {f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}
-        check_state(expected, tensors, where=str(file))
+        check_state(expected, tensors, where=str(record.folder))
         for n, m in modules.items():
             m.load_state_dict({k[len(n) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{n}.")})
         out.encoder_.eval()
+        out.losses_ = [float(v) for v in record.state.get("losses") or []]
         return out
+
+
+def _legacy_simclr_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """An encoder saved as one safetensors file (format ``genprov-simclr-1``) as an artefact record."""
+    if not path.is_file():
+        return None
+    meta = _safetensors_metadata(path)
+    if meta.get("format") != _LEGACY_SIMCLR_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a genprov SimCLR encoder (no format {_LEGACY_SIMCLR_FORMAT!r} in its metadata); pass "
+            "a folder written by save_pretrained."
+        )
+    try:
+        config = json.loads(meta["config"])
+        channels = int(meta["in_channels"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} has invalid metadata: {err}") from err
+    raw = {"kind": SimCLRExtractor.artifact_kind, "method": SimCLRExtractor.name, "config": config}
+    return {**raw, "state": {"in_channels": channels}}, load_tensors(path)
+
+
+SimCLRExtractor.legacy_layout = _legacy_simclr_file

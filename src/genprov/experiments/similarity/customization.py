@@ -3,7 +3,8 @@
 Wang et al. (ICCV 2023, "Evaluating data attribution for text-to-image models") build attribution ground
 truth by *customization*: fine-tune a pretrained model on one exemplar (object case) or a few exemplars
 sharing a style; the fine-tuned model's samples are then influenced by those exemplars by construction.
-This module is our small-scale version on a DDPM:
+This module (the benchmark-building side of ``genprov reproduce similarity``) is our small-scale version on a
+DDPM:
 
 1. a base DDPM is trained on a *pool* of training images;
 2. each customization takes exemplars that are not in the pool (held-out images; style cases apply a
@@ -37,12 +38,7 @@ from torch import Tensor
 
 from genprov.config import Config, is_int, require
 from genprov.data import save_images
-from genprov.eval.customization import (
-    DEFAULT_SEEN_CLASSES,
-    MANIFEST,
-    Customization,
-    load_customizations,
-)
+from genprov.eval.customization import DEFAULT_SEEN_CLASSES, MANIFEST, Customization
 from genprov.exceptions import DataError
 from genprov.models.diffusion import DDPM, ddpm_sample
 from genprov.models.training import default_train_config, train_ddpm
@@ -50,16 +46,7 @@ from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
 
-__all__ = [
-    "MANIFEST",
-    "STYLES",
-    "Customization",
-    "CustomizationConfig",
-    "build_customizations",
-    "influence_strength",
-    "load_customizations",
-    "stylize",
-]
+__all__ = ["STYLES", "CustomizationConfig", "build_customizations", "influence_strength", "stylize"]
 
 
 def _thick(x: Tensor) -> Tensor:

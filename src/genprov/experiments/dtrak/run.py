@@ -1,0 +1,431 @@
+"""The runner of ``genprov reproduce dtrak`` (registered in :data:`~genprov.experiments.base.EXPERIMENTS`):
+trains the DDPM, the LDS subset models and the counterfactual retrains, scores every method and returns a
+:class:`DTRAKResult`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig
+from genprov.data import ImageDataset, load_dataset, random_subsets
+from genprov.eval.lds import (
+    EvalDraws,
+    LDSBenchmark,
+    counterfactual_metrics,
+    counterfactual_removals,
+    evaluate_lds,
+    lds_vs_benchmark_size,
+    measure_losses,
+    pixel_similarity,
+)
+from genprov.eval.stats import MeanCI
+from genprov.exceptions import DataError
+from genprov.experiments.base import EXPERIMENTS, start_run
+from genprov.experiments.dtrak.config import DTRAKExperimentConfig
+from genprov.experiments.dtrak.report import build_report
+from genprov.experiments.dtrak.results import (
+    BenchmarkSizeRow,
+    CounterfactualMetrics,
+    CounterfactualResult,
+    DataInfo,
+    DTRAKResult,
+    LDSResult,
+    ModelInfo,
+    VariantLDSRow,
+    VariantPairedRow,
+)
+from genprov.models.checkpoints import load_checkpoint
+from genprov.models.classifiers import ClassifierConfig, CNNClassifier
+from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_sample
+from genprov.models.training import default_train_config, train_classifier, train_ddpm
+from genprov.utils.io import atomic_save_npz
+from genprov.utils.progress import progress
+from genprov.utils.seeding import derive_seed, numpy_rng
+
+__all__ = ["BENCHMARK_FILE", "run_dtrak"]
+
+log = logging.getLogger(__name__)
+
+#: The LDS benchmark a run writes (masks, losses and queries, readable by ``genprov trak lds``).
+BENCHMARK_FILE = "lds_benchmark.npz"
+_LOSS_CACHE = "query_losses.npz"
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def _feature_cosine(features: Callable[[Tensor], Tensor], queries: Tensor, train: Tensor) -> np.ndarray:
+    with torch.no_grad():
+        fq = torch.nn.functional.normalize(features(queries).flatten(1).double(), dim=1)
+        ft = torch.nn.functional.normalize(features(train).flatten(1).double(), dim=1)
+    return (fq @ ft.T).numpy()
+
+
+# ------------------------------------------------------------------------------------------ training jobs
+
+
+@dataclasses.dataclass
+class _Job:
+    """One DDPM to train (cached in ``out_dir``), then measure and/or sample."""
+
+    out_dir: str
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+    images: Tensor
+    draws: EvalDraws | None = None
+    sample_indices: tuple[int, ...] = ()
+    sample_seed: int = 0
+
+
+def _run_job(job: _Job) -> dict[str, Any]:
+    """Train (or reuse) the job's model; return its query losses and requested samples."""
+    torch.set_num_threads(1)
+    from genprov.models.train_config import TrainConfig
+
+    model_cfg = DDPMConfig.from_dict(job.model_config)
+    result = train_ddpm(
+        model_cfg, TrainConfig.from_dict(job.train_config), job.images, job.out_dir, show_progress=False
+    )
+    model = result.model
+    assert isinstance(model, DDPM)
+    out: dict[str, Any] = {"losses": None, "samples": None}
+    if job.draws is not None:
+        cache = Path(job.out_dir) / _LOSS_CACHE
+        key = job.draws.fingerprint()
+        if cache.is_file():
+            with np.load(cache, allow_pickle=False) as npz:
+                if str(npz["key"]) == key:
+                    out["losses"] = npz["losses"]
+        if out["losses"] is None:
+            losses = measure_losses(model, job.draws)
+            atomic_save_npz(cache, {"losses": losses, "key": np.array(key)})
+            out["losses"] = losses
+    if job.sample_indices:
+        out["samples"] = torch.cat(
+            [ddpm_sample(model, 1, seed=job.sample_seed, start=i, show_progress=False) for i in job.sample_indices]
+        )
+    return out
+
+
+def _run_jobs(jobs: Sequence[_Job], n_workers: int, desc: str, show: bool | None) -> list[dict[str, Any]]:
+    """Run jobs in order (``n_workers`` spawned single-threaded processes when > 1)."""
+    if n_workers <= 1 or len(jobs) <= 1:
+        return [_run_job(job) for job in progress(jobs, desc=desc, total=len(jobs), show=show)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        return list(progress(pool.map(_run_job, jobs), desc=desc, total=len(jobs), show=show))
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def _train_recipe(cfg: DTRAKExperimentConfig, channels: int, seed: int) -> tuple[DDPMConfig, dict[str, Any]]:
+    model_cfg = DDPMConfig.preset(cfg.preset, image_size=cfg.image_size, channels=channels)
+    train_cfg = default_train_config(
+        model_cfg, n_steps=cfg.train_steps, batch_size=cfg.batch_size, seed=seed, checkpoint_every=0
+    )
+    return model_cfg, train_cfg.to_dict()
+
+
+def _load(cfg: DTRAKExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
+    root = cfg.data_root
+    train = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_train, seed=cfg.seed)
+    test_all = load_dataset(cfg.data, split="test", data_root=root, resize=cfg.image_size)
+    n_real = min(cfg.n_real_queries, len(test_all))
+    test = test_all.subset(np.sort(numpy_rng(cfg.seed, "real-queries").choice(len(test_all), n_real, replace=False)))
+    return train, test
+
+
+def _seed_of(cfg: DTRAKExperimentConfig, j: int) -> int:
+    return int(derive_seed(cfg.seed, "lds-seed", j) % (2**31))
+
+
+@EXPERIMENTS.register("dtrak", config=DTRAKExperimentConfig)
+def run_dtrak(
+    config: DTRAKExperimentConfig,
+    out_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    show_progress: bool | None = None,
+) -> DTRAKResult:
+    """Run the D-TRAK reproduction; write ``results.json``, ``report.html`` and ``lds_benchmark.npz``.
+
+    Registered as the ``"dtrak"`` experiment (``genprov reproduce dtrak``).
+
+    Args:
+        config: What to run (see :class:`DTRAKExperimentConfig`).
+        out_dir: Output folder (models, stores and measurements are cached there).
+        data_root: Folder of dataset files (overrides ``config.data_root``).
+        show_progress: Progress bars.
+
+    Returns:
+        The typed results (``to_dict()`` is ``results.json``).
+    """
+    cfg, out = start_run(config, out_dir, data_root)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    train, test = _load(cfg)
+    channels = train.n_channels
+    model_cfg, train_cfg = _train_recipe(cfg, channels, cfg.seed)
+    _run_job(_Job(str(out / "models" / "main"), model_cfg.to_dict(), train_cfg, train.images))  # trains or reuses
+    model = load_checkpoint(out / "models" / "main").model
+    assert isinstance(model, DDPM)
+    n_gen = cfg.n_gen_queries
+    generated = ddpm_sample(model, n_gen, seed=cfg.seed, show_progress=show_progress) if n_gen else train.images[:0]
+    lap("train model + sample")
+
+    # queries: real (held-out) then generated; half of each kind chooses lambda
+    queries = torch.cat([test.images, generated])
+    kinds = np.array(["real"] * len(test) + ["generated"] * n_gen)
+    val = LDSBenchmark.empty(queries.numpy(), kinds).with_validation_split(cfg.seed).val
+
+    # classifier (feature-similarity baseline, counterfactual cosine)
+    classifier = _classifier(cfg, train, out, show_progress)
+    lap("classifier")
+
+    # features and scores
+    base = TRAKConfig(n_timesteps=cfg.n_timesteps, proj_dim=cfg.proj_dim, projector=cfg.projector, seed=cfg.seed)
+    method_scores: dict[str, np.ndarray] = {}
+    feature_seconds = {}
+    for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
+        t0 = time.perf_counter()
+        attributor = TRAKAttributor(model, config=base.replace(output_function=output_function))
+        attributor.fit(train, store=out / "stores" / _store_name(attributor.config), show_progress=show_progress)
+        phi_q = attributor.featurize_queries(queries)
+        feature_seconds[label] = round(time.perf_counter() - t0, 2)
+        dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
+        method_scores[label] = attributor.scores_sweep(phi_q, dampings)
+        assert attributor.train_features_ is not None
+        if output_function == "loss":
+            for name, scoring in (
+                ("TracIn / Grad-Dot", "grad-dot"),
+                ("Relative IF", "relative-if"),
+                ("Renormalized IF", "renormalized-if"),
+            ):
+                variant = TRAKAttributor(model, config=attributor.config.replace(scoring=scoring))
+                variant.fit_features(attributor.train_features_)
+                method_scores[name] = variant.scores_sweep(phi_q, dampings if scoring.endswith("if") else [0.0])
+    method_scores["pixel similarity"] = pixel_similarity(queries, train.images)[None]
+    method_scores["feature similarity"] = _feature_cosine(classifier.features, queries, train.images)[None]
+    lap("features + scores")
+
+    # LDS benchmark
+    draws = EvalDraws.make(queries, cfg.eval_draws, model_cfg.num_train_timesteps, cfg.seed)
+    subsets = random_subsets(len(train), cfg.n_subsets, cfg.subset_fraction, seed=cfg.seed)
+    masks = np.zeros((cfg.n_subsets, len(train)), dtype=bool)
+    for s, rows in enumerate(subsets):
+        masks[s, rows] = True
+    jobs = [
+        _Job(
+            str(out / "models" / f"subset-{s:03d}-seed-{j}"),
+            model_cfg.to_dict(),
+            _train_recipe(cfg, channels, _seed_of(cfg, j))[1],
+            train.images[torch.as_tensor(subsets[s])],
+            draws=draws,
+        )
+        for s in range(cfg.n_subsets)
+        for j in range(cfg.n_seeds)
+    ]
+    measured = _run_jobs(jobs, cfg.n_workers, "LDS models", show_progress)
+    losses = np.stack([m["losses"] for m in measured]).reshape(cfg.n_subsets, cfg.n_seeds, len(queries))
+    bench = LDSBenchmark(masks, losses, queries.numpy(), kinds, val)
+    bench.save(out / BENCHMARK_FILE)
+    lap("LDS models")
+    lds = LDSResult.from_evaluation(
+        evaluate_lds(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
+    )
+    size_curve = lds_vs_benchmark_size(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed)
+    lap("LDS evaluation")
+    study = _variant_study(
+        cfg, model, base, train, queries, bench, method_scores["pixel similarity"], out, show_progress
+    )
+    lap("variant study")
+
+    # counterfactual
+    chosen = {m: method_scores[m][lds.chosen_index(m)] for m in ("TRAK", "D-TRAK")}
+    counterfactual, cf_images = _counterfactual(
+        cfg, train, generated, chosen, kinds, model_cfg, train_cfg, classifier, out, show_progress
+    )
+    lap("counterfactual")
+
+    result = DTRAKResult(
+        experiment="dtrak",
+        config=cfg.to_dict(),
+        data=DataInfo(name=train.name, n_train=len(train), image_size=cfg.image_size, fingerprint=train.fingerprint()),
+        model=ModelInfo(preset=cfg.preset, n_params=int(sum(p.numel() for p in model.parameters()))),
+        lds=lds,
+        counterfactual=counterfactual,
+        featurization_seconds=feature_seconds,
+        claim=_claim(lds),
+        lds_vs_benchmark_size=tuple(
+            BenchmarkSizeRow(
+                subsets=row["subsets"],
+                seeds=row["seeds"],
+                mean_lds={k: v for k, v in row.items() if k not in ("subsets", "seeds")},
+            )
+            for row in size_curve
+        ),
+        variant_study=study,
+        timings_seconds=timings,
+        benchmark=str(out / BENCHMARK_FILE),
+    )
+    result.write_json(out / "results.json")
+    build_report(
+        cfg,
+        result,
+        queries=queries,
+        kinds=kinds,
+        val=val,
+        train=train,
+        method_scores=method_scores,
+        counterfactual_images=cf_images,
+    ).write(out, filename="report.html")
+    return result
+
+
+def _store_name(config: TRAKConfig) -> str:
+    """Folder name of a feature store: output function, projector, k and K (one store per feature setting)."""
+    k = "all" if config.projector == "identity" else str(config.proj_dim)
+    steps = f"t{len(config.timesteps)}" if config.timesteps else f"K{config.n_timesteps}-{config.schedule}"
+    return f"{config.output_function}-{config.projector}-k{k}-{steps}"
+
+
+def _variant_study(
+    cfg: DTRAKExperimentConfig,
+    model: DDPM,
+    base: TRAKConfig,
+    train: ImageDataset,
+    queries: Tensor,
+    bench: LDSBenchmark,
+    pixel: np.ndarray,
+    out: Path,
+    show: bool | None,
+) -> tuple[VariantLDSRow | VariantPairedRow, ...]:
+    """TRAK and D-TRAK with each ``cfg.study`` change, on the same benchmark (lambda chosen on validation),
+    with paired differences against each other and against pixel similarity."""
+    rows: list[VariantLDSRow | VariantPairedRow] = []
+    for change in cfg.study:
+        setting = ", ".join(f"{k}={v}" for k, v in change.items())
+        scores: dict[str, np.ndarray] = {"pixel similarity": pixel}
+        seconds = {}
+        for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
+            config = base.replace(output_function=output_function, **change)
+            attributor = TRAKAttributor(model, config=config)
+            start = time.perf_counter()
+            attributor.fit(train, store=out / "stores" / _store_name(config), show_progress=show)
+            phi_q = attributor.featurize_queries(queries)
+            seconds[label] = round(time.perf_counter() - start, 1)
+            dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
+            scores[label] = attributor.scores_sweep(phi_q, dampings)
+        ev = LDSResult.from_evaluation(
+            evaluate_lds(scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
+        )
+        for label in ("TRAK", "D-TRAK"):
+            lds = {kind: per_method[label].lds for kind, per_method in ev.methods.items()}
+            rows.append(VariantLDSRow(setting=setting, method=label, featurize_seconds=seconds[label], lds=lds))
+        for kind, pairs in ev.paired.items():
+            for name, ci in pairs.items():
+                rows.append(VariantPairedRow(setting=setting, method=f"{name} ({kind})", paired_difference=ci))
+    return tuple(rows)
+
+
+def _classifier(cfg: DTRAKExperimentConfig, train: ImageDataset, out: Path, show: bool | None) -> CNNClassifier:
+    if train.labels is None:
+        raise DataError(f"{train.name} has no labels; the feature-similarity baseline needs a classifier.")
+    clf_cfg = ClassifierConfig(
+        image_size=cfg.image_size, channels=train.n_channels, n_classes=int(train.labels.max()) + 1
+    )
+    clf_train = default_train_config(clf_cfg, n_steps=cfg.classifier_steps, seed=cfg.seed, checkpoint_every=0)
+    result = train_classifier(clf_cfg, clf_train, train, out / "models" / "classifier", show_progress=show)
+    assert isinstance(result.model, CNNClassifier)
+    return result.model.eval()
+
+
+def _counterfactual(
+    cfg: DTRAKExperimentConfig,
+    train: ImageDataset,
+    generated: Tensor,
+    chosen: Mapping[str, np.ndarray],
+    kinds: np.ndarray,
+    model_cfg: DDPMConfig,
+    train_cfg: dict[str, Any],
+    classifier: CNNClassifier,
+    out: Path,
+    show: bool | None,
+) -> tuple[CounterfactualResult, Tensor | None]:
+    """Remove the top-k influencers (or k random images) of a few generated images, retrain, regenerate.
+
+    Returns the measures and the report's image grid (each row: the original, then each removal's)."""
+    n_cf = cfg.counterfactual_queries
+    if n_cf == 0:
+        return CounterfactualResult(n_queries=0), None
+    gen_cols = np.flatnonzero(kinds == "generated")
+    picked = list(range(n_cf))  # generated image g is query column gen_cols[g]
+    removals = counterfactual_removals(
+        chosen, gen_cols[picked].tolist(), k=cfg.counterfactual_k, n_train=len(train), seed=cfg.seed
+    )
+    jobs, keys = [], []
+    for method, per_query in removals.items():
+        for g, removed in zip(picked, per_query, strict=True):
+            keep = np.setdiff1d(np.arange(len(train)), removed)
+            slug = method.lower().replace(" ", "-")
+            jobs.append(
+                _Job(
+                    str(out / "models" / f"counterfactual-{slug}-{g:03d}"),
+                    model_cfg.to_dict(),
+                    train_cfg,
+                    train.images[torch.as_tensor(keep)],
+                    sample_indices=(g,),
+                    sample_seed=cfg.seed,
+                )
+            )
+            keys.append((method, g))
+    done = _run_jobs(jobs, cfg.n_workers, "counterfactual models", show)
+    regenerated = {key: d["samples"][0] for key, d in zip(keys, done, strict=True)}
+    originals = generated[picked]
+    measured = counterfactual_metrics(
+        originals,
+        {method: torch.stack([regenerated[(method, g)] for g in picked]) for method in removals},
+        classifier.features,
+        seed=cfg.seed,
+        n_boot=cfg.n_boot,
+    )
+    shown = ["TRAK", "D-TRAK", "random"]
+    images = torch.stack([img for g in picked for img in (generated[g], *(regenerated[(m, g)] for m in shown))])
+    result = CounterfactualResult(
+        n_queries=n_cf,
+        k_removed=cfg.counterfactual_k,
+        methods={
+            method: CounterfactualMetrics(
+                pixel_l2=MeanCI(**m["pixel_l2"]),
+                feature_cosine=MeanCI(**m["feature_cosine"]),
+                per_query_l2=tuple(m["per_query_l2"]),
+            )
+            for method, m in measured.items()
+        },
+        columns=("original", *[f"without top-{cfg.counterfactual_k} {m}" for m in shown[:2]], "without random"),
+    )
+    return result, images
+
+
+def _claim(lds: LDSResult) -> dict[str, dict[str, bool]]:
+    """Whether D-TRAK beats TRAK and pixel similarity (paired 95% intervals above 0), per query kind."""
+    return {kind: {name: bool(ci.low > 0) for name, ci in pairs.items()} for kind, pairs in lds.paired.items()}
