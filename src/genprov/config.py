@@ -32,7 +32,7 @@ import numpy as np
 
 from genprov.exceptions import ConfigError
 
-__all__ = ["Config", "did_you_mean", "is_int", "is_positive_int", "require"]
+__all__ = ["Config", "did_you_mean", "is_int", "is_positive_int", "require", "require_choices", "require_ints"]
 
 C = TypeVar("C", bound="Config")
 
@@ -64,6 +64,23 @@ def require(condition: bool, name: str, expected: str, got: object) -> None:
     """
     if not condition:
         raise ConfigError(f"{name} must be {expected}; got {got!r}.")
+
+
+def require_ints(config: object, names: Iterable[str], *, minimum: int) -> None:
+    """:func:`require` each named field of ``config`` to be an ``int`` (``bool`` excluded) of at least ``minimum``
+    (expected: "a positive integer" for 1, "a non-negative integer" for 0, else "an integer >= minimum")."""
+    expected = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+    for name in names:
+        value = getattr(config, name)
+        require(is_int(value, minimum=minimum), name, expected, value)
+
+
+def require_choices(config: object, choices: Mapping[str, Iterable[str]]) -> None:
+    """:func:`require` each field of ``config`` named in ``choices`` to be one of its choices."""
+    for name, allowed in choices.items():
+        allowed = list(allowed)
+        value = getattr(config, name)
+        require(value in allowed, name, f"one of {', '.join(allowed)}", value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -94,9 +94,21 @@ def _recorded_images(spec: dict[str, Any] | None, data_root: str | Path | None, 
 
 
 def _add_with_images(
-    ws: Workspace, name: str, kind: str, parts: dict[str, Path], info: dict[str, Any], train: torch.Tensor
+    ws: Workspace,
+    name: str,
+    kind: str,
+    parts: dict[str, Path],
+    info: dict[str, Any],
+    images: torch.Tensor | None,
+    data_root: str | Path | None,
+    store: str | Path,
 ) -> Entry:
-    """Add an entry whose training images travel with it (``train.npz``), then prove it loads."""
+    """Add an entry whose training images travel with it (``train.npz``), then prove it loads.
+
+    ``images``: the training images; ``None`` reloads the data ``info["data"]`` records (the store's), from
+    ``data_root`` when given.
+    """
+    train = images if images is not None else _recorded_images(info.get("data"), data_root, str(store))
     staging = ws.folder / f".{name}-{TRAIN_IMAGES}"
     Workspace.save_train_images(train, staging)
     try:
@@ -129,9 +141,9 @@ def add_trak(
     if "trak_config" not in info or ("model" not in info and model is None):
         raise DataError(f"{store} was not written by 'genprov trak featurize'; it lacks the model and config it used.")
     model_path = Path(model) if model is not None else Path(info["model"])
-    images = train if train is not None else _recorded_images(info.get("data"), data_root, str(store))
     facts = {k: info.get(k) for k in ("image_size", "channels", "trak_config", "data")}
-    return _add_with_images(ws, name, "trak", {"store": Path(store), "model": model_path}, facts, images)
+    parts = {"store": Path(store), "model": model_path}
+    return _add_with_images(ws, name, "trak", parts, facts, train, data_root, store)
 
 
 def add_similarity(
@@ -170,5 +182,4 @@ def add_similarity(
         else:
             parts[part] = source
             info[part] = part
-    images = train if train is not None else _recorded_images(info["data"], data_root, str(store))
-    return _add_with_images(ws, name, "similarity", parts, info, images)
+    return _add_with_images(ws, name, "similarity", parts, info, train, data_root, store)

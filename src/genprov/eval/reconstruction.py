@@ -48,17 +48,26 @@ __all__ = [
 ]
 
 
-def _pair(x: object, y: object) -> tuple[Tensor, Tensor]:
-    """Check two image batches of the same shape and return them as float64 tensors."""
-    tx = check_images(to_tensor(x, "x"), "x", value_range=None)
-    ty = check_images(to_tensor(y, "y"), "y", value_range=None)
+def _pair(
+    x: object,
+    y: object,
+    names: tuple[str, str] = ("x", "y"),
+    *,
+    what: str = "(n, C, H, W)",
+    fix: str = "Pair each reconstruction with its original.",
+    items: str = "image pair",
+) -> tuple[Tensor, Tensor]:
+    """Check two image batches of the same shape (named ``names`` in errors; ``fix`` says how to pair them
+    and ``items`` what one pair is) and return them as float64 tensors."""
+    a, b = names
+    tx = check_images(to_tensor(x, a), a, value_range=None)
+    ty = check_images(to_tensor(y, b), b, value_range=None)
     if tx.shape != ty.shape:
         raise DataError(
-            f"x and y must have the same shape (n, C, H, W); got {tuple(tx.shape)} and {tuple(ty.shape)}. "
-            "Pair each reconstruction with its original."
+            f"{a} and {b} must have the same shape {what}; got {tuple(tx.shape)} and {tuple(ty.shape)}. {fix}"
         )
     if tx.shape[0] == 0:
-        raise DataError("x and y are empty; pass at least one image pair.")
+        raise DataError(f"{a} and {b} are empty; pass at least one {items}.")
     return tx.detach().to("cpu", torch.float64), ty.detach().to("cpu", torch.float64)
 
 
@@ -302,16 +311,14 @@ def feature_similarity(
 
 
 def _maps(defended: object, original: object) -> tuple[Tensor, Tensor]:
-    d = check_images(to_tensor(defended, "defended"), "defended", value_range=None)
-    o = check_images(to_tensor(original, "original"), "original", value_range=None)
-    if d.shape != o.shape:
-        raise DataError(
-            f"defended and original explanations must have the same shape (n, 1, H, W); got {tuple(d.shape)} "
-            f"and {tuple(o.shape)}. Pair each defended map with the clean map of the same input."
-        )
-    if d.shape[0] == 0:
-        raise DataError("defended and original are empty; pass at least one pair of maps.")
-    return d.detach().to("cpu", torch.float64), o.detach().to("cpu", torch.float64)
+    return _pair(
+        defended,
+        original,
+        ("defended", "original"),
+        what="(n, 1, H, W)",
+        fix="Pair each defended map with the clean map of the same input.",
+        items="pair of maps",
+    )
 
 
 def explanation_distortion(defended: Tensor, original: Tensor) -> Tensor:

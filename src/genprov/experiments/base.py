@@ -14,6 +14,7 @@ and ``report.html`` into ``out_dir``.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentResult",
     "ExperimentRunner",
+    "Laps",
     "gan_preset_values",
     "json_key",
     "run_experiment",
@@ -154,6 +156,24 @@ def gan_preset_values(data: str, quick: bool, quick_values: Mapping[str, Any]) -
     if quick:
         values.update(quick_values)
     return values
+
+
+class Laps:
+    """A run's stopwatch: ``lap(name)`` records the seconds since the previous mark (rounded to 0.01 s) in
+    :attr:`timings` (a result's ``timings_seconds``) and starts the next lap."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start the next lap now (time since the previous mark is not recorded)."""
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._clock, 2)
+        self._clock = now
 
 
 def start_run(config: _E, out_dir: str | Path, data_root: str | Path | None) -> tuple[_E, Path]:

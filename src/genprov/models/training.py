@@ -235,24 +235,25 @@ class _Task(ABC):
 
 
 class _GANTask(_Task):
-    """GAN training (images or tabular rows): ``n_critic`` discriminator updates, then one generator update."""
+    """GAN training (images or tabular rows): ``n_critic`` discriminator updates, then one generator update.
+
+    The objective and latent size come from the model config (:class:`GANConfig` or :class:`TabularGANConfig`).
+    """
 
     def __init__(
         self,
         kind: str,
-        model_config: Config,
+        model_config: GANConfig | TabularGANConfig,
         cfg: TrainConfig,
         data: Tensor,
         device: torch.device,
         modules: dict[str, nn.Module],
-        objective: GANObjective,
-        latent_dim: int,
     ) -> None:
         super().__init__(model_config, cfg, data, device)
         self.kind = kind
         self.modules = {k: m.to(device) for k, m in modules.items()}
-        self.objective = objective
-        self.latent_dim = latent_dim
+        self.objective: GANObjective = model_config.objective()
+        self.latent_dim = model_config.latent_dim
         self.optimizers = {name: _optimizer([m], cfg) for name, m in self.modules.items()}
 
     def step(self, step: int) -> dict[str, float]:
@@ -592,9 +593,7 @@ def train_gan(
     x = _images(dataset, channels=model_config.channels, size=model_config.image_size)
     with _seeded_init(cfg.seed):
         modules = build_gan(model_config)
-    task = _GANTask(
-        "gan", model_config, cfg, x, torch.device(device), modules, model_config.objective(), model_config.latent_dim
-    )
+    task = _GANTask("gan", model_config, cfg, x, torch.device(device), modules)
     return _run(task, out_dir, _fingerprint(x), resume=resume, show_progress=show_progress)
 
 
@@ -711,14 +710,5 @@ def train_tabular_gan(
         raise DataError(f"A tabular GAN needs at least 2 training rows; got {len(x)}.")
     with _seeded_init(cfg.seed):
         modules = build_tabular_gan(model_config)
-    task = _GANTask(
-        "tabular-gan",
-        model_config,
-        cfg,
-        x,
-        torch.device(device),
-        modules,
-        model_config.objective(),
-        model_config.latent_dim,
-    )
+    task = _GANTask("tabular-gan", model_config, cfg, x, torch.device(device), modules)
     return _run(task, out_dir, _fingerprint(x), resume=resume, show_progress=show_progress)

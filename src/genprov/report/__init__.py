@@ -16,34 +16,9 @@ Example:
     'index.html'
 """
 
-from genprov.report.blocks import (
-    Block,
-    Figure,
-    Gallery,
-    GalleryItem,
-    GalleryRow,
-    Image,
-    ImageSource,
-    KeyValue,
-    Table,
-    Text,
-    format_value,
-)
+from genprov.report import blocks
+from genprov.report.blocks import *  # noqa: F403 (the names blocks.__all__ lists)
 from genprov.report.document import Report, Section, slugify
 
-__all__ = [
-    "Block",
-    "Figure",
-    "Gallery",
-    "GalleryItem",
-    "GalleryRow",
-    "Image",
-    "ImageSource",
-    "KeyValue",
-    "Report",
-    "Section",
-    "Table",
-    "Text",
-    "format_value",
-    "slugify",
-]
+__all__ = ["Report", "Section", "slugify"]
+__all__ += blocks.__all__

@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from scipy.stats import skew
 from torch import Tensor, nn
 
-from genprov.attribution.data.extractors.backbones import _safetensors_metadata
+from genprov.attribution.data.extractors.backbones import read_legacy_file
 from genprov.attribution.data.extractors.base import seeded_init_
-from genprov.config import Config, is_int, is_positive_int, require
+from genprov.config import Config, is_int, require, require_ints
 from genprov.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from genprov.metrics import average_precision
 from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
-from genprov.models.checkpoints import check_state, load_tensors
+from genprov.models.checkpoints import check_state
 from genprov.storage import fingerprint_state
 from genprov.utils.arrays import as_index_list
 from genprov.utils.progress import progress
@@ -149,8 +149,7 @@ class TuningConfig(Config):
 
     def validate(self) -> None:
         require(self.mapper in MAPPERS, "mapper", f"one of {MAPPERS}", self.mapper)
-        for name in ("hidden_dim", "batch_size", "eval_every", "patience", "hub_k"):
-            require(is_positive_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        require_ints(self, ("hidden_dim", "batch_size", "eval_every", "patience", "hub_k"), minimum=1)
         require(is_int(self.n_pool_negatives, minimum=0), "n_pool_negatives", "an integer >= 0", self.n_pool_negatives)
         require(is_int(self.max_steps, minimum=0), "max_steps", "an integer >= 0", self.max_steps)
         require(is_int(self.seed, minimum=0), "seed", "a non-negative integer", self.seed)
@@ -427,25 +426,19 @@ class FeatureMapper(Pretrained):
 
 def _legacy_mapper_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
     """A mapper saved as one safetensors file (format ``genprov-feature-mapper-1``) as an artefact record."""
-    if not path.is_file():
-        return None
-    meta = _safetensors_metadata(path)
-    if meta.get("format") != _LEGACY_MAPPER_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a genprov feature mapper (no format {_LEGACY_MAPPER_FORMAT!r} in its metadata); pass a "
-            "folder written by save_pretrained."
-        )
-    try:
-        config = json.loads(meta["config"])
-        state = {
-            "dim": int(meta["dim"]),
-            **{name.rstrip("_"): json.loads(meta.get(name.rstrip("_"), "null")) for name in _RECORDED},
-        }
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} has invalid metadata: {err}") from err
-    state["history"] = state["history"] or []
-    raw = {"kind": FeatureMapper.artifact_kind, "method": str(config.get("mapper", "")), "config": config}
-    return {**raw, "state": state}, load_tensors(path)
+    return read_legacy_file(
+        path,
+        _LEGACY_MAPPER_FORMAT,
+        "a genprov feature mapper",
+        kind=FeatureMapper.artifact_kind,
+        method=lambda config: str(config.get("mapper", "")),
+        state=_legacy_mapper_state,
+    )
+
+
+def _legacy_mapper_state(meta: dict[str, str]) -> dict[str, Any]:
+    recorded = {name.rstrip("_"): json.loads(meta.get(name.rstrip("_"), "null")) for name in _RECORDED}
+    return {"dim": int(meta["dim"]), **recorded, "history": recorded["history"] or []}
 
 
 FeatureMapper.legacy_layout = _legacy_mapper_file

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKConfig
-from genprov.config import is_int, require
+from genprov.config import require, require_choices, require_ints
 from genprov.experiments.base import ExperimentConfig
 from genprov.models.diffusion import DDPM_PRESETS
 
@@ -112,28 +112,27 @@ class DTRAKExperimentConfig(ExperimentConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.data in _DATA_PRESETS, "data", f"one of {', '.join(_DATA_PRESETS)}", self.data)
-        require(self.preset in DDPM_PRESETS, "preset", f"one of {', '.join(DDPM_PRESETS)}", self.preset)
-        for name in (
-            "image_size",
-            "n_train",
-            "train_steps",
-            "batch_size",
-            "n_subsets",
-            "n_seeds",
-            "eval_draws",
-            "n_timesteps",
-            "proj_dim",
-            "counterfactual_k",
-            "classifier_steps",
-            "n_workers",
-            "n_boot",
-        ):
-            value = getattr(self, name)
-            require(is_int(value) and value >= 1, name, "a positive integer", value)
-        for name in ("n_real_queries", "n_gen_queries", "counterfactual_queries", "gallery_queries"):
-            value = getattr(self, name)
-            require(is_int(value) and value >= 0, name, "a non-negative integer", value)
+        require_choices(self, {"data": _DATA_PRESETS, "preset": DDPM_PRESETS})
+        require_ints(
+            self,
+            (
+                "image_size",
+                "n_train",
+                "train_steps",
+                "batch_size",
+                "n_subsets",
+                "n_seeds",
+                "eval_draws",
+                "n_timesteps",
+                "proj_dim",
+                "counterfactual_k",
+                "classifier_steps",
+                "n_workers",
+                "n_boot",
+            ),
+            minimum=1,
+        )
+        require_ints(self, ("n_real_queries", "n_gen_queries", "counterfactual_queries", "gallery_queries"), minimum=0)
         require(self.n_real_queries + self.n_gen_queries >= 4, "n_real_queries + n_gen_queries", "at least 4", 0)
         require(self.n_subsets >= 3, "n_subsets", "at least 3 (LDS ranks subsets)", self.n_subsets)
         require(0 < self.subset_fraction < 1, "subset_fraction", "a number in (0, 1)", self.subset_fraction)

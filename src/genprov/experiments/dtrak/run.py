@@ -31,7 +31,7 @@ from genprov.eval.lds import (
 )
 from genprov.eval.stats import MeanCI
 from genprov.exceptions import DataError
-from genprov.experiments.base import EXPERIMENTS, start_run
+from genprov.experiments.base import EXPERIMENTS, Laps, start_run
 from genprov.experiments.dtrak.config import DTRAKExperimentConfig
 from genprov.experiments.dtrak.report import build_report
 from genprov.experiments.dtrak.results import (
@@ -173,15 +173,7 @@ def run_dtrak(
         The typed results (``to_dict()`` is ``results.json``).
     """
     cfg, out = start_run(config, out_dir, data_root)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 2)
-        clock = now
-
+    lap = Laps()
     train, test = _load(cfg)
     channels = train.n_channels
     model_cfg, train_cfg = _train_recipe(cfg, channels, cfg.seed)
@@ -284,7 +276,7 @@ def run_dtrak(
             for row in size_curve
         ),
         variant_study=study,
-        timings_seconds=timings,
+        timings_seconds=lap.timings,
         benchmark=str(out / BENCHMARK_FILE),
     )
     result.write_json(out / "results.json")

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
-from genprov.config import is_positive_int, require
+from genprov.config import is_positive_int, require, require_ints
 from genprov.eval.privacy_audit import QUICK_ATTACK_SIZES, QUICK_GNIME_SIZES, audit_configs
 from genprov.experiments.base import ExperimentConfig
 from genprov.models.classifiers import ClassifierConfig
@@ -107,8 +107,7 @@ class GNIMEExperimentConfig(ExperimentConfig):
             "None or an integer in [0, classifier_n_conv - 1]",
             self.classifier_n_pool,
         )
-        for name in ("classifier_steps", "classifier_width", "n_grid", "n_boot"):
-            require(is_positive_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        require_ints(self, ("classifier_steps", "classifier_width", "n_grid", "n_boot"), minimum=1)
         require(
             self.a is None or (isinstance(self.a, (int, float)) and math.isfinite(self.a) and self.a >= 0),
             "a",

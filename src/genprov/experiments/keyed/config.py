@@ -7,7 +7,7 @@ from typing import Any
 
 from genprov.attribution.model.keyed import KeyedGeneratorsConfig
 from genprov.attribution.model.keyed_postprocess import POST_PROCESSES, check_post_process_names
-from genprov.config import is_int, is_positive_int, require
+from genprov.config import require, require_ints
 from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values
 
 __all__ = ["DATA_SIZES", "VARIANTS", "KeyedExperimentConfig"]
@@ -74,12 +74,8 @@ class KeyedExperimentConfig(ExperimentConfig):
     def validate(self) -> None:
         super().validate()
         require(self.data in DATA_SIZES, "data", f"one of {', '.join(DATA_SIZES)}", self.data)
-        for name in ("n_keys", "gan_steps", "gan_width", "latent_dim", "classifier_steps", "n_grid"):
-            value = getattr(self, name)
-            require(is_positive_int(value), name, "a positive integer", value)
-        for name in ("n_eval", "n_real_eval"):
-            value = getattr(self, name)
-            require(is_int(value, minimum=2), name, "an integer >= 2", value)
+        require_ints(self, ("n_keys", "gan_steps", "gan_width", "latent_dim", "classifier_steps", "n_grid"), minimum=1)
+        require_ints(self, ("n_eval", "n_real_eval"), minimum=2)
         check_post_process_names(self.post_processes)
         for variant in self.variants:
             require(variant in VARIANTS, "variants", f"names among {VARIANTS}", variant)

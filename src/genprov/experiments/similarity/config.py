@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from genprov.attribution.data import FEATURE_EXTRACTORS, TuningConfig
-from genprov.config import is_int, require
+from genprov.config import is_int, require, require_choices, require_ints
 from genprov.eval.customization import N_VAL_CLASSES, TUNING_GRID
 from genprov.experiments.base import ExperimentConfig
 from genprov.experiments.similarity.customization import CustomizationConfig
@@ -111,24 +111,23 @@ class SimilarityExperimentConfig(ExperimentConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.data in _DATA_PRESETS, "data", f"one of {', '.join(_DATA_PRESETS)}", self.data)
-        require(self.preset in DDPM_PRESETS, "preset", f"one of {', '.join(DDPM_PRESETS)}", self.preset)
-        for name in (
-            "image_size",
-            "n_pool",
-            "train_steps",
-            "batch_size",
-            "n_control",
-            "classifier_steps",
-            "soft_top_n",
-            "gallery_k",
-            "effnet_image_size",
-        ):
-            value = getattr(self, name)
-            require(is_int(value, minimum=1), name, "a positive integer", value)
-        for name in ("simclr_steps", "gallery_queries"):
-            value = getattr(self, name)
-            require(is_int(value, minimum=0), name, "a non-negative integer", value)
+        require_choices(self, {"data": _DATA_PRESETS, "preset": DDPM_PRESETS})
+        require_ints(
+            self,
+            (
+                "image_size",
+                "n_pool",
+                "train_steps",
+                "batch_size",
+                "n_control",
+                "classifier_steps",
+                "soft_top_n",
+                "gallery_k",
+                "effnet_image_size",
+            ),
+            minimum=1,
+        )
+        require_ints(self, ("simclr_steps", "gallery_queries"), minimum=0)
         require(
             self.n_heldout is None or is_int(self.n_heldout, minimum=1),
             "n_heldout",

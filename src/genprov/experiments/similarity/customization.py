@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genprov.config import Config, is_int, require
+from genprov.config import Config, is_int, require, require_ints
 from genprov.data import save_images
 from genprov.eval.customization import DEFAULT_SEEN_CLASSES, MANIFEST, Customization
 from genprov.exceptions import DataError
@@ -113,12 +113,11 @@ class CustomizationConfig(Config):
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("n_object", "n_style"):
-            require(is_int(getattr(self, name), minimum=0), name, "a non-negative integer", getattr(self, name))
+        require_ints(self, ("n_object", "n_style"), minimum=0)
         require(self.n_object + self.n_style >= 1, "n_object + n_style", "at least 1", self.n_object + self.n_style)
-        for name in ("style_exemplars", "finetune_steps", "batch_size", "n_prior", "n_samples", "ddim_steps"):
-            value = getattr(self, name)
-            require(is_int(value, minimum=1), name, "a positive integer", value)
+        require_ints(
+            self, ("style_exemplars", "finetune_steps", "batch_size", "n_prior", "n_samples", "ddim_steps"), minimum=1
+        )
         require(self.batch_size >= 2, "batch_size", "at least 2 (half exemplars, half prior)", self.batch_size)
         require(
             all(s in STYLES for s in self.styles) and len(self.styles) >= 1,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from genprov.eval.customization import (
 )
 from genprov.eval.retrieval import recall_per_query
 from genprov.exceptions import DataError, MissingDependencyError
-from genprov.experiments.base import EXPERIMENTS, start_run
+from genprov.experiments.base import EXPERIMENTS, Laps, start_run
 from genprov.experiments.similarity.config import SimilarityExperimentConfig
 from genprov.experiments.similarity.customization import build_customizations, influence_strength
 from genprov.experiments.similarity.report import build_report
@@ -389,15 +388,7 @@ def run_similarity(
         The typed results (``to_dict()`` is ``results.json``).
     """
     cfg, out = start_run(config, out_dir, data_root)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 2)
-        clock = now
-
+    lap = Laps()
     pool, heldout = _load_data(cfg)
     base = _base_model(cfg, pool, out, show_progress)
     lap("base model")
@@ -415,7 +406,7 @@ def run_similarity(
     skipped: dict[str, str] = {}
     gallery_feats: dict[str, tuple[BenchFeatures, BenchFeatures, dict[str, SoftRow]]] = {}
     for name in cfg.extractors:
-        t0 = time.perf_counter()
+        lap.restart()
         try:
             extractor = _build_extractor(name, cfg, pool, out, show_progress)
             raw = _featurize(extractor, bench, out)
@@ -464,8 +455,8 @@ def run_similarity(
             soft_by_variant[variant] = _soft(feats, bench, cfg.soft_top_n, name, variant)
             soft.append(soft_by_variant[variant])
         gallery_feats[name] = (raw, raw.mapped(mapper), soft_by_variant)
-        timings[f"extractor {name}"] = round(time.perf_counter() - t0, 2)
-    clock = time.perf_counter()
+        lap(f"extractor {name}")
+    lap.restart()
     if not tuning:
         raise DataError(f"No extractor could run: {skipped}.")
 
@@ -502,11 +493,11 @@ def run_similarity(
         skipped_extractors=skipped,
         gallery_extractor=shown,
         claims=_claims(retrieval, controls, soft, chance),
-        timings_seconds=dict(timings),
+        timings_seconds=dict(lap.timings),
     )
     report = build_report(cfg, result, bench, gallery_feats[shown], out)
     lap("report")  # results.json holds the report's time too; the report's own table does not
-    result = dataclasses.replace(result, timings_seconds=timings)
+    result = dataclasses.replace(result, timings_seconds=lap.timings)
     result.write_json(out / "results.json")
     report.write(out, filename="report.html")
     return result

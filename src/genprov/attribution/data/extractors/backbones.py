@@ -5,9 +5,10 @@ architecture and packaged weights, and the readers of local weights files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ __all__ = [
     "efficientnet_lite0_weights_path",
     "load_backbone_weights",
     "load_state_dict_file",
+    "read_legacy_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,45 @@ def _safetensors_metadata(file: Path) -> dict[str, str]:
             return dict(handle.metadata() or {})
     except Exception as err:  # safetensors raises its own error types on bad files
         raise CheckpointError(f"Cannot read {file}: {err}. The file is truncated or corrupted; re-create it.") from err
+
+
+def read_legacy_file(
+    path: Path,
+    fmt: str,
+    what: str,
+    *,
+    kind: str,
+    method: Callable[[dict[str, Any]], str],
+    state: Callable[[dict[str, str]], dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
+    """A fitted object saved as one safetensors file of the old format ``fmt`` as an artefact record and its
+    tensors (a family's ``legacy_layout``); ``None`` when ``path`` is no file.
+
+    Args:
+        path: The file.
+        fmt: The format its metadata names.
+        what: What it holds, for the error (e.g. ``"a genprov SimCLR encoder"``).
+        kind: The record's artefact kind.
+        method: The record's method from the stored config.
+        state: The record's state from the file's metadata (a ``KeyError`` or ``ValueError`` is refused).
+
+    Raises:
+        CheckpointError: The file has another format or invalid metadata.
+    """
+    if not path.is_file():
+        return None
+    meta = _safetensors_metadata(path)
+    if meta.get("format") != fmt:
+        raise CheckpointError(
+            f"{path} is not {what} (no format {fmt!r} in its metadata); pass a folder written by save_pretrained."
+        )
+    try:
+        config = json.loads(meta["config"])
+        record_state = state(meta)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path} has invalid metadata: {err}") from err
+    record = {"kind": kind, "method": method(config), "config": config, "state": record_state}
+    return record, load_tensors(path)
 
 
 class ConvEncoder(nn.Module):

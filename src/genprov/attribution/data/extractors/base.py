@@ -35,6 +35,7 @@ __all__ = [
     "ExtractorConfig",
     "FeatureExtractor",
     "build_extractor",
+    "normalize_images",
     "prepare_images",
     "seeded_init_",
 ]
@@ -85,6 +86,14 @@ def prepare_images(
     if resize_to is not None and tuple(x.shape[2:]) != (resize_to, resize_to):
         x = F.interpolate(x, size=(resize_to, resize_to), mode="bilinear", align_corners=False, antialias=True)
     return x.to(torch.float32)
+
+
+def normalize_images(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(n, C, H, W) images in [-1, 1] mapped to [0, 1], then normalised per channel by ``mean`` and ``std``
+    (a backbone's preprocessing, e.g. ImageNet's or CLIP's)."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return ((x + 1) / 2 - m) / s
 
 
 def seeded_init_(module: nn.Module, seed: int, *keys: int | str) -> nn.Module:

@@ -22,6 +22,7 @@ from genprov.attribution.data.extractors.base import (
     FEATURE_EXTRACTORS,
     ExtractorConfig,
     FeatureExtractor,
+    normalize_images,
     prepare_images,
 )
 from genprov.config import is_positive_int, require
@@ -122,9 +123,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         self._setup()
         x = prepare_images(images, channels=3, resize_to=self.config.image_size, name=name)
         if self.config.normalization == "imagenet":
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-            x = ((x + 1) / 2 - mean) / std
+            x = normalize_images(x, IMAGENET_MEAN, IMAGENET_STD)
         return x
 
     def _forward(self, x: Tensor) -> Tensor:

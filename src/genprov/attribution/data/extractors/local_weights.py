@@ -9,7 +9,6 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from genprov.attribution.data.extractors.backbones import (
@@ -21,6 +20,7 @@ from genprov.attribution.data.extractors.base import (
     FEATURE_EXTRACTORS,
     ExtractorConfig,
     FeatureExtractor,
+    normalize_images,
     prepare_images,
 )
 from genprov.config import is_positive_int, require
@@ -143,9 +143,7 @@ class LocalWeightsExtractor(FeatureExtractor):
         if mean:
             if len(mean) != x.shape[1]:
                 raise ConfigError(f"mean has {len(mean)} values but the images have {x.shape[1]} channels.")
-            m = torch.tensor(mean).view(1, -1, 1, 1)
-            s = torch.tensor(std).view(1, -1, 1, 1)
-            x = ((x + 1) / 2 - m) / s
+            x = normalize_images(x, mean, std)
         return x
 
     def _forward(self, x: Tensor) -> Tensor:

@@ -5,7 +5,6 @@ augmentations (random affine crop, brightness / contrast, noise; no torchvision)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -16,7 +15,7 @@ from torch import Tensor, nn
 
 from genprov.attribution.data.extractors.backbones import (
     ConvEncoder,
-    _safetensors_metadata,
+    read_legacy_file,
 )
 from genprov.attribution.data.extractors.base import (
     FEATURE_EXTRACTORS,
@@ -25,10 +24,10 @@ from genprov.attribution.data.extractors.base import (
     prepare_images,
     seeded_init_,
 )
-from genprov.config import is_int, is_positive_int, require
+from genprov.config import is_int, require, require_ints
 from genprov.exceptions import CheckpointError, DataError, NotFittedError
 from genprov.models.artifact import ArtifactPayload, ArtifactRecord
-from genprov.models.checkpoints import check_state, load_tensors
+from genprov.models.checkpoints import check_state
 from genprov.storage import fingerprint_state
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
@@ -82,8 +81,7 @@ class SimCLRConfig(ExtractorConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("width", "n_conv", "proj_dim", "train_batch_size"):
-            require(is_positive_int(getattr(self, name)), name, "a positive integer", getattr(self, name))
+        require_ints(self, ("width", "n_conv", "proj_dim", "train_batch_size"), minimum=1)
         require(is_int(self.steps, minimum=0), "steps", "a non-negative integer", self.steps)
         require(is_int(self.seed, minimum=0), "seed", "a non-negative integer", self.seed)
         require(self.temperature > 0, "temperature", "a positive number", self.temperature)
@@ -266,21 +264,14 @@ class SimCLRExtractor(FeatureExtractor):
 
 def _legacy_simclr_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
     """An encoder saved as one safetensors file (format ``genprov-simclr-1``) as an artefact record."""
-    if not path.is_file():
-        return None
-    meta = _safetensors_metadata(path)
-    if meta.get("format") != _LEGACY_SIMCLR_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a genprov SimCLR encoder (no format {_LEGACY_SIMCLR_FORMAT!r} in its metadata); pass "
-            "a folder written by save_pretrained."
-        )
-    try:
-        config = json.loads(meta["config"])
-        channels = int(meta["in_channels"])
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} has invalid metadata: {err}") from err
-    raw = {"kind": SimCLRExtractor.artifact_kind, "method": SimCLRExtractor.name, "config": config}
-    return {**raw, "state": {"in_channels": channels}}, load_tensors(path)
+    return read_legacy_file(
+        path,
+        _LEGACY_SIMCLR_FORMAT,
+        "a genprov SimCLR encoder",
+        kind=SimCLRExtractor.artifact_kind,
+        method=lambda config: SimCLRExtractor.name,
+        state=lambda meta: {"in_channels": int(meta["in_channels"])},
+    )
 
 
 SimCLRExtractor.legacy_layout = _legacy_simclr_file
