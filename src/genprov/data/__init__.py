@@ -40,8 +40,10 @@ from genprov.data.perturb import PERTURBATIONS, gaussian_blur, jpeg_roundtrip, p
 from genprov.data.sources import (
     DatasetInfo,
     dataset_info,
+    has_split,
     list_datasets,
     load_dataset,
+    load_train_test,
     missing_files,
     resolve_data_root,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "download",
     "expand_image_paths",
     "gaussian_blur",
+    "has_split",
     "image_sizes",
     "image_to_tensor",
     "jpeg_roundtrip",
@@ -69,6 +72,7 @@ __all__ = [
     "load_image",
     "load_images",
     "load_tabular",
+    "load_train_test",
     "make_grid",
     "max_decoded_pixels",
     "min_image_size",

@@ -52,6 +52,7 @@ from genprov.data.images import (
     stack_images,
     uint8_to_model,
 )
+from genprov.data.splits import split_indices, stratified_split_indices
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError
 from genprov.utils.artifacts import identify_artifact
 
@@ -651,6 +652,74 @@ def load_dataset(
     if os.sep in key or "/" in key or path.suffix.lower() in _ARRAY_SUFFIXES or key.startswith((".", "~")):
         raise DataError(f"{path} does not exist. Check the path (relative paths start from {Path.cwd()}).")
     raise _unknown_dataset(key)
+
+
+def has_split(name: str | os.PathLike[str], split: str) -> bool:
+    """Whether dataset ``name`` (a built-in name or a path) has its own ``split`` set: a built-in's
+    listed splits, an image folder's ``split`` sub-folder, an ``.npz``'s ``x_<split>``-style key. A
+    single set of images (a flat folder, an ``.npy``, an LMDB) has only ``"train"``. Missing or
+    unreadable files are :func:`load_dataset`'s to report: they count as having the split."""
+    key = os.fspath(name)
+    if key in _BUILTINS:
+        return split in _BUILTINS[key].info.splits
+    if split == "train":
+        return True
+    path = Path(key).expanduser()
+    if path.is_dir() and (path / _SAMPLES_FILE).is_file():
+        path = path / _SAMPLES_FILE
+    if path.is_dir():
+        return not (path / "data.mdb").is_file() and (path / split).is_dir()
+    if path.suffix.lower() == ".npz" and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return _pick(list(npz.files), [f"{k}_{split}" for k in _IMAGE_KEYS]) is not None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return True
+    return not path.exists() or path.suffix.lower() != ".npy"
+
+
+def load_train_test(
+    name: str | os.PathLike[str],
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    resize: int | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> tuple[ImageDataset, ImageDataset]:
+    """A dataset's training and test sets, for any source a reproduction accepts.
+
+    Where the source has a ``test`` split (:func:`has_split`) both come from :func:`load_dataset`; a single
+    set of images (a flat folder, an ``.npy``, an ``.npz`` without ``x_test``) is split by ``seed``:
+    ``test_fraction`` of it (of each label, when labelled) becomes the test set. ``n_train`` / ``n_test``
+    then keep seeded random subsets.
+
+    Raises:
+        ConfigError: ``test_fraction`` outside (0, 1).
+        DataError: As :func:`load_dataset`; a single set too small to split.
+    """
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be a number in (0, 1); got {test_fraction!r}.")
+    if has_split(name, "test"):
+        train = load_dataset(name, split="train", data_root=data_root, resize=resize, n=n_train, seed=seed)
+        return train, load_dataset(name, split="test", data_root=data_root, resize=resize, n=n_test, seed=seed)
+    full = load_dataset(name, split="train", data_root=data_root, resize=resize)
+    fractions = [1 - test_fraction, test_fraction]
+    if full.labels is not None:
+        parts = stratified_split_indices(full.labels, fractions, seed=seed)
+    else:
+        parts = split_indices(len(full), fractions, seed=seed)
+    if min(len(part) for part in parts) == 0:
+        raise DataError(
+            f"{full.name} holds {len(full)} images and no test split, too few to split off a test set "
+            f"({test_fraction:.0%}); add images or give it train/ and test/ sub-folders."
+        )
+    out = []
+    for part, n in zip(parts, (n_train, n_test), strict=True):
+        chosen = sample_indices(len(part), n, seed)
+        out.append(full.subset(part if chosen is None else part[chosen]))
+    return out[0], out[1]
 
 
 def list_datasets() -> list[DatasetInfo]:

@@ -14,15 +14,21 @@ and ``report.html`` into ``out_dir``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import platform
+import shlex
+import subprocess
 import time
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from genprov.config import Config, require
 from genprov.exceptions import ConfigError
 from genprov.registry import Registry
-from genprov.utils.io import atomic_write_json, json_safe
+from genprov.utils.io import atomic_write_json, json_safe, read_json
 
 __all__ = [
     "EXPERIMENTS",
@@ -33,6 +39,7 @@ __all__ = [
     "Laps",
     "gan_preset_values",
     "json_key",
+    "provenance",
     "run_experiment",
     "start_run",
 ]
@@ -195,8 +202,83 @@ def run_experiment(
     show_progress: bool | None = None,
 ) -> ExperimentResult:
     """Run the registered experiment ``name`` (config as object, dict or ``None`` for defaults); its typed
-    result (``.to_dict()`` is what ``results.json`` holds)."""
+    result (``.to_dict()`` is what ``results.json`` holds, which also gets a ``provenance`` entry: see
+    :func:`provenance`)."""
     entry = EXPERIMENTS.entry(name)
     cfg_type = entry.config or ExperimentConfig
     cfg: Config = cfg_type.from_dict(config or {}) if not isinstance(config, Config) else config
-    return entry.factory(cfg, Path(out_dir), data_root=data_root, show_progress=show_progress)
+    result = entry.factory(cfg, Path(out_dir), data_root=data_root, show_progress=show_progress)
+    results_path = Path(out_dir) / "results.json"
+    if results_path.is_file():  # every runner writes it; the provenance goes beside what it measured
+        assert isinstance(cfg, ExperimentConfig)
+        if data_root is not None and "data_root" in {f.name for f in dataclasses.fields(cfg)}:
+            cfg = cfg.replace(data_root=str(data_root))
+        atomic_write_json(results_path, {**read_json(results_path), "provenance": provenance(name, cfg)})
+    return result
+
+
+#: Packages whose versions a result records (those installed).
+_VERSIONED = ("genprov", "numpy", "scipy", "scikit-learn", "torch", "diffusers", "transformers", "peft")
+
+
+def provenance(name: str, config: ExperimentConfig) -> dict[str, Any]:
+    """What re-creates a result of experiment ``name`` run with ``config``: the ``genprov reproduce``
+    command (every value that differs from the preset of its data, seed and ``--quick`` as ``--set``),
+    the seed, the package versions, the Python and platform, the git commit of the source when it is a
+    checkout (with ``dirty`` when it had uncommitted changes) and the UTC time of the run."""
+    preset = type(config).preset_for(config.data, seed=config.seed, quick=config.quick).to_dict()
+    changed = _changed(preset, config.to_dict())
+    argv = ["genprov", "reproduce", name, "--data", config.data, "--seed", str(config.seed)]
+    if config.quick:
+        argv.append("--quick")
+    if "data_root" in changed:
+        argv += ["--data-root", str(changed.pop("data_root"))]
+    for key, value in changed.items():
+        argv += ["--set", f"{key}={json.dumps(value, separators=(',', ':'))}"]
+    versions = {}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "command": shlex.join(argv),
+        "seed": config.seed,
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": _git_commit(),
+        "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _changed(preset: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The dotted keys (``detector.n_epochs``) whose value in ``current`` differs from ``preset``."""
+    out: dict[str, Any] = {}
+    for key, value in current.items():
+        base = preset.get(key)
+        if isinstance(value, Mapping) and isinstance(base, Mapping):
+            out.update(_changed(base, value, f"{prefix}{key}."))
+        elif key not in preset or json_safe(base) != json_safe(value):
+            out[f"{prefix}{key}"] = json_safe(value)
+    return out
+
+
+def _git_commit() -> str | None:
+    """``HEAD`` of the checkout genprov runs from (``+dirty`` with uncommitted changes); ``None`` outside one."""
+    source = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head
