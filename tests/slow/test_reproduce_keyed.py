@@ -19,7 +19,11 @@ def test_quick_reproduction(tmp_path: Path, file_mtimes) -> None:
     assert isinstance(results, KeyedResult)
     assert (tmp_path / "report.html").is_file()
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["conditions"] == ["clean", "blur", "crop", "noise", "jpeg", "combination"]
+    assert saved["conditions"] == [
+        *("clean", "blur", "crop", "noise", "jpeg", "combination", "combination-mild"),
+        *("blur@absolute", "combination@absolute"),
+    ]
+    assert {g["family"] for g in saved["goals"]} >= {"plain", "robust-blur"} and "plain" in saved["psnr_to_root"]
     families = set(saved["metrics"])
     assert {"plain", "robust-blur", "robust-crop", "robust-noise", "robust-jpeg", "robust-combination"} <= families
     assert {"alternating", "robust-keys", "noise-margin", "compliance-margin"} <= families

@@ -26,7 +26,7 @@ from genprov.data.images import resize_images, to_uint8
 from genprov.exceptions import ConfigError
 from genprov.utils.seeding import torch_generator
 
-__all__ = ["PERTURBATIONS", "gaussian_blur", "jpeg_roundtrip", "perturb"]
+__all__ = ["PERTURBATIONS", "gaussian_blur", "jpeg_roundtrip", "perturb", "scipy_blur_radius"]
 
 #: Named perturbations (FLIPAD's Table 3), ``name -> (kind, parameter)``.
 PERTURBATIONS: dict[str, tuple[str, float]] = {
@@ -40,21 +40,32 @@ PERTURBATIONS: dict[str, tuple[str, float]] = {
 }
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (n, C, H, W) images with reflect padding (kernel ``2 ceil(3 sigma) + 1``).
+def scipy_blur_radius(sigma: float) -> int:
+    """Kernel radius of the keyed-generators paper's blur: ``int(4 sigma + 0.5)`` (scipy's ``gaussian_filter``
+    with ``truncate=4``), so sigma 1/3, 1, 5/3, 7/3, 3 give 3, 9, 15, 19, 25 taps, the filter sizes of the
+    original code (decentralized_attribution_of_generative_models, attack_methods/Gaussian_blur.py:15-16)."""
+    return int(4.0 * sigma + 0.5)
+
+
+def gaussian_blur(x: Tensor, sigma: float, *, radius: int | None = None) -> Tensor:
+    """Separable Gaussian blur of (n, C, H, W) images with reflect padding (differentiable).
 
     Args:
         x: Images.
         sigma: Standard deviation in pixels (0 returns ``x``).
+        radius: Kernel radius (the kernel has ``2 radius + 1`` taps); default ``ceil(3 sigma)``, at least 1.
+            Reflect padding needs it below the image side, so it is capped at ``min(H, W) - 1``.
 
     Returns:
-        Blurred images of the same shape.
+        Blurred images of the same shape (``x`` itself when the radius is 0).
     """
     if sigma <= 0:
         return x
-    radius = max(1, math.ceil(3 * sigma))
+    radius = max(1, math.ceil(3 * sigma)) if radius is None else int(radius)
     radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    if radius < 1:
+        return x
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(taps**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     c = x.shape[1]

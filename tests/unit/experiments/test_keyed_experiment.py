@@ -46,8 +46,8 @@ TINY: dict[str, Any] = {
     "n_real_eval": 20,
     "n_grid": 4,
 }
-RESULT_KEYS = ["experiment", "paper", "config", "conditions", "metrics", "per_user", "keys", "training"]
-RESULT_KEYS += ["timings_seconds", "report"]
+RESULT_KEYS = ["experiment", "paper", "config", "conditions", "test_strengths", "metrics", "per_user", "keys"]
+RESULT_KEYS += ["goals", "psnr_to_root", "training", "timings_seconds", "report"]
 
 
 def test_presets_merge_family_settings() -> None:
@@ -57,9 +57,31 @@ def test_presets_merge_family_settings() -> None:
     assert cfg.family.robust_steps == 300 and cfg.n_eval == 300
     full = KeyedExperimentConfig.from_dict({})
     assert full.n_keys == 10 and full.n_gan_train is None and full.variants == VARIANTS
-    assert cfg.strengths("combination") == {"blur": 1.0, "crop": 0.9, "noise": 0.1, "jpeg": 80.0}
-    assert cfg.strengths("jpeg") == {"jpeg": 80.0}
+    # the original's combination test: all four steps at test strength; blur scaled from 64 px to 16 px
+    assert cfg.condition_strengths("combination") == {"blur": 0.75, "crop": 0.8, "noise": 0.1, "jpeg": 80.0}
+    assert cfg.condition_strengths("combination-mild") == {"blur": 1.0, "crop": 0.9, "noise": 0.1, "jpeg": 80.0}
+    assert cfg.condition_strengths("blur") == {"blur": 0.75} and cfg.condition_strengths("blur@absolute") == {
+        "blur": 3.0
+    }
+    assert cfg.condition_strengths("jpeg") == {"jpeg": 80.0}
     assert KeyedExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_strengths_match_the_resolution() -> None:
+    matched = KeyedExperimentConfig.from_dict({"data": "mnist", "image_size": 32})
+    assert matched.side == 32 and matched.condition_strengths("blur") == {"blur": 1.5}
+    assert matched.family_config().post_process.reference_size == 64
+    assert matched.test_conditions() == (
+        "clean",
+        *("blur", "crop", "noise", "jpeg", "combination", "combination-mild"),
+        *("blur@absolute", "combination@absolute"),
+    )
+    absolute = matched.replace(strengths="absolute")
+    assert absolute.condition_strengths("blur") == {"blur": 3.0}
+    assert absolute.condition_strengths("blur@matched") == {"blur": 1.5}
+    assert absolute.family_config().post_process.reference_size is None
+    at_reference = matched.replace(image_size=64)
+    assert at_reference.test_conditions()[-1] == "combination-mild"  # nothing differs at 64 px
 
 
 def test_gan_reproductions_share_the_data_preset() -> None:
@@ -86,6 +108,8 @@ def test_gan_reproductions_share_the_data_preset() -> None:
         ({"test_crop_ratio": 0}, "test_crop_ratio"),
         ({"test_noise_sigma": -0.1}, "test strengths"),
         ({"seed": -1}, "seed"),
+        ({"image_size": 20}, "image_size"),
+        ({"strengths": "relative"}, "strengths"),
     ],
 )
 def test_invalid_configs_name_the_field(values: dict[str, object], field: str) -> None:
@@ -100,12 +124,19 @@ def test_tiny_run_typed_result_is_results_json_and_reuses_cache(tmp_path: Path, 
     assert isinstance(result, KeyedResult)
     assert (out / "report.html").is_file() and result.report == str(out / "report.html")
     saved = json.loads((out / "results.json").read_text())
+    saved.pop("provenance", None)  # written by run_experiment beside the result
     assert list(saved) == RESULT_KEYS
     assert result.to_dict() == saved  # every field, every score, in results.json's order
 
-    conditions = ("clean", "blur", "crop", "noise", "jpeg", "combination")
+    post_processes = ("blur", "crop", "noise", "jpeg", "combination")
+    conditions = ("clean", *post_processes, "combination-mild", "blur@absolute", "combination@absolute")
     assert result.conditions == conditions and saved["conditions"] == list(conditions)
-    families = ["plain", *(f"robust-{c}" for c in conditions[1:]), *VARIANTS]
+    assert result.test_strengths["blur"] == {"blur": 0.75} and "clean" not in result.test_strengths
+    families = ["plain", *(f"robust-{c}" for c in post_processes), *VARIANTS]
+    assert [g.family for g in result.goals] == ["plain", "plain", *families[1:6]]
+    assert all(g.met == (g.value >= g.threshold) for g in result.goals)
+    assert result.goals[0].value == result.metrics["plain"]["clean"].distinguishability
+    assert result.psnr_to_root == {name: result.metrics[name]["clean"].psnr for name in families}
     assert list(result.metrics) == families and list(result.per_user) == families
     for name in families:
         assert tuple(result.metrics[name]) == conditions

@@ -32,6 +32,8 @@ Training follows the paper's code (Sec. 4 and App. B):
    strength; :mod:`~genprov.attribution.model.keyed_postprocess`) and applies the *same* ``T`` to
    ``G_i(z)`` and ``G0(z)``: ``E[m + phi_i^T T(G_i(z))]+ + alpha MSE(T(G_i(z)), T(G0(z)))`` with margin
    ``m = robust_margin`` (1 in the paper; ``robust_distance`` adds a margin in image-space distance).
+   The budget is the paper's (37,500 iterations at batch 16, Adam lr 5e-4 decayed x0.7 after each tenth),
+   checkpointed every ``checkpoint_every`` iterations under ``FAMILY/partial/`` so a killed run resumes.
 
 Variants beyond the paper (off by default, compared in ``genprov reproduce keyed``):
 ``key_training="alternating"`` trains *every* key alternately with its user model (under the angle
@@ -87,6 +89,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -119,18 +122,21 @@ from genprov.models.checkpoints import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     LoadedCheckpoint,
+    flatten_optimizer_state,
     is_checkpoint,
     load_checkpoint,
     load_tensors,
     save_checkpoint,
     save_tensors,
+    state_tensors,
+    unflatten_optimizer_state,
 )
 from genprov.models.gans import GANConfig, Generator
 from genprov.models.sampling import sample
 from genprov.models.training import batch_indices
 from genprov.results import AMBIGUOUS, NONE, KeyedAttributionResult
 from genprov.utils.artifacts import check_output_folder
-from genprov.utils.io import atomic_write_bytes, read_json
+from genprov.utils.io import atomic_write_bytes, atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
 from genprov.utils.validation import check_images
@@ -173,8 +179,25 @@ PLAIN_DIR = "plain"
 _KEY_TRAINING = ("paper", "alternating")
 #: Config fields a robust family may differ in from the plain family it starts from.
 _ROBUST_FIELDS = frozenset(
-    {"robust", "robust_steps", "robust_prob", "robust_margin", "robust_distance", "post_process"}
+    {
+        "robust",
+        "robust_steps",
+        "robust_batch_size",
+        "robust_lr",
+        "robust_betas",
+        "robust_lr_gamma",
+        "robust_lr_stages",
+        "checkpoint_every",
+        "robust_prob",
+        "robust_margin",
+        "robust_distance",
+        "post_process",
+    }
 )
+#: Folder of a family where unfinished robust fine-tuning runs keep their resumable state.
+PARTIAL_DIR = "partial"
+_STATE_FILE = "state.safetensors"
+_STATE_JSON = "state.json"
 
 
 class KeyConstraintError(GenprovError, RuntimeError):
@@ -223,7 +246,19 @@ class KeyedGeneratorsConfig(Config):
         n_compliance: ``G0`` samples in the pool keys are trained on, and in the held-out pool they are
             checked on.
         robust: Post-processes of robust training (names in ``POST_PROCESSES``); empty = plain models.
-        robust_steps: Robust fine-tuning iterations per user model (starting from its plain model).
+        robust_steps: Robust fine-tuning iterations per user model (starting from its plain model). Paper:
+            10 epochs of MNIST's 60,000 images at batch 16 = 37,500 (sh/DCGAN_MNIST/attack.sh:3-4,
+            new_generator_training.py:140-146); genprov's earlier budget was 1,000 at batch 64.
+        robust_batch_size: Latents per robust iteration (paper: 16; earlier genprov: ``batch_size``, 64).
+        robust_lr: Adam learning rate of robust fine-tuning (paper: 5e-4, attack.sh:2).
+        robust_betas: Adam betas of robust fine-tuning (paper: (0.5, 0.99), new_generator_training.py:117).
+        robust_lr_gamma: Step decay of the robust learning rate: it is multiplied by this after each of
+            ``robust_lr_stages`` equal parts of the run (paper: StepLR gamma 0.7 after every epoch,
+            new_generator_training.py:118,241; 1 = constant, genprov's earlier setting).
+        robust_lr_stages: Parts the run is split into for the decay (paper: its 10 epochs); a shorter run
+            keeps the schedule's shape.
+        checkpoint_every: Robust fine-tuning saves its state (model, optimiser, step) every this many
+            iterations under ``FAMILY/partial/``, so a killed run continues where it stopped.
         robust_prob: Probability that a batch is post-processed during robust training (paper: 0.5).
         robust_margin: Hinge margin during robust training (response units, as ``margin``).
         robust_distance: Extra robust-training margin in image-space distance units: the hinge becomes
@@ -261,7 +296,13 @@ class KeyedGeneratorsConfig(Config):
     min_compliance: float = 0.99
     n_compliance: int = 2000
     robust: tuple[str, ...] = ()
-    robust_steps: int = 1000
+    robust_steps: int = 37_500
+    robust_batch_size: int = 16
+    robust_lr: float = 5e-4
+    robust_betas: tuple[float, float] = (0.5, 0.99)
+    robust_lr_gamma: float = 0.7
+    robust_lr_stages: int = 10
+    checkpoint_every: int = 2500
     robust_prob: float = 0.5
     robust_margin: float = 1.0
     robust_distance: float = 0.0
@@ -276,11 +317,11 @@ class KeyedGeneratorsConfig(Config):
         for name in ("user_steps", "key_steps", "robust_steps"):
             value = getattr(self, name)
             require(is_int(value) and value >= 0, name, "a non-negative integer (iterations)", value)
-        for name in ("batch_size", "n_compliance"):
+        for name in ("batch_size", "n_compliance", "robust_batch_size", "robust_lr_stages", "checkpoint_every"):
             value = getattr(self, name)
             require(is_int(value) and value > 0, name, "a positive integer", value)
         require(self.compliance_distance >= 0, "compliance_distance", "a non-negative number", self.compliance_distance)
-        for name in ("lr", "key_lr", "key_init_scale", "margin", "robust_margin"):
+        for name in ("lr", "key_lr", "key_init_scale", "margin", "robust_margin", "robust_lr"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
         require(
@@ -289,6 +330,15 @@ class KeyedGeneratorsConfig(Config):
             "a pair of numbers in [0, 1), e.g. (0.5, 0.999)",
             self.betas,
         )
+        require(
+            isinstance(self.robust_betas, tuple)
+            and len(self.robust_betas) == 2
+            and all(0 <= b < 1 for b in self.robust_betas),
+            "robust_betas",
+            "a pair of numbers in [0, 1), e.g. (0.5, 0.99)",
+            self.robust_betas,
+        )
+        require(0 < self.robust_lr_gamma <= 1, "robust_lr_gamma", "a factor in (0, 1]", self.robust_lr_gamma)
         require(0 < self.target_angle <= 180, "target_angle", "an angle in degrees in (0, 180]", self.target_angle)
         require(self.angle_weight >= 0, "angle_weight", "a non-negative number", self.angle_weight)
         require(self.warn_cos > 0, "warn_cos", "a positive number", self.warn_cos)
@@ -525,6 +575,59 @@ def train_key(
     return phi.detach(), info
 
 
+class _RobustState:
+    """The resumable state of one robust fine-tuning run: ``state.safetensors`` (model and Adam tensors),
+    then ``state.json`` (step, optimiser layout, loss sums, and what the run is: settings, start and key),
+    each written atomically, the JSON last so that it never points at a half-written tensor file."""
+
+    def __init__(self, folder: Path, config: KeyedGeneratorsConfig, n_steps: int, start: Generator, key: Tensor):
+        self.folder = folder
+        self.identity = {
+            "config": {k: v for k, v in config.to_dict().items() if k in _ROBUST_FIELDS or k in ("seed", "alpha")},
+            "n_steps": n_steps,
+            "start": module_fingerprint(start),
+            "key": _fingerprint_tensor(key.detach().cpu()),
+        }
+        self.elapsed = 0.0
+
+    def restore(self, user: Generator, opt: torch.optim.Optimizer, sums: dict[str, float]) -> int:
+        """Load a saved state into ``user``, ``opt`` and ``sums``; return its step (0 when none is saved)."""
+        meta_path = self.folder / _STATE_JSON
+        if not meta_path.is_file():
+            return 0
+        meta = read_json(meta_path)
+        if meta.get("run") != self.identity:
+            raise StoreMismatchError(
+                f"{self.folder} holds the state of another robust fine-tuning run (other settings, start model "
+                "or key); delete that folder to start this run afresh."
+            )
+        tensors = load_tensors(self.folder / _STATE_FILE)
+        user.load_state_dict({k[len("user.") :]: v for k, v in tensors.items() if k.startswith("user.")})
+        opt.load_state_dict(unflatten_optimizer_state(meta["optimizer"], tensors))
+        sums.update(meta["sums"])
+        self.elapsed = float(meta["elapsed"])
+        logger.info("%s: resuming robust fine-tuning at step %d", self.folder, meta["step"])
+        return int(meta["step"])
+
+    def save(
+        self, step: int, user: Generator, opt: torch.optim.Optimizer, sums: dict[str, float], seconds: float
+    ) -> None:
+        """Save the state reached after ``step`` iterations (``seconds`` spent since this process started)."""
+        structure, tensors = flatten_optimizer_state("optimizer", opt.state_dict())
+        tensors.update(state_tensors({"user": user}))
+        save_tensors(self.folder / _STATE_FILE, tensors, metadata={"step": str(step)})
+        atomic_write_json(
+            self.folder / _STATE_JSON,
+            {
+                "run": self.identity,
+                "step": step,
+                "optimizer": structure,
+                "sums": sums,
+                "elapsed": self.elapsed + seconds,
+            },
+        )
+
+
 def fine_tune_user(
     root: Generator,
     key: Tensor,
@@ -536,6 +639,7 @@ def fine_tune_user(
     steps: int | None = None,
     real: Tensor | None = None,
     earlier: Tensor | None = None,
+    state_dir: str | Path | None = None,
     show_progress: bool | None = None,
 ) -> tuple[Generator, Tensor, dict[str, Any]]:
     """Fine-tune a user model to fire its key (Sec. 4), optionally robustly (Sec. 5).
@@ -545,6 +649,12 @@ def fine_tune_user(
     probability ``robust_prob`` a random post-process among ``robust``. With ``real`` given (the first
     key) the key is trained alternately: one key step on ``E[m - phi^T x_real]+ + E[m - phi^T G0(z)]+ +
     E[m + phi^T G(z)]+`` before every generator step.
+
+    The robust stage (``robust`` without ``real``) uses the robust settings: ``robust_batch_size``,
+    ``robust_lr`` and ``robust_betas``, the rate multiplied by ``robust_lr_gamma`` after each of
+    ``robust_lr_stages`` equal parts of the run (the paper's per-epoch StepLR). With ``state_dir`` it saves
+    its state every ``checkpoint_every`` iterations and continues from a saved state; latents and
+    post-processes are drawn per iteration from the seed, so a resumed run equals an uninterrupted one.
 
     Args:
         root: ``G0`` (left unchanged).
@@ -556,19 +666,31 @@ def fine_tune_user(
         steps: Iterations (default ``robust_steps`` when ``robust`` else ``user_steps``).
         real: (n, C, H, W) authentic images: train the key alternately (see :func:`train_key_and_user`).
         earlier: (j, d) earlier keys the alternately trained key must keep its target angle to.
+        state_dir: Folder of the resumable state of a robust stage (removed by the caller when done).
         show_progress: Progress bar.
 
     Returns:
         ``(G_i, phi, info)``: the user model (eval mode, no gradients), the (C, H, W) key and
         ``{"steps", "loss", "hinge", "mse", "seconds"}`` (means over the last 10% of iterations).
+
+    Raises:
+        ConfigError: ``state_dir`` given for anything but a robust stage.
+        StoreMismatchError: ``state_dir`` holds the state of another run (other settings, start or key).
     """
     robust = check_post_process_names(tuple(robust))
     n_steps = steps if steps is not None else (config.robust_steps if robust else config.user_steps)
     stream = "robust" if robust else "user"
+    robust_stage = bool(robust) and real is None
+    if state_dir is not None and not robust_stage:
+        raise ConfigError("fine_tune_user: state_dir (resumable state) is only for a robust stage (robust, no real).")
+    batch_size = config.robust_batch_size if robust_stage else config.batch_size
     root = root.eval()
     user = copy.deepcopy(start if start is not None else root).eval()
     user.requires_grad_(True)
-    opt = _adam(list(user.parameters()), config.lr, config.betas)
+    if robust_stage:
+        opt = _adam(list(user.parameters()), config.robust_lr, config.robust_betas)
+    else:
+        opt = _adam(list(user.parameters()), config.lr, config.betas)
     phi = key.detach().reshape(-1).clone().to(next(root.parameters()).device)
     key_opt = None
     if real is not None:
@@ -581,9 +703,15 @@ def fine_tune_user(
     tail = max(1, n_steps // 10)
     sums = {"loss": 0.0, "hinge": 0.0, "mse": 0.0}
     started = time.perf_counter()
-    for step in progress(range(n_steps), desc=f"{stream} model {index}", show=show_progress):
+    resume = _RobustState(Path(state_dir), config, n_steps, user, phi) if state_dir is not None else None
+    first = resume.restore(user, opt, sums) if resume is not None else 0
+    stage_len = math.ceil(n_steps / config.robust_lr_stages) if n_steps else 1
+    for step in progress(range(first, n_steps), desc=f"{stream} model {index}", show=show_progress):
+        if robust_stage:
+            for group in opt.param_groups:
+                group["lr"] = config.robust_lr * config.robust_lr_gamma ** (step // stage_len)
         gen = torch_generator(config.seed, stream, index, step)
-        z = torch.randn((config.batch_size, root.latent_dim), generator=gen).to(phi.device)
+        z = torch.randn((batch_size, root.latent_dim), generator=gen).to(phi.device)
         with torch.no_grad():
             x0 = root(z)
         margin = config.robust_margin + config.robust_distance * float(phi.detach().norm()) if robust else config.margin
@@ -624,9 +752,12 @@ def fine_tune_user(
         if step >= n_steps - tail:
             for name, value in (("loss", loss), ("hinge", hinge), ("mse", mse)):
                 sums[name] += float(value.detach())
+        if resume is not None and (step + 1) % config.checkpoint_every == 0 and step + 1 < n_steps:
+            resume.save(step + 1, user, opt, sums, time.perf_counter() - started)
     user.requires_grad_(False)
     info: dict[str, Any] = {k: v / tail for k, v in sums.items()} if n_steps else dict.fromkeys(sums)
-    info.update(steps=n_steps, seconds=round(time.perf_counter() - started, 3))
+    earlier_seconds = resume.elapsed if resume is not None else 0.0
+    info.update(steps=n_steps, seconds=round(earlier_seconds + time.perf_counter() - started, 3))
     out_key = phi.detach().reshape(root.config.channels, root.config.image_size, root.config.image_size)
     return user, out_key, info
 
@@ -1283,14 +1414,23 @@ class _Builder:
         if "robust" in member["stages"]:
             return
         plain, _ = _load_root(load_checkpoint(self.out / member["plain"]))
+        state_dir = self.out / PARTIAL_DIR / f"user-{i:03d}"
         user, _, info = fine_tune_user(
-            self.root, key, self.config, i, start=plain, robust=self.config.robust, show_progress=self.show_progress
+            self.root,
+            key,
+            self.config,
+            i,
+            start=plain,
+            robust=self.config.robust,
+            state_dir=state_dir,
+            show_progress=self.show_progress,
         )
         save_checkpoint(self.out / member["user"], "gan", {"generator": user}, self.gan, extra={"key": i})
         member["info"]["robust"] = info
         _mark(member, "robust")
         logger.info("%s: robust user model %d done", self.out, i)
         self._save_manifest(manifest)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
     def _warn(self, manifest: dict[str, Any], message: str) -> None:
         warnings.warn(message, KeyConstraintWarning, stacklevel=4)

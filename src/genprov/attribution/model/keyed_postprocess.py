@@ -4,15 +4,23 @@ A keyed user model should stay attributable after its owner (or an adversary) po
 Robust training (``genprov.attribution.model.keyed``) therefore applies the same random post-process
 ``T`` to ``G_i(z)`` and ``G0(z)`` during fine-tuning, which needs every ``T`` to pass gradients:
 
-========== ====================================================== ============================ ==========
-name       what                                                   training strength (random)   test
-========== ====================================================== ============================ ==========
-blur       Gaussian blur, ``min(2 ceil(3 sigma) + 1, 9)`` taps     sigma ~ U[0.5, 3] px          sigma 3
-crop       centre crop to ``round(r H)`` px, resized back          r ~ U[0.8, 1]                 r 0.8
-noise      additive Gaussian noise (images in [-1, 1])             sigma ~ U[0, 0.3]             0.3
-jpeg       JPEG approximation (below)                              quality ~ U[50, 95]           real JPEG
-combination blur, crop, noise, jpeg in that order                  each as above                 see below
-========== ====================================================== ============================ ==========
+=========== ================================================== ================================ ==========
+name        what                                               training strength (random)       test
+=========== ================================================== ================================ ==========
+blur        Gaussian blur, ``2 int(4 sigma + 0.5) + 1`` taps   sigma ~ U[1/3, 3] px at 64x64    sigma 3
+crop        centre crop to ``round(r H)`` px, resized back     r ~ U[0.8, 1]                    r 0.8
+noise       additive Gaussian noise (images in [-1, 1])        sigma ~ U[0, 0.3]                0.3
+jpeg        JPEG approximation (below)                         quality ~ U[50, 95]              real JPEG
+combination blur, crop, noise, jpeg in that order              each as above                    see below
+=========== ================================================== ================================ ==========
+
+The training ranges and test strengths are the original code's (attack_methods/attack_initializer.py:10-31
+of decentralized_attribution_of_generative_models): blur kernel sizes 1..9 mean sigma = size / 3 with
+filters of 3..25 taps (Gaussian_blur.py:15-16, scipy's ``truncate=4`` rule). Those strengths were set for
+64x64 MNIST (data_prepare.py:60-65), so blur sigmas are given *at* ``reference_size`` (64) and scaled by
+``H / reference_size`` for H x H images: sigma 3 at 64 px is sigma 0.75 at 16 px, the same share of the
+image (``reference_size=None`` takes them as pixels at any size, genprov's earlier setting). Crop ratios
+and noise levels are already relative to the image and JPEG works on fixed 8x8 blocks, so they do not scale.
 
 **JPEG approximation.** Images go to 8-bit units, colour images to YCbCr (JFIF, no chroma subsampling),
 each channel is split into 8x8 blocks (edge-replicated padding) and transformed with the orthonormal 2-D
@@ -38,14 +46,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genprov.attribution.model.baselines import dct_matrix
-from genprov.config import Config, did_you_mean, require
+from genprov.config import Config, did_you_mean, is_positive_int, require
 from genprov.data import resize_images
+from genprov.data.perturb import gaussian_blur as _blur
+from genprov.data.perturb import scipy_blur_radius
 from genprov.exceptions import ConfigError
 from genprov.utils.validation import check_images
 
 __all__ = [
     "BASIC_POST_PROCESSES",
+    "BLUR_KERNELS",
     "POST_PROCESSES",
+    "REFERENCE_SIZE",
     "PostProcessConfig",
     "Strength",
     "apply_post_process",
@@ -86,8 +98,12 @@ _CHROMA_TABLE = (
     *((99,) * 8 for _ in range(4)),
 )
 _BLOCK = 8
-#: Largest blur kernel (taps per axis): the paper draws kernel sizes up to 9.
-MAX_BLUR_KERNEL = 9
+#: Blur kernel size rules: ``"paper"`` ``2 int(4 sigma + 0.5) + 1`` taps (the original's 3..25-tap filters);
+#: ``"capped-9"`` ``2 ceil(3 sigma) + 1`` taps capped at 9 (genprov's earlier rule, which truncates the
+#: Gaussian above sigma 4/3; kept for the ablation).
+BLUR_KERNELS: tuple[str, ...] = ("paper", "capped-9")
+#: The image side the paper's blur strengths refer to (64x64 MNIST).
+REFERENCE_SIZE = 64
 
 
 def _range(value: object, name: str, low: float, high: float) -> None:
@@ -105,20 +121,35 @@ class PostProcessConfig(Config):
     """Ranges the random training strengths are drawn from (uniformly).
 
     Attributes:
-        blur_sigma: Gaussian blur standard deviation in pixels (the kernel has ``2 ceil(3 sigma) + 1`` taps,
-            at most :data:`MAX_BLUR_KERNEL`, so it grows with sigma); covers the test strength 3.
+        blur_sigma: Gaussian blur standard deviation in pixels at ``reference_size`` (paper: the kernel
+            sizes 1..9 of attack_initializer.py:18 as sigma = size / 3, i.e. 1/3 to 3); covers the test
+            strength 3.
+        blur_kernel: Kernel size rule, one of :data:`BLUR_KERNELS` (``"paper"``: 3..25 taps as the
+            original; ``"capped-9"``: genprov's earlier 9-tap cap).
+        reference_size: Image side ``blur_sigma`` refers to: sigmas are multiplied by ``H / reference_size``
+            on H x H images (paper: 64, its MNIST side); ``None``: pixels at any size (genprov's earlier
+            setting, which at 16 px blurs 4x harder than the paper).
         crop_ratio: Side of the centre crop as a fraction of the image side (paper: U[0.8, 1]).
         noise_sigma: Standard deviation of additive Gaussian noise on [-1, 1] images (paper: U[0, 0.3]).
         jpeg_quality: JPEG quality (IJG scale 1..100) of the approximation.
     """
 
-    blur_sigma: tuple[float, float] = (0.5, 3.0)
+    blur_sigma: tuple[float, float] = (1.0 / 3.0, 3.0)
+    blur_kernel: str = "paper"
+    reference_size: int | None = REFERENCE_SIZE
     crop_ratio: tuple[float, float] = (0.8, 1.0)
     noise_sigma: tuple[float, float] = (0.0, 0.3)
     jpeg_quality: tuple[float, float] = (50.0, 95.0)
 
     def validate(self) -> None:
         _range(self.blur_sigma, "blur_sigma", 0.0, 50.0)
+        require(self.blur_kernel in BLUR_KERNELS, "blur_kernel", f"one of {BLUR_KERNELS}", self.blur_kernel)
+        require(
+            self.reference_size is None or is_positive_int(self.reference_size),
+            "reference_size",
+            "a positive image side in pixels or None (sigmas in pixels)",
+            self.reference_size,
+        )
         _range(self.crop_ratio, "crop_ratio", 0.05, 1.0)
         _range(self.noise_sigma, "noise_sigma", 0.0, 10.0)
         _range(self.jpeg_quality, "jpeg_quality", 1.0, 100.0)
@@ -129,6 +160,10 @@ class PostProcessConfig(Config):
         check_post_process_names((name,), allow_combination=False)
         low, high = getattr(self, field[name])
         return float(low), float(high)
+
+    def blur_scale(self, image_size: int) -> float:
+        """Factor from ``blur_sigma`` to pixels on ``image_size``-sided images (1 without a reference size)."""
+        return 1.0 if self.reference_size is None else image_size / self.reference_size
 
 
 def check_post_process_names(names: object, *, allow_combination: bool = True) -> tuple[str, ...]:
@@ -156,35 +191,26 @@ def clamp_st(x: Tensor, low: float = -1.0, high: float = 1.0) -> Tensor:
     return x + (x.clamp(low, high) - x).detach()
 
 
-def gaussian_blur(x: Tensor, sigma: float, *, max_kernel: int = MAX_BLUR_KERNEL) -> Tensor:
-    """Separable Gaussian blur with reflect padding and a truncated kernel (differentiable).
-
-    Unlike ``genprov.data.gaussian_blur`` (kernel ``2 ceil(3 sigma) + 1``), the
-    kernel is capped at ``max_kernel`` taps, as the paper's blur draws kernel sizes up to 9.
+def gaussian_blur(x: Tensor, sigma: float, *, kernel: str = "paper") -> Tensor:
+    """Separable Gaussian blur with reflect padding (differentiable; ``genprov.data.gaussian_blur``).
 
     Args:
         x: (n, C, H, W) images.
         sigma: Standard deviation in pixels (0 returns ``x``).
-        max_kernel: Largest number of taps (odd), also capped by the image size.
+        kernel: Size rule, one of :data:`BLUR_KERNELS`: ``"paper"`` has ``2 int(4 sigma + 0.5) + 1`` taps
+            (3, 9, 15, 19, 25 taps for sigma 1/3 .. 3, the original's filter sizes,
+            attack_methods/Gaussian_blur.py:16); ``"capped-9"`` has ``2 ceil(3 sigma) + 1`` taps, at most
+            9 (genprov's earlier rule). Either is capped by the image side (reflect padding).
 
     Returns:
         (n, C, H, W) blurred images.
     """
+    if kernel not in BLUR_KERNELS:
+        raise ConfigError(f"Unknown blur kernel rule {kernel!r}; choose one of {', '.join(BLUR_KERNELS)}.")
     if sigma <= 0:
         return x
-    radius = min(math.ceil(3 * sigma), (max_kernel - 1) // 2, x.shape[-1] - 1, x.shape[-2] - 1)
-    if radius < 1:
-        return x
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    out = F.conv2d(
-        F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c
-    )
-    return F.conv2d(
-        F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
-    )
+    radius = scipy_blur_radius(sigma) if kernel == "paper" else min(math.ceil(3 * sigma), 4)
+    return _blur(x, sigma, radius=radius)
 
 
 def center_crop(x: Tensor, ratio: float) -> Tensor:
@@ -280,7 +306,9 @@ def jpeg_approx(x: Tensor, quality: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------- apply
 
 
-def apply_post_process(x: Tensor, name: str, strength: Strength, *, noise: Tensor | None = None) -> Tensor:
+def apply_post_process(
+    x: Tensor, name: str, strength: Strength, *, noise: Tensor | None = None, blur_kernel: str = "paper"
+) -> Tensor:
     """Apply one post-process at a fixed strength (differentiable in ``x``).
 
     Args:
@@ -291,6 +319,7 @@ def apply_post_process(x: Tensor, name: str, strength: Strength, *, noise: Tenso
             skips that step).
         noise: Standard normal (n, C, H, W) noise for ``"noise"`` / ``"combination"`` (so that two
             batches can get the same draw); required when a noise step has sigma > 0.
+        blur_kernel: Blur kernel size rule (:func:`gaussian_blur`).
 
     Returns:
         (n, C, H, W) images in [-1, 1].
@@ -303,13 +332,13 @@ def apply_post_process(x: Tensor, name: str, strength: Strength, *, noise: Tenso
         check_post_process_names(tuple(strength), allow_combination=False)
         for step in BASIC_POST_PROCESSES:
             if step in strength:
-                x = apply_post_process(x, step, float(strength[step]), noise=noise)
+                x = apply_post_process(x, step, float(strength[step]), noise=noise, blur_kernel=blur_kernel)
         return x
     if isinstance(strength, Mapping):
         raise ConfigError(f"{name} takes one number as strength; got {strength!r}.")
     value = float(strength)
     if name == "blur":
-        return gaussian_blur(x, value)
+        return gaussian_blur(x, value, kernel=blur_kernel)
     if name == "crop":
         return center_crop(x, value)
     if name == "noise":
@@ -327,7 +356,8 @@ def draw_post_process(
     """Draw a random post-process of kind ``name`` (strength and noise) and return it as a function.
 
     The returned function applies the *same* draw to every batch it gets, which is what robust training
-    needs for ``T(G_i(z))`` and ``T(G0(z))``.
+    needs for ``T(G_i(z))`` and ``T(G0(z))``. Blur sigmas are scaled to the batches' side
+    (:meth:`PostProcessConfig.blur_scale`).
 
     Args:
         name: A name in :data:`POST_PROCESSES`.
@@ -344,10 +374,18 @@ def draw_post_process(
     for step in steps:
         low, high = config.bounds(step)
         strengths[step] = low + (high - low) * float(torch.rand((), generator=generator))
+    if "blur" in strengths:
+        strengths["blur"] *= config.blur_scale(int(shape[-1]))
     noise = torch.randn(shape, generator=generator) if "noise" in strengths else None
     strength: Strength = strengths if name == "combination" else strengths[name]
 
     def transform(x: Tensor) -> Tensor:
-        return apply_post_process(x, name, strength, noise=None if noise is None else noise.to(x.device, x.dtype))
+        return apply_post_process(
+            x,
+            name,
+            strength,
+            noise=None if noise is None else noise.to(x.device, x.dtype),
+            blur_kernel=config.blur_kernel,
+        )
 
     return transform

@@ -6,16 +6,21 @@ import dataclasses
 from typing import Any
 
 from genprov.attribution.model.keyed import KeyedGeneratorsConfig
-from genprov.attribution.model.keyed_postprocess import POST_PROCESSES, check_post_process_names
+from genprov.attribution.model.keyed_postprocess import POST_PROCESSES, REFERENCE_SIZE, check_post_process_names
 from genprov.config import require, require_ints
 from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values
+from genprov.models.gans import GAN_SIZES
 
-__all__ = ["DATA_SIZES", "VARIANTS", "KeyedExperimentConfig"]
+__all__ = ["DATA_SIZES", "MILD_COMBINATION", "STRENGTH_SCALINGS", "VARIANTS", "KeyedExperimentConfig"]
 
-#: Supported data and the image side the root DCGAN works on.
+#: Supported data and the image side the root DCGAN works on by default.
 DATA_SIZES = GAN_DATA_SIZES
 #: Ablations beside the paper's plain and robust families.
 VARIANTS = ("alternating", "robust-keys", "noise-margin", "compliance-margin")
+#: How test (and training) blur strengths meet the image side (see ``KeyedExperimentConfig.strengths``).
+STRENGTH_SCALINGS = ("matched", "absolute")
+#: genprov's earlier, milder combination test (pixels at any size), measured as ``combination-mild``.
+MILD_COMBINATION: tuple[tuple[str, float], ...] = (("blur", 1.0), ("crop", 0.9), ("noise", 0.1), ("jpeg", 80.0))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,6 +31,9 @@ class KeyedExperimentConfig(ExperimentConfig):
 
     Attributes:
         data: ``"digits"`` (built in, 16x16), ``"mnist"`` or ``"fashion-mnist"`` (28x28; need ``data_root``).
+        image_size: Side the images are resized to and the root DCGAN works on (8, 16, 28, 32 or 64;
+            ``None``: 16 for digits, 28 for MNIST-like data). ``32`` on MNIST measures how the robustness
+            results depend on resolution.
         data_root: Folder with the dataset files (``None``: ``$GENPROV_DATA``).
         seed: Seed of everything (root GAN, keys, user models; the evaluation seed derives from it).
         quick: A few-minute run (fewer keys and steps); the report says so.
@@ -41,15 +49,28 @@ class KeyedExperimentConfig(ExperimentConfig):
         n_eval: Samples per user model (and of ``G0``) for every metric.
         n_real_eval: Authentic test images for distinguishability and the Fréchet reference (at most; the
             digits test split has 360).
-        test_blur_sigma: Blur sigma of the blur test condition (kernel capped at 9 taps).
-        test_crop_ratio: Crop ratio of the crop test condition.
-        test_noise_sigma: Noise sigma of the noise test condition ([-1, 1] images).
+        strengths: ``"matched"``: blur sigmas (test ones and the family's training range) are given at
+            ``reference_size`` and scaled by ``image_size / reference_size``, so a test removes the same
+            share of image directions as the paper's at 64x64 (sigma 3 there = 0.75 at 16 px);
+            ``"absolute"``: sigmas are pixels at any size (genprov's earlier protocol, 4x harsher at 16 px).
+            Every run also measures its families at the other scaling (conditions ``NAME@absolute`` or
+            ``NAME@matched``) wherever the two differ.
+        reference_size: Image side the test strengths refer to (the paper's MNIST: 64, data_prepare.py:60-65).
+        test_blur_sigma: Blur sigma of the blur test condition (paper: kernel size 9 = sigma 3 with 25
+            taps, attack_methods/Gaussian_blur.py:15-19; scaled with ``strengths``).
+        test_crop_ratio: Crop ratio of the crop test condition (paper: 0.8, Crop.py:86-87; a ratio, the
+            same at every size).
+        test_noise_sigma: Noise sigma of the noise test condition ([-1, 1] images; paper: 0.3).
         test_jpeg_quality: Quality of the real JPEG test condition, in [1, 95].
-        test_combination: Strengths of the combination test condition (blur, crop, noise, jpeg).
+        test_combination: Strengths of the combination test condition, as the original tests it: all four
+            steps at their test strength, with the combination's noise of 0.1 (Combination.py:15-16,
+            attack_initializer.py:28-31); blur scaled with ``strengths``. genprov's earlier, milder
+            combination (:data:`MILD_COMBINATION`, pixels) is measured beside it as ``combination-mild``.
         n_grid: Samples per row in the G0-vs-G_i grids.
     """
 
     data: str = "digits"
+    image_size: int | None = None
     data_root: str | None = None
     seed: int = 0
     quick: bool = False
@@ -64,16 +85,26 @@ class KeyedExperimentConfig(ExperimentConfig):
     variants: tuple[str, ...] = VARIANTS
     n_eval: int = 1000
     n_real_eval: int = 1000
+    strengths: str = "matched"
+    reference_size: int = REFERENCE_SIZE
     test_blur_sigma: float = 3.0
     test_crop_ratio: float = 0.8
     test_noise_sigma: float = 0.3
     test_jpeg_quality: int = 80
-    test_combination: tuple[tuple[str, float], ...] = (("blur", 1.0), ("crop", 0.9), ("noise", 0.1), ("jpeg", 80.0))
+    test_combination: tuple[tuple[str, float], ...] = (("blur", 3.0), ("crop", 0.8), ("noise", 0.1), ("jpeg", 80.0))
     n_grid: int = 8
 
     def validate(self) -> None:
         super().validate()
         require(self.data in DATA_SIZES, "data", f"one of {', '.join(DATA_SIZES)}", self.data)
+        require(
+            self.image_size is None or self.image_size in GAN_SIZES,
+            "image_size",
+            f"one of {sorted(GAN_SIZES)} or None (the data's default side)",
+            self.image_size,
+        )
+        require(self.strengths in STRENGTH_SCALINGS, "strengths", f"one of {STRENGTH_SCALINGS}", self.strengths)
+        require_ints(self, ("reference_size",), minimum=1)
         require_ints(self, ("n_keys", "gan_steps", "gan_width", "latent_dim", "classifier_steps", "n_grid"), minimum=1)
         require_ints(self, ("n_eval", "n_real_eval"), minimum=2)
         check_post_process_names(self.post_processes)
@@ -84,21 +115,53 @@ class KeyedExperimentConfig(ExperimentConfig):
         require(self.test_blur_sigma >= 0 and self.test_noise_sigma >= 0, "test strengths", "non-negative", self)
         check_post_process_names(tuple(k for k, _ in self.test_combination), allow_combination=False)
 
-    def strengths(self, name: str) -> dict[str, float]:
-        """Test strengths of the condition ``name``: ``{step: value}`` for each step it applies."""
+    @property
+    def side(self) -> int:
+        """Image side of the run (``image_size`` or the data's default)."""
+        return self.image_size if self.image_size is not None else DATA_SIZES[self.data]
+
+    def condition_strengths(self, condition: str) -> dict[str, float]:
+        """Test strengths of a condition in pixels: ``{step: value}`` for each step it applies.
+
+        ``condition`` is a post-process name (at this run's ``strengths`` scaling), ``NAME@matched`` or
+        ``NAME@absolute`` (at that scaling), or ``combination-mild`` (:data:`MILD_COMBINATION`).
+        """
+        name, _, scaling = condition.partition("@")
+        if name == "combination-mild":
+            return dict(MILD_COMBINATION)
         single = {
             "blur": self.test_blur_sigma,
             "crop": self.test_crop_ratio,
             "noise": self.test_noise_sigma,
             "jpeg": float(self.test_jpeg_quality),
         }
-        if name == "combination":
-            return {k: float(v) for k, v in self.test_combination}
-        return {name: single[name]}
+        values = {k: float(v) for k, v in self.test_combination} if name == "combination" else {name: single[name]}
+        if (scaling or self.strengths) == "matched" and "blur" in values:
+            values["blur"] *= self.side / self.reference_size
+        return values
+
+    def test_conditions(self) -> tuple[str, ...]:
+        """``"clean"``, the post-processes, ``combination-mild`` (with ``combination``), then each
+        post-process at the other scaling where its strengths differ."""
+        other = "absolute" if self.strengths == "matched" else "matched"
+        extra = ("combination-mild",) if "combination" in self.post_processes else ()
+        alternates = tuple(
+            f"{p}@{other}"
+            for p in self.post_processes
+            if self.condition_strengths(f"{p}@{other}") != self.condition_strengths(p)
+        )
+        return ("clean", *self.post_processes, *extra, *alternates)
 
     def family_config(self) -> KeyedGeneratorsConfig:
-        """The plain family's config (experiment seed; data settings of the experiment)."""
-        return self.family.replace(seed=self.seed, data=self.data, n_real=self.n_gan_train)
+        """The plain family's config (experiment seed; data settings of the experiment; training blur
+        scaled as ``strengths`` says)."""
+        reference = self.reference_size if self.strengths == "matched" else None
+        return self.family.replace(
+            seed=self.seed,
+            data=self.data,
+            n_real=self.n_gan_train,
+            post_process=self.family.post_process.replace(reference_size=reference),
+        )
 
     @classmethod
     def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from genprov.experiments.base import ExperimentResult
 
-__all__ = ["ConditionEvaluation", "ConditionMetrics", "KeyInfo", "KeyedResult", "UserMetrics"]
+__all__ = ["ConditionEvaluation", "ConditionMetrics", "GoalCheck", "KeyInfo", "KeyedResult", "UserMetrics"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,19 +79,40 @@ class KeyInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class GoalCheck:
+    """One of the paper's goals checked on this run: ``value >= threshold``."""
+
+    #: E.g. ``"A >= 0.9 under blur after robust training"``.
+    goal: str
+    family: str
+    condition: str
+    #: ``"distinguishability"`` or ``"attributability"``.
+    metric: str
+    value: float
+    threshold: float
+    met: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class KeyedResult(ExperimentResult):
     """Everything ``genprov reproduce keyed`` measured (``results.json``)."""
 
     experiment: str
     paper: str
     config: Mapping[str, Any]
-    #: ``"clean"`` then the post-processes.
+    #: ``"clean"``, the post-processes, ``combination-mild``, then ``NAME@absolute`` / ``NAME@matched``.
     conditions: tuple[str, ...]
+    #: Condition -> its test strengths in pixels (blur sigma, crop ratio, noise sigma, JPEG quality).
+    test_strengths: Mapping[str, Mapping[str, float]]
     #: Family ("plain", "robust-<post-process>", the variants) -> condition -> its metrics.
     metrics: Mapping[str, Mapping[str, ConditionMetrics]]
     #: Family -> condition -> one row per user model.
     per_user: Mapping[str, Mapping[str, tuple[UserMetrics, ...]]]
     keys: KeyInfo
+    #: The paper's goals (D, A >= 0.99 clean; A >= 0.9 under each post-process after robust training).
+    goals: tuple[GoalCheck, ...]
+    #: Family -> mean PSNR (dB) of its users' clean samples to the root model's at the same latents.
+    psnr_to_root: Mapping[str, float]
     #: Family -> the ``members`` of its manifest (how each key and user model was trained).
     training: Mapping[str, Sequence[Mapping[str, Any]]]
     #: Phase -> seconds.

@@ -30,27 +30,40 @@ from genprov.data import ImageDataset, jpeg_roundtrip, load_dataset, png_roundtr
 from genprov.eval import FrechetDistance, attributability, distinguishability, psnr, ssim
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, start_run
-from genprov.experiments.keyed.config import DATA_SIZES, KeyedExperimentConfig
+from genprov.experiments.keyed.config import KeyedExperimentConfig
 from genprov.experiments.keyed.report import build_report
-from genprov.experiments.keyed.results import ConditionEvaluation, ConditionMetrics, KeyedResult, KeyInfo, UserMetrics
+from genprov.experiments.keyed.results import (
+    ConditionEvaluation,
+    ConditionMetrics,
+    GoalCheck,
+    KeyedResult,
+    KeyInfo,
+    UserMetrics,
+)
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.gans import GANConfig
 from genprov.models.training import default_train_config, train_classifier, train_gan
 from genprov.utils.seeding import derive_seed, torch_generator
 
-__all__ = ["apply_test_condition", "evaluate_family", "finite_mean", "run_keyed"]
+__all__ = ["apply_test_condition", "check_goals", "evaluate_family", "finite_mean", "run_keyed"]
+
+#: The paper's goals: clean distinguishability and attributability, and attributability under a post-process
+#: after robust training against it.
+CLEAN_GOAL = 0.99
+ROBUST_GOAL = 0.9
 
 
 def apply_test_condition(x: Tensor, name: str, config: KeyedExperimentConfig, *, seed: int) -> Tensor:
     """Apply the test condition ``name`` (``"clean"`` or a post-process) and save as 8-bit PNG.
 
-    Blur, crop and noise use the differentiable post-processes at test strength; JPEG is a real Pillow
-    JPEG (``genprov.data.perturb``). Noise for image ``k`` of a batch is drawn from
+    Blur, crop and noise use the differentiable post-processes at test strength
+    (:meth:`KeyedExperimentConfig.condition_strengths`; blur with the family's kernel rule); JPEG is a
+    real Pillow JPEG (``genprov.data.perturb``). Noise for image ``k`` of a batch is drawn from
     ``(seed, name)``, so every model sees the same noise.
 
     Args:
         x: (n, C, H, W) images in [-1, 1].
-        name: ``"clean"`` or a name in ``POST_PROCESSES``.
+        name: ``"clean"`` or a condition of :meth:`KeyedExperimentConfig.test_conditions`.
         config: The test strengths.
         seed: Seed of the noise.
 
@@ -58,7 +71,8 @@ def apply_test_condition(x: Tensor, name: str, config: KeyedExperimentConfig, *,
         (n, C, H, W) images in [-1, 1], quantised to 8 bits.
     """
     if name != "clean":
-        strengths = config.strengths(check_post_process_names((name,))[0])
+        check_post_process_names((name.partition("@")[0].removesuffix("-mild"),))
+        strengths = config.condition_strengths(name)
         for step in BASIC_POST_PROCESSES:
             if step not in strengths:
                 continue
@@ -69,7 +83,7 @@ def apply_test_condition(x: Tensor, name: str, config: KeyedExperimentConfig, *,
                 noise = torch.randn(x.shape, generator=torch_generator(seed, "test-noise", name))
                 x = apply_post_process(x, "noise", value, noise=noise)
             else:
-                x = apply_post_process(x, step, value)
+                x = apply_post_process(x, step, value, blur_kernel=config.family.post_process.blur_kernel)
     return png_roundtrip(x.detach())
 
 
@@ -146,8 +160,29 @@ def evaluate_family(
     return out
 
 
+def check_goals(
+    metrics: dict[str, dict[str, ConditionMetrics]], post_processes: tuple[str, ...]
+) -> tuple[GoalCheck, ...]:
+    """The paper's goals on a run: the plain family's clean D and A >= 0.99, and each robust family's A
+    under its own post-process (at the run's strengths) >= 0.9; a family that was not trained is skipped."""
+    checks = [
+        ("plain", "clean", metric, CLEAN_GOAL, f"{short} >= {CLEAN_GOAL} clean")
+        for metric, short in (("distinguishability", "D"), ("attributability", "A"))
+    ]
+    checks += [
+        (f"robust-{p}", p, "attributability", ROBUST_GOAL, f"A >= {ROBUST_GOAL} under {p} after robust training")
+        for p in post_processes
+    ]
+    out = []
+    for family, condition, metric, threshold, goal in checks:
+        if family in metrics and condition in metrics[family]:
+            value = float(getattr(metrics[family][condition], metric))
+            out.append(GoalCheck(goal, family, condition, metric, value, threshold, value >= threshold))
+    return tuple(out)
+
+
 def _load_data(config: KeyedExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
-    size = DATA_SIZES[config.data]
+    size = config.side
     train = load_dataset(
         config.data, split="train", data_root=config.data_root, resize=size, n=config.n_gan_train, seed=config.seed
     )
@@ -172,7 +207,7 @@ def _variant_config(variant: str, base: KeyedGeneratorsConfig, config: KeyedExpe
 def _train_root(
     config: KeyedExperimentConfig, train: ImageDataset, models: Path, show_progress: bool | None
 ) -> tuple[Any, CNNClassifier]:
-    size = DATA_SIZES[config.data]
+    size = config.side
     gan = GANConfig(
         arch="dcgan", image_size=size, channels=train.n_channels, width=config.gan_width, latent_dim=config.latent_dim
     )
@@ -221,7 +256,7 @@ def run_keyed(
     fd = FrechetDistance(classifier.eval().features, batch_size=512)
     fd.reference(test.images)
     eval_seed = derive_seed(config.seed, "keyed-evaluation")
-    conditions = ("clean", *config.post_processes)
+    conditions = config.test_conditions()
     fam_cfg = config.family_config()
     families_dir = out / "families"
 
@@ -272,14 +307,18 @@ def run_keyed(
         warnings={name: tuple(fam.warnings) for name, fam in families.items()},
     )
     timings["total"] = time.perf_counter() - t0
+    metrics = {name: {c: e.metrics for c, e in fam.items()} for name, fam in evaluations.items()}
     result = KeyedResult(
         experiment="keyed",
         paper="Kim, Ren & Yang, Decentralized Attribution of Generative Models, ICLR 2021",
         config=config.to_dict(),
         conditions=conditions,
-        metrics={name: {c: e.metrics for c, e in fam.items()} for name, fam in evaluations.items()},
+        test_strengths={c: config.condition_strengths(c) for c in conditions if c != "clean"},
+        metrics=metrics,
         per_user={name: {c: e.per_user for c, e in fam.items()} for name, fam in evaluations.items()},
         keys=key_info,
+        goals=check_goals(metrics, config.post_processes),
+        psnr_to_root={name: m["clean"].psnr for name, m in metrics.items()},
         training={name: fam.manifest["members"] for name, fam in families.items()},
         timings_seconds={k: round(v, 1) for k, v in timings.items()},
         report="",

@@ -105,12 +105,24 @@ def test_quant_tables() -> None:
     assert jpeg_quant_table(75, chroma=True)[0, 0] == 9
 
 
-def test_blur_kernel_is_capped_and_crop_keeps_full_ratio(images: torch.Tensor) -> None:
+@pytest.mark.parametrize(("sigma", "taps"), [(1 / 3, 3), (1.0, 9), (5 / 3, 15), (7 / 3, 19), (3.0, 25)])
+def test_blur_kernel_has_the_original_filter_sizes(sigma: float, taps: int) -> None:
+    # attack_methods/Gaussian_blur.py:16 of the original: filter sizes 3, 9, 15, 19, 25 for sigma = 1/3 .. 3
+    delta = torch.zeros(1, 1, 64, 64)
+    delta[0, 0, 32, 32] = 1.0
+    spread = gaussian_blur(delta, sigma)[0, 0]
+    assert int((spread[32] > 0).sum()) == taps
+    assert torch.allclose(spread.sum(), torch.tensor(1.0))
+
+
+def test_capped_blur_kernel_is_the_earlier_rule_and_crop_keeps_full_ratio(images: torch.Tensor) -> None:
     delta = torch.zeros(1, 1, 16, 16)
     delta[0, 0, 8, 8] = 1.0
-    spread = gaussian_blur(delta, 3.0)[0, 0]
+    spread = gaussian_blur(delta, 3.0, kernel="capped-9")[0, 0]
     assert float(spread[8, 3]) == 0.0 and float(spread[8, 4]) > 0  # 9 taps: radius 4
     assert torch.allclose(spread.sum(), torch.tensor(1.0))
+    with pytest.raises(ConfigError, match="blur kernel rule"):
+        gaussian_blur(delta, 1.0, kernel="scipy")
     assert center_crop(images, 1.0) is images
     with pytest.raises(ConfigError, match="crop ratio"):
         center_crop(images, 0.0)
@@ -133,3 +145,18 @@ def test_errors_name_the_problem(images: torch.Tensor) -> None:
         apply_post_process(images, "noise", 0.1)
     with pytest.raises(ConfigError, match="crop_ratio"):
         PostProcessConfig(crop_ratio=(0.9, 0.8))
+
+
+def test_training_blur_scales_with_image_side() -> None:
+    # sigma 3 at the paper's 64 px is sigma 0.75 at 16 px; reference_size=None keeps pixels
+    cfg = PostProcessConfig(blur_sigma=(3.0, 3.0))
+    delta = torch.zeros(1, 1, 16, 16)
+    delta[0, 0, 8, 8] = 1.0
+    matched = draw_post_process("blur", cfg, (1, 1, 16, 16), torch.Generator().manual_seed(0))(delta)
+    torch.testing.assert_close(matched, gaussian_blur(delta, 0.75))
+    absolute = draw_post_process(
+        "blur", cfg.replace(reference_size=None), (1, 1, 16, 16), torch.Generator().manual_seed(0)
+    )(delta)
+    torch.testing.assert_close(absolute, gaussian_blur(delta, 3.0))
+    with pytest.raises(ConfigError, match="reference_size"):
+        PostProcessConfig(reference_size=0)
