@@ -12,12 +12,35 @@ from genprov.config import is_positive_int, require
 from genprov.data import PERTURBATIONS
 from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values
 
-__all__ = ["DATA_SIZES", "METHODS", "FlipadExperimentConfig"]
+__all__ = [
+    "DATA_SIZES",
+    "EXPERIMENT_PERTURBATIONS",
+    "METHODS",
+    "PAPER_BLUR_STD_64",
+    "VAL_REALS",
+    "FlipadExperimentConfig",
+]
 
 #: Methods compared: FLIPAD and the baselines (registry names of ``MODEL_ATTRIBUTORS``).
 METHODS = ("flipad", "raw-pixels", "dct", "prnu", "latent-inversion")
 #: Supported data and the image side the GANs work on.
 DATA_SIZES = GAN_DATA_SIZES
+#: Where the validation study's real images come from: ``"held-out"`` (train-split images the GANs never
+#: see, as Table 1's real test images; the default) or ``"gan-train"`` (images the GANs were trained on:
+#: genprov's earlier protocol, and the original's, whose real train/test/val images all come from the GANs'
+#: training split, MikeLasz/flipad ``scripts/sampling/sample_gans.py:61-73`` with
+#: ``src/flipad/data_utils.py:82-116``).
+VAL_REALS = ("held-out", "gan-train")
+#: Standard deviation (pixels) of the original's Table 3 blur on its 64x64 images: torchvision's
+#: ``GaussianBlur(kernel_size=3, sigma=3)`` (MikeLasz/flipad ``src/flipad/perturbations.py:50-53``, kernel
+#: sizes 1 and 3 in ``scripts/single_model_attribution/gans_perturbation.sh:10``; size 1 is the identity)
+#: has taps (.327, .346, .327), i.e. sqrt(2 * .327) = 0.81 px.
+PAPER_BLUR_STD_64 = 0.809
+#: Table 3 perturbations defined by this experiment (besides ``genprov.data.PERTURBATIONS``):
+#: ``blur-paper`` is a Gaussian blur of std ``PAPER_BLUR_STD_64 * size / 64`` pixels (0.20 px at 16 px), the
+#: original's strength relative to the image size; ``blur`` (1 px at any size, about 5x the paper's at
+#: 16 px) stays as the earlier, harsher test.
+EXPERIMENT_PERTURBATIONS = ("blur-paper",)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,7 +63,11 @@ class FlipadExperimentConfig(ExperimentConfig):
         latent_dim: GAN latent dimension.
         gan_steps: Generator updates (DCGAN, LSGAN, EBGAN).
         wgan_steps: Generator updates of WGAN-GP (5 critic steps each).
-        n_gan_train: Real training images the GANs see (``None``: the whole train split).
+        n_gan_train: Real training images the GANs see (``None``: the whole train split, less the
+            validation reals when ``val_reals="held-out"``).
+        val_reals: Real images of the validation study (see :data:`VAL_REALS`): ``"held-out"`` holds
+            ``n_test`` train-split images out of the GANs' training, ``"gan-train"`` (the earlier protocol)
+            takes them from the GANs' training images.
         table2_archs: Architectures trained with extra seeds for Table 2.
         table2_seeds: Number of extra training seeds per Table 2 architecture.
         n_train: Own and real samples each method is fitted on.
@@ -52,7 +79,8 @@ class FlipadExperimentConfig(ExperimentConfig):
         detector: Deep SAD settings shared by every feature method.
         latent_inversion_n_test: Test samples per source for latent inversion (one resample).
         latent_inversion_steps: Adam steps per restart of latent inversion.
-        perturbations: Table 3 perturbations (keys of :data:`PERTURBATIONS`).
+        perturbations: Table 3 perturbations (keys of ``genprov.data.PERTURBATIONS`` or
+            :data:`EXPERIMENT_PERTURBATIONS`).
         tabular: Table 5 datasets (``genprov.data.TABULAR_DATASETS``).
         tabular_archs: Tabular GAN objectives (Table 5 owners and sources).
         tabular_steps: Tabular GAN generator updates.
@@ -73,6 +101,7 @@ class FlipadExperimentConfig(ExperimentConfig):
     gan_steps: int = 1000
     wgan_steps: int = 400
     n_gan_train: int | None = None
+    val_reals: str = "held-out"
     table2_archs: tuple[str, ...] = ("dcgan", "lsgan", "ebgan")
     table2_seeds: int = 1
     n_train: int = 700
@@ -86,7 +115,7 @@ class FlipadExperimentConfig(ExperimentConfig):
     detector: DeepSADConfig = dataclasses.field(default_factory=lambda: DeepSADConfig(n_epochs=20, lr_milestones=(15,)))
     latent_inversion_n_test: int = 100
     latent_inversion_steps: int = 100
-    perturbations: tuple[str, ...] = tuple(PERTURBATIONS)
+    perturbations: tuple[str, ...] = (*PERTURBATIONS, *EXPERIMENT_PERTURBATIONS)
     tabular: tuple[str, ...] = ("wine", "breast-cancer")
     tabular_archs: tuple[str, ...] = ("wgan-gp", "dcgan", "lsgan")
     tabular_steps: int = 1500
@@ -94,8 +123,13 @@ class FlipadExperimentConfig(ExperimentConfig):
     study: bool = True
     study_widths: tuple[int, ...] = (8, 32)
     study_grid: tuple[dict[str, Any], ...] = (
-        {"label": "paper: clip, alpha 5e-4, 300 it", "saturation": "clip"},
+        {
+            "label": "paper: clip, alpha 5e-4, 300 it, FISTA from the anchor",
+            "saturation": "clip",
+            "fista_init": "anchor",
+        },
         {"label": "censor, alpha 5e-4, 300 it"},
+        {"label": "censor, FISTA from the anchor (original)", "fista_init": "anchor"},
         {"label": "censor, alpha 5e-2", "alpha": 5e-2},
         {"label": "censor, 100 it", "max_iter": 100},
         {"label": "censor, 1000 it", "max_iter": 1000},
@@ -111,8 +145,10 @@ class FlipadExperimentConfig(ExperimentConfig):
             require(arch in ("dcgan", "wgan-gp", "lsgan", "ebgan"), "archs", "GAN architectures", arch)
         for method in self.methods:
             require(method in MODEL_ATTRIBUTORS, "methods", f"names among {MODEL_ATTRIBUTORS.names()}", method)
+        known = [*PERTURBATIONS, *EXPERIMENT_PERTURBATIONS]
         for name in self.perturbations:
-            require(name in PERTURBATIONS, "perturbations", f"names among {list(PERTURBATIONS)}", name)
+            require(name in known, "perturbations", f"names among {known}", name)
+        require(self.val_reals in VAL_REALS, "val_reals", f"one of {', '.join(VAL_REALS)}", self.val_reals)
         for field in ("gan_width", "latent_dim", "gan_steps", "wgan_steps", "n_train", "n_holdout", "n_test"):
             require(is_positive_int(getattr(self, field)), field, "a positive integer", getattr(self, field))
         require(is_positive_int(self.n_resamples), "n_resamples", "a positive integer", self.n_resamples)
@@ -136,7 +172,7 @@ def _quick_values() -> dict[str, Any]:
         "n_holdout": 100,
         "n_test": 100,
         "n_resamples": 1,
-        "flipad": FinalLayerInversionAttributorConfig(max_iter=100, saturation="censor").to_dict(),
+        "flipad": FinalLayerInversionAttributorConfig(**{**FLIPAD_IMAGE_SETTINGS, "max_iter": 100}).to_dict(),
         "detector": DeepSADConfig(n_epochs=10, lr_milestones=(8,)).to_dict(),
         "latent_inversion_n_test": 30,
         "latent_inversion_steps": 40,
@@ -146,7 +182,7 @@ def _quick_values() -> dict[str, Any]:
         "tabular_steps": 400,
         "study_widths": [],
         "study_grid": [
-            {"label": "paper: clip, alpha 5e-4", "saturation": "clip"},
+            {"label": "paper: clip, alpha 5e-4, FISTA from the anchor", "saturation": "clip", "fista_init": "anchor"},
             {"label": "censor, alpha 5e-4"},
         ],
     }

@@ -30,7 +30,7 @@ from genprov.data import load_dataset, load_tabular, perturb, png_roundtrip
 from genprov.eval import accuracy_at_threshold, roc_auc
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, start_run
-from genprov.experiments.flipad.config import DATA_SIZES, FlipadExperimentConfig
+from genprov.experiments.flipad.config import DATA_SIZES, PAPER_BLUR_STD_64, FlipadExperimentConfig
 from genprov.experiments.flipad.report import METHOD_LABELS, build_report
 from genprov.experiments.flipad.results import (
     AucAcc,
@@ -49,7 +49,18 @@ from genprov.models.training import default_train_config, train_gan, train_tabul
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
 
-__all__ = ["auc_acc", "own_pool", "reproduce_flipad", "run_flipad"]
+__all__ = [
+    "RealSplit",
+    "SamplePools",
+    "auc_acc",
+    "draw_sample_pools",
+    "fourier_gaussian_blur",
+    "own_pool",
+    "perturb_images",
+    "real_split",
+    "reproduce_flipad",
+    "run_flipad",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +194,113 @@ def _train_image_gan(
     )
     steps = cfg.wgan_steps if arch == "wgan-gp" else cfg.gan_steps
     train_cfg = default_train_config(model_cfg, n_steps=steps, seed=train_seed, checkpoint_every=0, log_every=50)
-    folder = models / f"{arch}-w{width}-s{train_seed}-{steps}"
+    # GANs trained without the held-out validation reals get their own folders (the earlier ones keep theirs)
+    data_tag = "" if cfg.val_reals == "gan-train" else f"-n{len(images)}"
+    folder = models / f"{arch}-w{width}-s{train_seed}-{steps}{data_tag}"
     return train_gan(model_cfg, train_cfg, images, folder, show_progress=show).model.eval()
 
 
 def own_pool(generator: nn.Module, n: int, seed: int, key: str) -> Tensor:
     """``n`` seeded samples of ``generator`` after the 8-bit PNG round trip."""
     return png_roundtrip(sample(generator, n, seed=derive_seed(seed, "samples", key), show_progress=False))
+
+
+@dataclasses.dataclass(frozen=True)
+class RealSplit:
+    """Indices into the loaded train split.
+
+    Attributes:
+        gan: The images every GAN is trained on.
+        neg: The real negatives every method is fitted on (GAN training images, as in the original).
+        val: The validation study's real images.
+    """
+
+    gan: np.ndarray
+    neg: np.ndarray
+    val: np.ndarray
+
+
+def real_split(cfg: FlipadExperimentConfig, n_images: int) -> RealSplit:
+    """Split ``n_images`` train-split images by ``cfg.val_reals``.
+
+    ``"held-out"``: ``n_test`` images are held out of the GANs' training for the validation study (so it
+    tests against reals no GAN saw, as Table 1 does with the test split); the rest train the GANs and are
+    the negatives pool. ``"gan-train"`` (the earlier protocol): the GANs train on all images, which are cut
+    into negatives (about 75%) and validation reals.
+
+    Raises:
+        ConfigError: Too few images for ``n_train`` negatives and the held-out validation reals.
+    """
+    if cfg.val_reals == "gan-train":
+        order = numpy_rng(cfg.seed, "real-split").permutation(n_images)
+        n_neg = min(n_images - 50, max(cfg.n_train, round(0.75 * n_images)))
+        return RealSplit(gan=np.arange(n_images), neg=order[:n_neg], val=order[n_neg:])
+    if n_images - cfg.n_test < cfg.n_train:
+        raise ConfigError(
+            f"val_reals='held-out' holds n_test={cfg.n_test} of the {n_images} training images out of the GANs' "
+            f"training, leaving fewer than n_train={cfg.n_train} real negatives; lower n_test or n_train "
+            "(--set), or use --set val_reals=gan-train."
+        )
+    held = numpy_rng(cfg.seed, "real-val-split").permutation(n_images)
+    gan = np.sort(held[cfg.n_test :])
+    return RealSplit(gan=gan, neg=gan[numpy_rng(cfg.seed, "real-split").permutation(len(gan))], val=held[: cfg.n_test])
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplePools:
+    """Generated samples of a run, each drawn under its own seed key.
+
+    Attributes:
+        own: Per owner (``"arch@seed"``), the pool Tables 1-3 split into fit, threshold and test samples.
+        study_own: The first owner's pool for the validation study, disjoint from ``own`` (other latents),
+            so no sample the study tests on is a Table 1 test sample.
+        sources: Per trained GAN, the samples it contributes as another source.
+    """
+
+    own: dict[str, Tensor]
+    study_own: Tensor
+    sources: dict[str, Tensor]
+
+
+def draw_sample_pools(
+    cfg: FlipadExperimentConfig, gens: Mapping[str, nn.Module], owners: Sequence[str], study_owner: str
+) -> SamplePools:
+    """Sample every pool of a run: ``n_train + n_holdout + n_test`` per owner (and for the study's owner
+    again, under the ``study-own`` key), ``1.2 n_test`` per GAN as a source."""
+    n_pool = cfg.n_train + cfg.n_holdout + cfg.n_test
+    n_src = max(cfg.n_test, round(1.2 * cfg.n_test))
+    return SamplePools(
+        own={name: own_pool(gens[name], n_pool, cfg.seed, f"own:{name}") for name in owners},
+        study_own=own_pool(gens[study_owner], n_pool, cfg.seed, f"study-own:{study_owner}"),
+        sources={name: own_pool(g, n_src, cfg.seed, f"src:{name}") for name, g in gens.items()},
+    )
+
+
+def fourier_gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of (n, C, H, W) images by its exact frequency response ``exp(-sigma^2 |w|^2 / 2)``.
+
+    Works for any ``sigma``, also below half a pixel where a sampled kernel degenerates to the identity (its
+    side taps vanish); the image is extended by mirroring (half-sample symmetric, as a DCT) so the borders
+    do not wrap around.
+    """
+    if sigma <= 0:
+        return x
+    h, w = x.shape[-2:]
+    ext = torch.cat([x, x.flip(-1)], -1)
+    ext = torch.cat([ext, ext.flip(-2)], -2)
+    wy = 2 * math.pi * torch.fft.fftfreq(2 * h, dtype=torch.float64)
+    wx = 2 * math.pi * torch.fft.rfftfreq(2 * w, dtype=torch.float64)
+    response = torch.exp(-(sigma**2) * (wy[:, None] ** 2 + wx[None, :] ** 2) / 2)
+    out = torch.fft.irfft2(torch.fft.rfft2(ext.to(torch.float64)) * response, s=(2 * h, 2 * w))
+    return out[..., :h, :w].to(x.dtype)
+
+
+def perturb_images(x: Tensor, name: str, *, seed: int) -> Tensor:
+    """A Table 3 perturbation: ``genprov.data.perturb``'s, or ``"blur-paper"`` (the original's blur strength
+    relative to the image size: std ``PAPER_BLUR_STD_64 * side / 64`` pixels)."""
+    if name == "blur-paper":
+        return fourier_gaussian_blur(x, PAPER_BLUR_STD_64 * x.shape[-1] / 64).clamp(-1, 1)
+    return perturb(x, name, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -257,10 +368,10 @@ def run_flipad(
         cfg.data, split="train", data_root=cfg.data_root, resize=resize, n=cfg.n_gan_train, seed=cfg.seed
     )
     test_set = load_dataset(cfg.data, split="test", data_root=cfg.data_root, resize=resize)
-    real_train = train_set.images
-    order = torch.from_numpy(numpy_rng(cfg.seed, "real-split").permutation(len(real_train)))
-    n_neg = min(len(real_train) - 50, max(cfg.n_train, round(0.75 * len(real_train))))
-    real_neg, real_val = png_roundtrip(real_train[order[:n_neg]]), png_roundtrip(real_train[order[n_neg:]])
+    split = real_split(cfg, len(train_set.images))
+    real_train = train_set.images[torch.from_numpy(split.gan)]
+    real_neg = png_roundtrip(train_set.images[torch.from_numpy(split.neg)])
+    real_val = png_roundtrip(train_set.images[torch.from_numpy(split.val)])
     real_test = png_roundtrip(test_set.images[: max(cfg.n_test, round(1.2 * cfg.n_test))])
     t = time.perf_counter()
     gens: dict[str, nn.Module] = {}
@@ -272,12 +383,10 @@ def run_flipad(
         gens[f"{arch}@{train_seed}"] = _train_image_gan(cfg, arch, train_seed, real_train, models, show_progress)
     t = lap("train_gans", t)
 
-    n_pool = cfg.n_train + cfg.n_holdout + cfg.n_test
-    n_src = max(cfg.n_test, round(1.2 * cfg.n_test))
     main = {a: f"{a}@{cfg.seed}" for a in cfg.archs}
-    own_pools = {name: own_pool(gens[name], n_pool, cfg.seed, f"own:{name}") for name in main.values()}
-    src_pools = {name: own_pool(g, n_src, cfg.seed, f"src:{name}") for name, g in gens.items()}
     owner0 = main[cfg.archs[0]]
+    sample_pools = draw_sample_pools(cfg, gens, list(main.values()), owner0)
+    own_pools, src_pools = sample_pools.own, sample_pools.sources
     t = lap("sample", t)
 
     # ---------------------------------------------------------------- validation study
@@ -287,7 +396,7 @@ def run_flipad(
     if cfg.study and "flipad" in cfg.methods:
         val_key = f"{val_arch}@{cfg.seed + 1000}"
         pools = {
-            "own": own_pools[owner0],
+            "own": sample_pools.study_own,
             "neg": real_neg,
             "real (val)": real_val,
             f"{val_arch} seed {cfg.seed + 1000} (val)": src_pools[val_key],
@@ -356,7 +465,7 @@ def run_flipad(
         seed = derive_seed(cfg.seed, "perturb", name)
 
         def pert(x: Tensor, key: str, name: str = name, seed: int = seed) -> Tensor:
-            return png_roundtrip(perturb(x, name, seed=derive_seed(seed, key)))
+            return png_roundtrip(perturb_images(x, name, seed=derive_seed(seed, key)))
 
         pools = {
             "own": pert(own_pools[main[arch0]], "own"),
@@ -545,7 +654,7 @@ def reproduce_flipad(
         data: ``"digits"``, ``"mnist"`` or ``"fashion-mnist"``.
         seed: Seed of the whole run.
         out: Output folder (``results.json``, ``report.html``, ``models/``).
-        quick: A few-minute smoke run instead of the full one (about 30 minutes on 2 cores).
+        quick: A few-minute smoke run instead of the full one (about 35 minutes on 2 cores).
         data_root: Folder holding MNIST / Fashion-MNIST files.
         show_progress: Progress bars.
 

@@ -189,7 +189,14 @@ def build_report(
         "Hubness and tuning",
         intro="Hub statistics of the unseen queries' protocol-B rankings "
         "(k = 10). items_top1_share: share of unseen queries whose top-1 is one of the exemplars the mapper "
-        "was tuned on (the failure mode where tuned exemplars become hubs).",
+        "was tuned on (the failure mode where tuned exemplars become hubs). The tuning procedure is reconstructed: "
+        "the paper's code (PeterWang512/GenDataAttribution) ships the tuned weights and the mapper's form (a linear "
+        "layer initialised to the identity, one for real and one for synthetic images, networks.py:4-7, 46-56) but "
+        "not its training (no training loop; README.md:80, train and validation sets not released). The "
+        "contrastive objective, optimiser and schedule here are genprov's reading of the paper, and two parts are "
+        "genprov's additions: the penalty toward the identity (identity_weight) and early stopping on validation "
+        "mAP with step 0 (the identity, i.e. the untuned features) as a candidate, so a mapper that does not beat "
+        "the untuned features on validation is not kept.",
     )
     hub.add(
         Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,27 @@ def test_input_errors_and_not_fitted(tiny_gan: nn.Module) -> None:
         flipad.score_samples(torch.full((2, 1, 8, 8), float("nan")))
     with pytest.raises(DataError, match="outputs"):
         FinalLayerInversionAttributor(tiny_gan, FAST).fit(torch.zeros(10, 1, 6, 6))
+
+
+def test_fista_starts_at_the_anchor_or_at_zero(tiny_gan: nn.Module, tmp_path: Path) -> None:
+    own, real = samples(tiny_gan, 40, seed=1), _noise_images(30, (1, 8, 8), 2)
+    assert FinalLayerInversionAttributorConfig().fista_init == "anchor"  # the original's start
+    features = {}
+    for init in ("anchor", "zero"):
+        flipad = FinalLayerInversionAttributor(tiny_gan, FAST.replace(fista_init=init, max_iter=5))
+        features[init] = flipad.prepare(own).features(real)
+    # few iterations on an under-determined layer: the start is not forgotten
+    assert not torch.allclose(features["anchor"], features["zero"], atol=1e-3)
+    with pytest.raises(ConfigError, match="fista_init"):
+        FinalLayerInversionAttributorConfig(fista_init="random")
+    # a detector saved before the option existed (no "fista_init" in its state) started FISTA at zero
+    flipad = FinalLayerInversionAttributor(tiny_gan, FAST.replace(fista_init="zero")).fit(own, negatives=real)
+    flipad.save_pretrained(tmp_path / "det")
+    config_file = tmp_path / "det" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["state"]["method"]["features"]["fista_init"]
+    del saved["config"]["fista_init"]
+    config_file.write_text(json.dumps(saved))
+    loaded = FinalLayerInversionAttributor.from_pretrained(tmp_path / "det", tiny_gan)
+    assert loaded.config.fista_init == "zero"
+    torch.testing.assert_close(loaded.score_samples(real), flipad.score_samples(real))
