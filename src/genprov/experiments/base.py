@@ -33,11 +33,13 @@ from genprov.utils.io import atomic_write_json, json_safe, read_json
 __all__ = [
     "EXPERIMENTS",
     "GAN_DATA_SIZES",
+    "GAN_DEFAULT_SIDE",
     "ExperimentConfig",
     "ExperimentResult",
     "ExperimentRunner",
     "Laps",
     "gan_preset_values",
+    "gan_side",
     "json_key",
     "provenance",
     "run_experiment",
@@ -151,15 +153,25 @@ class ExperimentConfig(Config):
 
 _E = TypeVar("_E", bound=ExperimentConfig)
 
-#: Data of the GAN reproductions (FLIPAD, keyed) and the image side their GANs work on.
+#: Image side the GAN reproductions (FLIPAD, keyed) work on per dataset; any other dataset (a name or a
+#: path) is resized to :data:`GAN_DEFAULT_SIDE` unless the run's ``image_size`` says otherwise.
 GAN_DATA_SIZES: Mapping[str, int] = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
+GAN_DEFAULT_SIDE = 16
+
+
+def gan_side(data: str, image_size: int | None) -> int:
+    """The image side of a GAN reproduction on ``data``: ``image_size`` when given, else the dataset's
+    entry in :data:`GAN_DATA_SIZES`, else :data:`GAN_DEFAULT_SIDE`."""
+    if image_size is not None:
+        return image_size
+    return GAN_DATA_SIZES.get(data, GAN_DEFAULT_SIDE)
 
 
 def gan_preset_values(data: str, quick: bool, quick_values: Mapping[str, Any]) -> dict[str, Any]:
-    """The preset of a GAN reproduction (its :meth:`ExperimentConfig.preset_values`): MNIST-sized GAN
-    training sets (``n_gan_train=10_000``) for data other than the built-in digits and, with ``quick``,
+    """The preset of a GAN reproduction (its :meth:`ExperimentConfig.preset_values`): 10,000 GAN training
+    images (``n_gan_train``) for MNIST and Fashion-MNIST (every image of other data) and, with ``quick``,
     ``quick_values`` (the few-minute sizes)."""
-    values: dict[str, Any] = {} if data == "digits" else {"n_gan_train": 10_000}
+    values: dict[str, Any] = {"n_gan_train": 10_000} if data in ("mnist", "fashion-mnist") else {}
     if quick:
         values.update(quick_values)
     return values

@@ -97,7 +97,6 @@ def test_gan_reproductions_share_the_data_preset() -> None:
 @pytest.mark.parametrize(
     ("values", "field"),
     [
-        ({"data": "cifar10"}, "data"),
         ({"n_keys": 0}, "n_keys"),
         ({"gan_steps": True}, "gan_steps"),
         ({"n_eval": 1}, "n_eval"),
@@ -115,6 +114,19 @@ def test_gan_reproductions_share_the_data_preset() -> None:
 def test_invalid_configs_name_the_field(values: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         KeyedExperimentConfig.from_dict(values)
+
+
+@pytest.mark.filterwarnings("ignore::genprov.attribution.model.keyed.KeyConstraintWarning")
+def test_tiny_run_on_a_path_without_a_test_split(tmp_path: Path) -> None:
+    digits = load_dataset("digits", n=500, seed=0)
+    images = ((digits.images[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
+    np.savez(tmp_path / "mine.npz", x=images, y=digits.labels.numpy())
+    config = {**TINY, "data": str(tmp_path / "mine.npz"), "variants": [], "post_processes": ["blur"]}
+    result = cast(KeyedResult, run_experiment("keyed", config, tmp_path / "out", show_progress=False))
+    assert result.config["data"] == str(tmp_path / "mine.npz")
+    assert "genprov reproduce keyed --data" in json.loads((tmp_path / "out" / "results.json").read_text())[
+        "provenance"
+    ]["command"]
 
 
 @pytest.mark.filterwarnings("ignore::genprov.attribution.model.keyed.KeyConstraintWarning")  # 50 key steps

@@ -10,7 +10,8 @@ from genprov.attribution.model import MODEL_ATTRIBUTORS, DeepSADConfig, FinalLay
 from genprov.attribution.model.flipad import FLIPAD_IMAGE_SETTINGS
 from genprov.config import is_positive_int, require
 from genprov.data import PERTURBATIONS
-from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values
+from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values, gan_side
+from genprov.models.gans import GAN_SIZES
 
 __all__ = [
     "DATA_SIZES",
@@ -53,7 +54,10 @@ class FlipadExperimentConfig(ExperimentConfig):
 
     Attributes:
         data: ``"digits"`` (built in, resized to 16x16), ``"mnist"`` or ``"fashion-mnist"`` (28x28; need
-            ``data_root``).
+            ``data_root``), any other dataset name or a path (an image folder, ``.npz`` or ``.npy``; one
+            without a test split is split by the seed), resized to ``image_size``.
+        image_size: Side of the images and GANs (8, 16, 28, 32 or 64; ``None``: 16 for digits and other
+            data, 28 for MNIST-like data).
         data_root: Folder with the dataset files (``None``: ``$GENPROV_DATA``).
         seed: Seed of everything (GAN training, samples, resamples, detectors).
         quick: A few-minute smoke run (with :meth:`from_dict` / :meth:`preset`, the quick sizes).
@@ -92,6 +96,7 @@ class FlipadExperimentConfig(ExperimentConfig):
     """
 
     data: str = "digits"
+    image_size: int | None = None
     data_root: str | None = None
     seed: int = 0
     quick: bool = False
@@ -139,7 +144,12 @@ class FlipadExperimentConfig(ExperimentConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.data in DATA_SIZES, "data", f"one of {', '.join(DATA_SIZES)}", self.data)
+        require(
+            self.image_size is None or self.image_size in GAN_SIZES,
+            "image_size",
+            f"one of {sorted(GAN_SIZES)} or None (the data's default side)",
+            self.image_size,
+        )
         require(len(self.archs) >= 2, "archs", "at least two architectures", self.archs)
         for arch in (*self.archs, *self.table2_archs):
             require(arch in ("dcgan", "wgan-gp", "lsgan", "ebgan"), "archs", "GAN architectures", arch)
@@ -155,6 +165,11 @@ class FlipadExperimentConfig(ExperimentConfig):
         require(self.n_train >= 2, "n_train", "at least 2", self.n_train)
         for label in self.study_grid:
             require(isinstance(label, Mapping) and "label" in label, "study_grid", "dicts with a 'label'", label)
+
+    @property
+    def side(self) -> int:
+        """Image side of the run (``image_size`` or the data's default)."""
+        return gan_side(self.data, self.image_size)
 
     @classmethod
     def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 
 from genprov.attribution.model import FinalLayerInversionAttributorConfig
 from genprov.eval import roc_auc, roc_curve
-from genprov.experiments.flipad.config import DATA_SIZES, FlipadExperimentConfig
+from genprov.experiments.flipad.config import FlipadExperimentConfig
 from genprov.experiments.flipad.results import AucAcc, FlipadResult, Summary
 from genprov.report import Figure, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import roc_curves, score_histograms
@@ -47,7 +47,7 @@ def build_report(
 ) -> Report:
     """The report of ``result``; ``raw1`` holds the first resample's scores per Table 1 owner and method
     (``{"threshold", "own", <source>: scores}``) for the ROC curves and histograms."""
-    size = DATA_SIZES[cfg.data]
+    size = cfg.side
     report = Report(
         "FLIPAD: single-model attribution by final-layer inversion",
         subtitle=f"Small-scale reproduction of Laszkiewicz et al. (ICML 2024) on {cfg.data} {size}x{size}",

@@ -26,11 +26,11 @@ from genprov.attribution.model import (
     RawPixelAttributorConfig,
 )
 from genprov.config import Config
-from genprov.data import load_dataset, load_tabular, perturb, png_roundtrip
+from genprov.data import load_tabular, load_train_test, perturb, png_roundtrip
 from genprov.eval import accuracy_at_threshold, roc_auc
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, start_run
-from genprov.experiments.flipad.config import DATA_SIZES, PAPER_BLUR_STD_64, FlipadExperimentConfig
+from genprov.experiments.flipad.config import PAPER_BLUR_STD_64, FlipadExperimentConfig
 from genprov.experiments.flipad.report import METHOD_LABELS, build_report
 from genprov.experiments.flipad.results import (
     AucAcc,
@@ -362,12 +362,9 @@ def run_flipad(
         return now
 
     # ---------------------------------------------------------------- data and GANs
-    size = DATA_SIZES[cfg.data]
-    resize = size if cfg.data == "digits" else None
-    train_set = load_dataset(
-        cfg.data, split="train", data_root=cfg.data_root, resize=resize, n=cfg.n_gan_train, seed=cfg.seed
+    train_set, test_set = load_train_test(
+        cfg.data, data_root=cfg.data_root, resize=cfg.side, n_train=cfg.n_gan_train, seed=cfg.seed
     )
-    test_set = load_dataset(cfg.data, split="test", data_root=cfg.data_root, resize=resize)
     split = real_split(cfg, len(train_set.images))
     real_train = train_set.images[torch.from_numpy(split.gan)]
     real_neg = png_roundtrip(train_set.images[torch.from_numpy(split.neg)])

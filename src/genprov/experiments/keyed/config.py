@@ -8,7 +8,7 @@ from typing import Any
 from genprov.attribution.model.keyed import KeyedGeneratorsConfig
 from genprov.attribution.model.keyed_postprocess import POST_PROCESSES, REFERENCE_SIZE, check_post_process_names
 from genprov.config import require, require_ints
-from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values
+from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values, gan_side
 from genprov.models.gans import GAN_SIZES
 
 __all__ = ["DATA_SIZES", "MILD_COMBINATION", "STRENGTH_SCALINGS", "VARIANTS", "KeyedExperimentConfig"]
@@ -30,9 +30,11 @@ class KeyedExperimentConfig(ExperimentConfig):
     :meth:`from_dict` (what ``genprov reproduce`` uses) starts from the quick preset when ``quick`` is true.
 
     Attributes:
-        data: ``"digits"`` (built in, 16x16), ``"mnist"`` or ``"fashion-mnist"`` (28x28; need ``data_root``).
+        data: ``"digits"`` (built in, 16x16), ``"mnist"`` or ``"fashion-mnist"`` (28x28; need ``data_root``),
+            any other dataset name or a path (an image folder, ``.npz`` or ``.npy``; one without a test
+            split is split by the seed), resized to ``image_size``.
         image_size: Side the images are resized to and the root DCGAN works on (8, 16, 28, 32 or 64;
-            ``None``: 16 for digits, 28 for MNIST-like data). ``32`` on MNIST measures how the robustness
+            ``None``: 16 for digits and other data, 28 for MNIST-like data). ``32`` on MNIST measures how the robustness
             results depend on resolution.
         data_root: Folder with the dataset files (``None``: ``$GENPROV_DATA``).
         seed: Seed of everything (root GAN, keys, user models; the evaluation seed derives from it).
@@ -96,7 +98,6 @@ class KeyedExperimentConfig(ExperimentConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.data in DATA_SIZES, "data", f"one of {', '.join(DATA_SIZES)}", self.data)
         require(
             self.image_size is None or self.image_size in GAN_SIZES,
             "image_size",
@@ -118,7 +119,7 @@ class KeyedExperimentConfig(ExperimentConfig):
     @property
     def side(self) -> int:
         """Image side of the run (``image_size`` or the data's default)."""
-        return self.image_size if self.image_size is not None else DATA_SIZES[self.data]
+        return gan_side(self.data, self.image_size)
 
     def condition_strengths(self, condition: str) -> dict[str, float]:
         """Test strengths of a condition in pixels: ``{step: value}`` for each step it applies.

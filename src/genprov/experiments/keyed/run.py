@@ -26,7 +26,7 @@ from genprov.attribution.model.keyed_postprocess import (
     apply_post_process,
     check_post_process_names,
 )
-from genprov.data import ImageDataset, jpeg_roundtrip, load_dataset, png_roundtrip
+from genprov.data import ImageDataset, jpeg_roundtrip, load_train_test, png_roundtrip
 from genprov.eval import FrechetDistance, attributability, distinguishability, psnr, ssim
 from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, start_run
@@ -183,10 +183,9 @@ def check_goals(
 
 def _load_data(config: KeyedExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
     size = config.side
-    train = load_dataset(
-        config.data, split="train", data_root=config.data_root, resize=size, n=config.n_gan_train, seed=config.seed
+    train, test = load_train_test(
+        config.data, data_root=config.data_root, resize=size, n_train=config.n_gan_train, seed=config.seed
     )
-    test = load_dataset(config.data, split="test", data_root=config.data_root, resize=size)
     if len(test) > config.n_real_eval:
         order = torch.randperm(len(test), generator=torch_generator(config.seed, "keyed-test-subset"))
         test = test.subset(order[: config.n_real_eval])

@@ -56,7 +56,9 @@ class SimilarityExperimentConfig(ExperimentConfig):
         image_size: Side the images are resized to.
         preset: Base DDPM size (``DDPMConfig.preset``).
         n_pool: Training images of the base DDPM (a seeded subset of the train split): the attribution pool.
-        n_heldout: Held-out (test split) images the exemplars are drawn from (``None``: all).
+        n_heldout: Held-out (test split) images the exemplars are drawn from (``None``: all). A source
+            without a test split (a flat image folder, an ``.npz`` without ``x_test``) is split by the seed
+            (:func:`genprov.data.load_train_test`).
         train_steps: Training steps of the base DDPM.
         batch_size: Its batch size.
         n_object, n_style, style_exemplars, styles, seen_classes, finetune_steps, finetune_lr, n_prior,

@@ -28,7 +28,7 @@ from genprov.attribution.data.similarity import (
     evaluate_soft,
     fit_soft_calibration,
 )
-from genprov.data import ImageDataset, load_dataset, load_images, save_images
+from genprov.data import ImageDataset, load_images, load_train_test, save_images
 from genprov.eval.customization import (
     BenchFeatures,
     CustomizationBench,
@@ -120,10 +120,13 @@ def chance_level(n_items: int, n_positives: int, *, n_draws: int = 200, seed: in
 
 
 def _load_data(cfg: SimilarityExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
-    root = cfg.data_root
-    pool = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_pool, seed=cfg.seed)
-    heldout = load_dataset(
-        cfg.data, split="test", data_root=root, resize=cfg.image_size, n=cfg.n_heldout, seed=cfg.seed
+    pool, heldout = load_train_test(
+        cfg.data,
+        data_root=cfg.data_root,
+        resize=cfg.image_size,
+        n_train=cfg.n_pool,
+        n_test=cfg.n_heldout,
+        seed=cfg.seed,
     )
     if pool.labels is None or heldout.labels is None:
         raise DataError(f"{cfg.data} has no labels; the benchmark needs classes (seen / unseen splits).")

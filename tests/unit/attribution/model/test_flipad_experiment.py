@@ -27,8 +27,10 @@ def test_presets_and_from_dict() -> None:
     full = FlipadExperimentConfig.preset_for()
     assert FlipadExperimentConfig.from_dict(full.to_dict()) == full
     assert EXPERIMENTS.config_type("flipad") is FlipadExperimentConfig
-    with pytest.raises(ConfigError, match="data must be one of"):
-        FlipadExperimentConfig(data="cifar10")
+    assert FlipadExperimentConfig(data="runs/faces.npz").side == 16  # any dataset, resized to 16 by default
+    assert FlipadExperimentConfig(data="mnist", image_size=32).side == 32
+    with pytest.raises(ConfigError, match="image_size must be one of"):
+        FlipadExperimentConfig(image_size=20)
     with pytest.raises(ConfigError, match="Did you mean 'n_train'"):
         FlipadExperimentConfig.from_dict({"n_trian": 3})
 
