@@ -219,13 +219,16 @@ def run_experiment(
     entry = EXPERIMENTS.entry(name)
     cfg_type = entry.config or ExperimentConfig
     cfg: Config = cfg_type.from_dict(config or {}) if not isinstance(config, Config) else config
+    assert isinstance(cfg, ExperimentConfig)
+    recorded = cfg
+    if data_root is not None and "data_root" in {f.name for f in dataclasses.fields(cfg)}:
+        recorded = cfg.replace(data_root=str(data_root))
+    source = provenance(name, recorded)  # the code as it was when the run started
     result = entry.factory(cfg, Path(out_dir), data_root=data_root, show_progress=show_progress)
     results_path = Path(out_dir) / "results.json"
     if results_path.is_file():  # every runner writes it; the provenance goes beside what it measured
-        assert isinstance(cfg, ExperimentConfig)
-        if data_root is not None and "data_root" in {f.name for f in dataclasses.fields(cfg)}:
-            cfg = cfg.replace(data_root=str(data_root))
-        atomic_write_json(results_path, {**read_json(results_path), "provenance": provenance(name, cfg)})
+        source["finished_utc"] = _utc_now()
+        atomic_write_json(results_path, {**read_json(results_path), "provenance": source})
     return result
 
 
@@ -237,7 +240,8 @@ def provenance(name: str, config: ExperimentConfig) -> dict[str, Any]:
     """What re-creates a result of experiment ``name`` run with ``config``: the ``genprov reproduce``
     command (every value that differs from the preset of its data, seed and ``--quick`` as ``--set``),
     the seed, the package versions, the Python and platform, the git commit of the source when it is a
-    checkout (with ``dirty`` when it had uncommitted changes) and the UTC time of the run."""
+    checkout (with ``+dirty`` when it had uncommitted changes) and the UTC time (:func:`run_experiment`
+    takes the commit when the run starts and the time when it ends)."""
     preset = type(config).preset_for(config.data, seed=config.seed, quick=config.quick).to_dict()
     changed = _changed(preset, config.to_dict())
     argv = ["genprov", "reproduce", name, "--data", config.data, "--seed", str(config.seed)]
@@ -260,8 +264,12 @@ def provenance(name: str, config: ExperimentConfig) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git": _git_commit(),
-        "finished_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_utc": _utc_now(),
     }
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _changed(preset: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

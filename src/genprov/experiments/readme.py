@@ -1,0 +1,122 @@
+"""The README's tables of measured figures, generated from the committed ``results/*.json``.
+
+``README.md`` quotes a reproduction inside ``<!-- results: results/NAME.json -->`` ... ``<!-- /results -->``.
+Each table in such a block sits between ``<!-- table: KIND -->`` and ``<!-- /table -->`` and is exactly
+what ``README_TABLES[KIND]`` renders from that results file, so a table cannot drift from its run (a test
+checks it, and every other decimal figure in the block, against the file). After re-running a reproduction
+and copying its ``results.json`` into ``results/``::
+
+    python -m genprov.experiments.readme            # rewrite the tables of README.md in place
+    python -m genprov.experiments.readme --check    # exit 1 if a table differs from its results file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from genprov.exceptions import DataError
+from genprov.utils.io import atomic_write_text
+
+__all__ = ["README_TABLES", "render_readme"]
+
+Results = Mapping[str, Any]
+
+BLOCK = re.compile(r"<!-- results: (?P<path>\S+) -->(?P<body>.*?)<!-- /results -->", re.S)
+TABLE = re.compile(r"(?P<open><!-- table: (?P<kind>[\w-]+) -->\n)(?P<table>.*?)(?P<close><!-- /table -->)", re.S)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table (one line per row, ending with a newline)."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals (``n/a`` for a missing value)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _one(rows: Sequence[Mapping[str, Any]], **match: Any) -> Mapping[str, Any]:
+    found = [row for row in rows if all(row.get(k) == v for k, v in match.items())]
+    if len(found) != 1:
+        raise DataError(f"expected one results row with {match}; found {len(found)}.")
+    return found[0]
+
+
+def similarity_retrieval(data: Results) -> str:
+    """Unseen-class retrieval per extractor (protocol A: pool plus own exemplars), with the control and chance."""
+    retrieval, control = data["retrieval"], data["control"]
+    rows = []
+    for name in data["config"]["extractors"]:
+        if name in data["skipped_extractors"]:
+            continue
+        untuned = _one(retrieval, extractor=name, features="untuned", protocol="A", split="unseen", case="all")
+        tuned = _one(retrieval, extractor=name, features="tuned", protocol="A", split="unseen", case="all")
+        ctrl = _one(control, extractor=name, features="untuned", protocol="A")
+        rows.append(
+            [name, fmt(untuned["mAP"]), fmt(tuned["mAP"]), fmt(tuned["recall@10"]), fmt(tuned["recall@100"]),
+             fmt(ctrl["mAP"])]
+        )  # fmt: skip
+    chance = data["chance_unseen"]["A"]
+    rows.append(["chance", fmt(chance["mAP"]), "", fmt(chance["recall@10"]), fmt(chance["recall@100"]), ""])
+    header = ["extractor", "mAP untuned", "mAP tuned", "Recall@10 (tuned)", "Recall@100 (tuned)", "control mAP"]
+    return markdown_table(header, rows)
+
+
+#: Table kind -> its renderer from a results file (the dict of ``results.json``).
+README_TABLES: dict[str, Callable[[Results], str]] = {
+    "similarity-retrieval": similarity_retrieval,
+}
+
+
+def render_readme(text: str, root: Path) -> str:
+    """``text`` (a README) with every generated table re-rendered from its block's results file under ``root``.
+
+    Raises:
+        DataError: A block naming a missing results file, or an unknown table kind.
+    """
+
+    def block(match: re.Match[str]) -> str:
+        path = root / match.group("path")
+        if not path.is_file():
+            raise DataError(f"README quotes {match.group('path')}, which does not exist under {root}.")
+        data = json.loads(path.read_text(encoding="utf-8"))
+
+        def table(inner: re.Match[str]) -> str:
+            kind = inner.group("kind")
+            if kind not in README_TABLES:
+                raise DataError(f"README table kind {kind!r} is unknown; known: {', '.join(README_TABLES)}.")
+            return inner.group("open") + README_TABLES[kind](data) + inner.group("close")
+
+        return match.group(0).replace(match.group("body"), TABLE.sub(table, match.group("body")))
+
+    return BLOCK.sub(block, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rewrite (or, with ``--check``, compare) the generated tables of a README."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if a table differs from its results file")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    rendered = render_readme(text, args.readme.resolve().parent)
+    if args.check:
+        if rendered != text:
+            print(f"{args.readme}: generated tables differ from results/; run python -m genprov.experiments.readme")
+            return 1
+        return 0
+    if rendered != text:
+        atomic_write_text(args.readme, rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
