@@ -7,15 +7,19 @@ checkpoint's ``config.json`` without importing the training loops.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from genprov.config import Config, is_int, require
 
-__all__ = ["COMMAND_STEPS", "TrainConfig"]
+__all__ = ["COMMAND_STEPS", "LR_SCHEDULES", "TrainConfig", "lr_factor", "warmup_steps"]
 
 #: Training steps of ``genprov train gan`` and ``genprov train ddpm`` when ``--steps`` is not given: enough
 #: for a usable model on 8-16 px digits on a CPU (a DDPM needs more steps than a GAN). ``TrainConfig.n_steps``
 #: is the kind-independent library default (and ``genprov train classifier``'s).
 COMMAND_STEPS: dict[str, int] = {"gan": 2000, "ddpm": 3000}
+#: Learning-rate schedules: ``constant``, or ``cosine`` (linear warm-up over ``warmup_fraction`` of the run,
+#: then a half cosine to 0, as diffusers' ``get_cosine_schedule_with_warmup``; see ``lr_factor``).
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,6 +42,12 @@ class TrainConfig(Config):
         ema_decay: Exponential moving average of the weights (DDPM only; ``None`` = off). The EMA
             weights are what the checkpoint holds.
         n_critic: Discriminator updates per generator update (GANs; 5 for WGAN-GP in the paper).
+        lr_schedule: One of :data:`LR_SCHEDULES`. With ``cosine`` the learning rate of step ``s`` depends on
+            ``n_steps``, so such a run resumes only with the ``n_steps`` it started with.
+        warmup_fraction: Fraction of ``n_steps`` of linear warm-up (``cosine`` only; D-TRAK's
+            ``train_unconditional.py`` uses 0.1, rounded up to whole steps).
+        grad_clip: Clip the gradients' global norm to this before each update (``None`` = no clipping;
+            D-TRAK's DDPMs use 1.0).
     """
 
     n_steps: int = 1000
@@ -50,6 +60,9 @@ class TrainConfig(Config):
     log_every: int = 50
     ema_decay: float | None = None
     n_critic: int = 1
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    grad_clip: float | None = None
 
     def validate(self) -> None:
         require(is_int(self.n_steps) and self.n_steps >= 0, "n_steps", "a non-negative integer", self.n_steps)
@@ -73,3 +86,28 @@ class TrainConfig(Config):
         if self.ema_decay is not None:
             require(0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1) or None", self.ema_decay)
         require(is_int(self.n_critic) and self.n_critic > 0, "n_critic", "a positive integer", self.n_critic)
+        require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
+        require(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)", self.warmup_fraction)
+        if self.grad_clip is not None:
+            require(self.grad_clip > 0, "grad_clip", "a positive number or None", self.grad_clip)
+
+
+def warmup_steps(cfg: TrainConfig) -> int:
+    """Steps of linear warm-up: ``ceil(warmup_fraction * n_steps)`` (D-TRAK's ``train_unconditional.py:568``)."""
+    return math.ceil(cfg.warmup_fraction * cfg.n_steps) if cfg.lr_schedule == "cosine" else 0
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The multiple of ``cfg.lr`` used by update ``step`` (0-based).
+
+    ``constant``: 1. ``cosine``: ``step / w`` during the ``w`` = :func:`warmup_steps` warm-up steps, then
+    ``0.5 (1 + cos(pi p))`` with ``p = (step - w) / (n_steps - w)``, as diffusers'
+    ``get_cosine_schedule_with_warmup`` (which D-TRAK's ``train_unconditional.py:574`` uses).
+    """
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    warm = warmup_steps(cfg)
+    if step < warm:
+        return step / max(1, warm)
+    progress = (step - warm) / max(1, cfg.n_steps - warm)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -18,7 +18,8 @@ same weights as an uninterrupted run.
 
 Re-running a finished run (state at ``n_steps``) loads it and returns at once: this is the demo's cache.
 Resuming with a different model config, training config (other than ``n_steps``, ``checkpoint_every``,
-``log_every``) or data raises :class:`~genprov.exceptions.StoreMismatchError` naming the fields.
+``log_every``; ``n_steps`` too under a ``cosine`` learning-rate schedule, which depends on it) or data raises
+:class:`~genprov.exceptions.StoreMismatchError` naming the fields.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from genprov.models.classifiers import ClassifierConfig, build_classifier
 from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_loss
 from genprov.models.gans import GANConfig, GANObjective, build_gan
 from genprov.models.tabular import TabularGANConfig, build_tabular_gan
-from genprov.models.train_config import TrainConfig
+from genprov.models.train_config import TrainConfig, lr_factor
 from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, check_output_folder
 from genprov.utils.io import atomic_write_json, atomic_write_text, read_json
 from genprov.utils.progress import progress
@@ -225,11 +226,20 @@ class _Task(ABC):
         """The modules written to the checkpoint."""
         return self.modules
 
-    @staticmethod
-    def update(opt: torch.optim.Optimizer, loss: Tensor) -> float:
-        """One optimiser update on ``loss``; returns its value."""
+    def update(self, opt: torch.optim.Optimizer, loss: Tensor, step: int) -> float:
+        """One optimiser update on ``loss`` at training step ``step``; returns its value.
+
+        The learning rate is ``lr * lr_factor(step)`` (set before each update, so nothing but the step needs
+        saving to resume); with ``grad_clip`` the gradients' global norm is clipped first (D-TRAK's
+        ``train_unconditional.py:689`` clips at 1.0).
+        """
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(step, self.cfg)
+        if self.cfg.grad_clip is not None:
+            params = [p for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
         return float(loss.detach())
 
@@ -266,9 +276,10 @@ class _GANTask(_Task):
             with torch.no_grad():
                 fake = G(self.randn((bs, self.latent_dim), gen))
             d_loss = self.objective.discriminator_loss(D, real, fake, gen)
-            d_losses.append(self.update(self.optimizers["discriminator"], d_loss))
+            d_losses.append(self.update(self.optimizers["discriminator"], d_loss, step))
         g_loss = self.objective.generator_loss(D, G(self.randn((bs, self.latent_dim), gen)))
-        return {"d_loss": sum(d_losses) / len(d_losses), "g_loss": self.update(self.optimizers["generator"], g_loss)}
+        g_value = self.update(self.optimizers["generator"], g_loss, step)
+        return {"d_loss": sum(d_losses) / len(d_losses), "g_loss": g_value}
 
 
 class _DDPMTask(_Task):
@@ -293,7 +304,7 @@ class _DDPMTask(_Task):
         x0 = self.real(step)
         t = torch.randint(0, self.n_timesteps, (x0.shape[0],), generator=gen).to(self.device)
         noise = self.randn(tuple(x0.shape), gen)
-        loss = self.update(self.optimizers["ddpm"], ddpm_loss(self.model, x0, noise, t))
+        loss = self.update(self.optimizers["ddpm"], ddpm_loss(self.model, x0, noise, t), step)
         if self.cfg.ema_decay is not None:
             decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
@@ -330,7 +341,7 @@ class _ClassifierTask(_Task):
         idx = batch_indices(len(self.data), self.cfg.batch_size, self.cfg.seed, step).to(self.device)
         logits = self.modules["classifier"](self.data[idx])
         y = self.labels[idx]
-        loss = self.update(self.optimizers["classifier"], F.cross_entropy(logits, y))
+        loss = self.update(self.optimizers["classifier"], F.cross_entropy(logits, y), step)
         return {"loss": loss, "accuracy": float((logits.argmax(1) == y).float().mean())}
 
 
@@ -435,7 +446,7 @@ def _differences(task: _Task, saved: Mapping[str, Any], fingerprint: str) -> dic
             {
                 k: (theirs, mine)
                 for k, (mine, theirs) in task.cfg.diff(saved_train).items()
-                if k not in _RESUMABLE_FIELDS
+                if k not in _RESUMABLE_FIELDS or (k == "n_steps" and task.cfg.lr_schedule != "constant")
             }
         )
     if saved.get("data") != fingerprint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from genprov.models.classifiers import ClassifierConfig
 from genprov.models.diffusion import DDPM, DDPMConfig
 from genprov.models.gans import GANConfig, Generator
 from genprov.models.tabular import TabularGANConfig
+from genprov.models.train_config import lr_factor, warmup_steps
 from genprov.models.training import (
     LOG_FILE,
     STATE_DIR,
@@ -273,3 +275,50 @@ def test_train_ddpm_fine_tunes_from_init_weights(tmp_path: Path) -> None:
     other = cfg.replace(layers_per_block=cfg.layers_per_block + 1)
     with pytest.raises(ConfigError, match="layers_per_block"):
         train_ddpm(other, default_train_config(other, n_steps=1), data, tmp_path / "bad", init=base.model)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    cfg = TrainConfig(n_steps=100, lr_schedule="cosine", warmup_fraction=0.1)
+    assert warmup_steps(cfg) == 10
+    factors = [lr_factor(s, cfg) for s in range(100)]
+    assert factors[0] == 0.0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5, abs=1e-12)  # half way through the cosine
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    assert lr_factor(7, TrainConfig(n_steps=100)) == 1.0  # constant
+    assert warmup_steps(TrainConfig(n_steps=100, warmup_fraction=0.1)) == 0  # warm-up belongs to cosine
+    assert warmup_steps(cfg.replace(n_steps=15)) == 2  # rounded up, as D-TRAK
+
+
+def _ddpm_params(result: training.TrainResult) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in result.model.parameters()])
+
+
+def test_learning_rate_schedule_and_gradient_clipping_reach_the_updates(
+    tiny_images: torch.Tensor, tmp_path: Path
+) -> None:
+    cfg = DDPMConfig.preset("tiny")
+    base = TrainConfig(n_steps=1, batch_size=8, seed=3, betas=(0.9, 0.999))
+    init = _ddpm_params(train_ddpm(cfg, base.replace(n_steps=0), tiny_images, tmp_path / "init"))
+    plain = _ddpm_params(train_ddpm(cfg, base, tiny_images, tmp_path / "plain"))
+    # the first cosine step is the warm-up's lr = 0: nothing moves
+    warm = _ddpm_params(
+        train_ddpm(cfg, base.replace(lr_schedule="cosine", warmup_fraction=0.5), tiny_images, tmp_path / "warm")
+    )
+    clipped = _ddpm_params(train_ddpm(cfg, base.replace(grad_clip=1e-12), tiny_images, tmp_path / "clip"))
+    assert (plain - init).abs().max() > 1e-5
+    torch.testing.assert_close(warm, init, rtol=0, atol=0)
+    assert (clipped - init).abs().max() < 1e-6  # Adam's eps dominates a gradient clipped to norm 1e-12
+
+
+def test_a_cosine_run_resumes_only_with_its_n_steps(tiny_images: torch.Tensor, tmp_path: Path) -> None:
+    cosine = TRAIN.replace(lr_schedule="cosine", warmup_fraction=0.1)
+    train_gan(GAN, cosine.replace(n_steps=2), tiny_images, tmp_path)
+    with pytest.raises(StoreMismatchError, match="n_steps: saved 2, now 4"):
+        train_gan(GAN, cosine.replace(n_steps=4), tiny_images, tmp_path)
+    assert train_gan(GAN, cosine.replace(n_steps=2), tiny_images, tmp_path).resumed_from == 2  # the cache
+
+
+@pytest.mark.parametrize(("field", "value"), [("lr_schedule", "linear"), ("warmup_fraction", 1.0), ("grad_clip", 0.0)])
+def test_bad_schedule_settings_name_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})

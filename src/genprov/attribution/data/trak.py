@@ -5,7 +5,8 @@ paper's code does):
 
 1. Features (:meth:`TRAKAttributor.featurize`). For example ``x0`` with index ``i`` and each timestep
    ``t`` of a schedule (``uniform``: ``t = 0, T/K, ..., (K-1) T/K``; ``cumulative``: ``0..K-1``; or a
-   user list), draw ``eps`` from a generator seeded by ``(seed, i, t)`` (never by batch position), form
+   user list), draw ``eps`` from a generator seeded by ``(seed, i, t)`` (``noise="per-example"``, the
+   default; ``"batch-position"`` reproduces the original's coupling, see :data:`NOISE_MODES`), form
    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` and evaluate an output function ``f`` of
    ``eps_theta(x_t, t)`` (:mod:`~genprov.attribution.data.output_functions`: ``loss`` for TRAK,
    ``squared-l2-norm`` for D-TRAK). The per-example gradient of ``mean_t f`` with respect to the chosen
@@ -31,7 +32,9 @@ training example's self-influence, Barshan et al., 2020) and ``renormalized-if``
 of its features, Hammoudeh & Lowd, 2022), as compared in D-TRAK, sec. 5.
 
 Query noise: a query has no training index, so its noise is seeded by ``(seed, hash of its pixels, t)``;
-a query's features (and scores) do not depend on which other queries come with it.
+a query's features (and scores) do not depend on which other queries come with it. Under
+``noise="batch-position"`` they do, as in the original: query ``j`` takes the noise of position
+``j mod noise_batch``, the same as training example ``j mod noise_batch`` and every other example there.
 
 Example:
     >>> model = load_checkpoint("runs/ddpm").model  # doctest: +SKIP
@@ -75,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DAMPING_GRID",
     "LOOP_FROM_PARAMETERS",
+    "NOISE_MODES",
     "PER_EXAMPLE",
     "SCHEDULES",
     "SCORINGS",
@@ -84,6 +88,7 @@ __all__ = [
     "query_key",
     "select_parameters",
     "timestep_schedule",
+    "unrelated_feature_cosine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +97,14 @@ logger = logging.getLogger(__name__)
 SCHEDULES = ("uniform", "cumulative")
 #: How features become scores (see the module docstring).
 SCORINGS = ("trak", "grad-dot", "grad-cos", "relative-if", "renormalized-if")
+#: How the feature noise is drawn. ``per-example``: example ``i`` at timestep ``t`` from
+#: ``(seed, "trak-noise", i, t)``, independent across examples. ``batch-position``: the original's coupling
+#: (D-TRAK ``CIFAR2/grad_unconditional.py:699-701``: ``set_seeds(e_seed * 1000 + t)`` before
+#: ``randn_like(batch)`` in every batch of 52, unshuffled, line 456), so the examples at the same position of different batches,
+#: training examples and queries alike, share their noise: position ``p`` at ``t`` is row ``p`` of a
+#: ``(noise_batch, C, H, W)`` draw from ``(seed, "trak-batch-noise", t)`` (a short last batch takes the
+#: first rows of the full draw).
+NOISE_MODES = ("per-example", "batch-position")
 #: How per-example gradients are computed (see ``TRAKConfig.per_example``).
 PER_EXAMPLE = ("auto", "vmap", "loop")
 #: Selected parameters from which ``per_example="auto"`` loops over examples instead of vmapping.
@@ -124,6 +137,9 @@ class TRAKConfig(Config):
             default 1 lies between the held-out optima of TRAK (about 10) and D-TRAK (about 0.1) on digits
             (``genprov reproduce dtrak``); choose it on held-out queries with :meth:`TRAKAttributor.scores_sweep`.
         seed: Seed of the noise (per example and timestep) and of the projection.
+        noise: One of :data:`NOISE_MODES` (``"per-example"``; ``"batch-position"`` is the original's).
+        noise_batch: The batch whose positions share noise under ``"batch-position"`` (52, the original's
+            ``CIFAR2/scripts/run_grad.sh`` ``--train_batch_size``).
         batch_size: Examples per vmapped gradient call (memory vs. speed; the numbers are equal up to float
             rounding); a loop takes one example at a time.
         per_example: How per-example gradients are taken: ``"vmap"`` (``vmap`` over ``torch.func.grad``,
@@ -147,6 +163,8 @@ class TRAKConfig(Config):
     damping: float | None = None
     relative_damping: float = 1.0
     seed: int = 0
+    noise: str = "per-example"
+    noise_batch: int = 52
     batch_size: int = 16
     per_example: str = "auto"
     shard_size: int = 512
@@ -188,14 +206,23 @@ class TRAKConfig(Config):
             self.relative_damping,
         )
         require(is_int(self.seed) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
+        require(self.noise in NOISE_MODES, "noise", f"one of {NOISE_MODES}", self.noise)
+        require(
+            is_int(self.noise_batch) and self.noise_batch >= 1, "noise_batch", "a positive integer", self.noise_batch
+        )
         require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "a positive integer", self.batch_size)
         require(self.per_example in PER_EXAMPLE, "per_example", f"one of {PER_EXAMPLE}", self.per_example)
         require(is_int(self.shard_size) and self.shard_size >= 1, "shard_size", "a positive integer", self.shard_size)
         require(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64' (never float16)", self.dtype)
 
     def feature_spec(self) -> dict[str, Any]:
-        """The fields that determine the features (what a store compares); scoring settings are left out."""
-        keep = ("output_function", "projector", "proj_dim", "projector_options", "include", "exclude", "seed")
+        """The fields that determine the features (what a store compares); scoring settings are left out.
+
+        The noise fields join only under ``"batch-position"``, so stores of per-example noise keep their spec.
+        """
+        keep = ["output_function", "projector", "proj_dim", "projector_options", "include", "exclude", "seed"]
+        if self.noise != "per-example":
+            keep += ["noise", "noise_batch"]
         return {k: v for k, v in self.to_dict().items() if k in keep}
 
 
@@ -259,6 +286,27 @@ def select_parameters(model: nn.Module, include: Sequence[str] = (), exclude: Se
             f"{len(names)}, e.g. {names[:4]}."
         )
     return chosen
+
+
+def unrelated_feature_cosine(features: np.ndarray | Tensor, *, max_rows: int = 2000) -> float:
+    """Mean cosine between the features of distinct examples (the first ``max_rows``): near 0 for independent
+    per-example noise; shared noise (``noise="batch-position"``) couples unrelated examples and raises it.
+
+    Args:
+        features: (n, k) features, n >= 2.
+        max_rows: Rows used (bounds the n x n product).
+
+    Returns:
+        The mean of the off-diagonal cosines.
+    """
+    phi = features.detach().cpu().numpy() if isinstance(features, Tensor) else np.asarray(features)
+    phi = np.asarray(phi[:max_rows], dtype=np.float64)
+    if phi.ndim != 2 or len(phi) < 2:
+        raise DataError(f"features must be an (n >= 2, k) array; got shape {phi.shape}.")
+    unit = phi / np.maximum(np.linalg.norm(phi, axis=1, keepdims=True), 1e-300)
+    cos = unit @ unit.T
+    n = len(cos)
+    return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
 
 
 def query_key(image: Tensor) -> str:
@@ -354,14 +402,25 @@ class TRAKAttributor(DataAttributor, Pretrained):
     def noise(self, keys: Sequence[int | str], shape: Sequence[int]) -> Tensor:
         """The noise of examples ``keys`` at every timestep: (len(keys), K, *shape).
 
-        Example ``key`` at timestep ``t`` draws from ``torch_generator(seed, "trak-noise", key, t)``.
-        Training examples are keyed by index; queries by a hash of their pixels.
+        ``per-example``: example ``key`` at timestep ``t`` draws from ``torch_generator(seed, "trak-noise",
+        key, t)``; training examples are keyed by index, queries by a hash of their pixels.
+        ``batch-position``: ``key`` is a position (training index, or the query's place among the queries);
+        it takes row ``key mod noise_batch`` of the draw of ``t`` (see :data:`NOISE_MODES`).
         """
         self._setup()
+        cfg = self.config
         out = torch.empty(len(keys), len(self._timesteps), *shape)
+        if cfg.noise == "batch-position":
+            for j, t in enumerate(self._timesteps):
+                block = torch.randn(cfg.noise_batch, *shape, generator=torch_generator(cfg.seed, "trak-batch-noise", t))
+                for i, key in enumerate(keys):
+                    if not isinstance(key, int):
+                        raise DataError(f"batch-position noise needs integer positions as keys; got {key!r}.")
+                    out[i, j] = block[key % cfg.noise_batch]
+            return out
         for i, key in enumerate(keys):
             for j, t in enumerate(self._timesteps):
-                out[i, j] = torch.randn(*shape, generator=torch_generator(self.config.seed, "trak-noise", key, t))
+                out[i, j] = torch.randn(*shape, generator=torch_generator(cfg.seed, "trak-noise", key, t))
         return out
 
     def _example_output(self, params: dict[str, Tensor], x0: Tensor, noise: Tensor) -> Tensor:
@@ -452,8 +511,14 @@ class TRAKAttributor(DataAttributor, Pretrained):
         return self._features(self._check_images(batch, "batch"), keys)
 
     def featurize_queries(self, queries: Tensor) -> Tensor:
-        """Features of queries (noise seeded by a hash of each query's pixels): (n_queries, k) float32."""
+        """Features of queries: (n_queries, k) float32.
+
+        The noise is seeded by a hash of each query's pixels, or, under ``noise="batch-position"``, by its
+        position in ``queries`` (as the original featurizes its query set batch by batch).
+        """
         queries = self._check_images(queries, "queries")
+        if self.config.noise == "batch-position":
+            return self._features(queries, list(range(len(queries))))
         return self._features(queries, [query_key(q) for q in queries])
 
     def _check_images(self, x: Tensor, name: str) -> Tensor:

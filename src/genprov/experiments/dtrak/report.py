@@ -15,7 +15,7 @@ from genprov.experiments.dtrak.config import DTRAKExperimentConfig
 from genprov.experiments.dtrak.results import CounterfactualResult, DTRAKResult, LDSResult, VariantLDSRow
 from genprov.experiments.quickstart import grid_image
 from genprov.report import Figure, Gallery, KeyValue, Report, Section, Table, Text
-from genprov.report.figures import metric_bars
+from genprov.report.figures import metric_bars, training_curves
 
 __all__ = ["build_report"]
 
@@ -106,6 +106,17 @@ def build_report(
     if cfg.quick:
         summary.add(Text("Quick mode: tiny models and few subsets; the numbers are a smoke test.", tone="note"))
     summary.add(KeyValue(headline))
+    curve = result.training
+    summary.add(
+        Figure(
+            training_curves([{"step": s, "loss": v} for s, v in zip(curve.steps, curve.loss, strict=True)], ["loss"]),
+            caption=f"Training loss of the attributed DDPM ({cfg.train_recipe} recipe, "
+            + (f"{cfg.train_steps} steps" if cfg.train_steps else f"{cfg.train_epochs} epochs")
+            + f"; the last tenth is {100 * curve.last_tenth_drop:.1f}% below the tenth before: "
+            + ("plateau" if curve.plateau else "not yet a plateau")
+            + f"). Features at the {cfg.featurize_weights} weights.",
+        )
+    )
     report.add(summary)
     lds_section = Section(
         "lds",
@@ -169,7 +180,21 @@ def _study_section(result: DTRAKResult) -> Section:
                 rows.append(
                     {"setting": row.setting, "method": row.method, "paired difference": _fmt(row.paired_difference)}
                 )
-        section.add(Table(rows, caption="Feature variants (lambda chosen on validation queries)."))
+        section.add(
+            Table(
+                rows,
+                caption="Feature variants (lambda chosen on validation queries). Every setting's test LDS is shown: "
+                "picking the best row by it would be post hoc (chosen on test); the pick below is made on the "
+                "validation queries. 'unrelated feature cosine': mean cosine between distinct training examples' "
+                "features (shared noise raises it).",
+            )
+        )
+    chosen_rows = [
+        {"query kind": kind, "method": method, "setting": c.setting, "val LDS": c.val_lds, "test LDS": _fmt(c.lds)}
+        for kind, per_method in result.chosen_on_validation.items()
+        for method, c in per_method.items()
+    ]
+    section.add(Table(chosen_rows, caption="Feature setting (K, k, projector, noise) chosen on validation queries."))
     return section
 
 

@@ -11,6 +11,7 @@ from genprov.experiments.base import ExperimentResult, json_key
 
 __all__ = [
     "BenchmarkSizeRow",
+    "ChosenSetting",
     "CounterfactualMetrics",
     "CounterfactualResult",
     "DTRAKResult",
@@ -19,6 +20,7 @@ __all__ = [
     "LDSRow",
     "LambdaSweep",
     "ModelInfo",
+    "TrainingCurve",
     "VariantLDSRow",
     "VariantPairedRow",
 ]
@@ -161,8 +163,36 @@ class BenchmarkSizeRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainingCurve:
+    """The main DDPM's training loss (mean per log interval) and whether it plateaued."""
+
+    steps: tuple[int, ...]
+    loss: tuple[float, ...]
+    #: Relative drop of the mean loss from the second-to-last tenth of the log to the last tenth.
+    last_tenth_drop: float
+    #: Whether that drop is within ``genprov.experiments.dtrak.run.PLATEAU_TOLERANCE``.
+    plateau: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ChosenSetting:
+    """The feature setting (K, k, projector, noise) a method would use, chosen on the validation queries."""
+
+    #: ``"base"`` or a study setting, e.g. ``"n_timesteps=50"``.
+    setting: str
+    #: Its validation LDS (at its validation-chosen lambda).
+    val_lds: float
+    #: Its LDS on the test queries.
+    lds: MeanCI
+
+
+@dataclasses.dataclass(frozen=True)
 class VariantLDSRow:
-    """TRAK or D-TRAK with one feature setting of the study, on the same benchmark."""
+    """TRAK or D-TRAK with one feature setting of the study, on the same benchmark.
+
+    Every setting's test LDS is shown; picking the best of them by these numbers would be post hoc (chosen on
+    test): :attr:`DTRAKResult.chosen_on_validation` is the pick made on the validation queries.
+    """
 
     #: The ``TRAKConfig`` changes, e.g. ``"proj_dim=4096"``.
     setting: str
@@ -170,6 +200,10 @@ class VariantLDSRow:
     featurize_seconds: float
     #: Query kind -> LDS on its test queries (JSON: ``"LDS <kind>"``).
     lds: Mapping[str, MeanCI]
+    #: Query kind -> LDS on its validation queries (JSON: ``"val LDS <kind>"``).
+    val_lds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: Mean cosine between the training features of distinct examples (noise coupling shows here).
+    unrelated_cosine: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as ``results.json`` and the report's table hold it."""
@@ -179,6 +213,9 @@ class VariantLDSRow:
             "featurize seconds": self.featurize_seconds,
         }
         row.update({f"LDS {kind}": ci for kind, ci in self.lds.items()})
+        row.update({f"val LDS {kind}": value for kind, value in self.val_lds.items()})
+        if self.unrelated_cosine is not None:
+            row["unrelated feature cosine"] = self.unrelated_cosine
         return row
 
 
@@ -204,6 +241,12 @@ class DTRAKResult(ExperimentResult):
     counterfactual: CounterfactualResult
     #: ``"TRAK"`` / ``"D-TRAK"`` -> seconds to featurize the training set and the queries.
     featurization_seconds: Mapping[str, float]
+    #: The main model's loss curve.
+    training: TrainingCurve
+    #: ``"TRAK"`` / ``"D-TRAK"`` -> mean cosine between the training features of distinct examples.
+    unrelated_feature_cosine: Mapping[str, float]
+    #: Kind -> method -> the feature setting chosen on the validation queries (``"base"`` or a study row's).
+    chosen_on_validation: Mapping[str, Mapping[str, ChosenSetting]]
     #: Kind -> ``"A - B"`` -> whether the paired 95% interval lies above 0.
     claim: Mapping[str, Mapping[str, bool]]
     lds_vs_benchmark_size: tuple[BenchmarkSizeRow, ...]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig
+from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig, unrelated_feature_cosine
 from genprov.data import ImageDataset, load_dataset, random_subsets
 from genprov.eval.lds import (
     EvalDraws,
@@ -32,22 +32,25 @@ from genprov.eval.lds import (
 from genprov.eval.stats import MeanCI
 from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, Laps, start_run
-from genprov.experiments.dtrak.config import DTRAKExperimentConfig
+from genprov.experiments.dtrak.config import DTRAKExperimentConfig, train_config_values
 from genprov.experiments.dtrak.report import build_report
 from genprov.experiments.dtrak.results import (
     BenchmarkSizeRow,
+    ChosenSetting,
     CounterfactualMetrics,
     CounterfactualResult,
     DataInfo,
     DTRAKResult,
     LDSResult,
     ModelInfo,
+    TrainingCurve,
     VariantLDSRow,
     VariantPairedRow,
 )
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_sample
+from genprov.models.train_config import TrainConfig
 from genprov.models.training import default_train_config, train_classifier, train_ddpm
 from genprov.utils.io import atomic_save_npz
 from genprov.utils.progress import progress
@@ -57,9 +60,19 @@ __all__ = ["BENCHMARK_FILE", "run_dtrak"]
 
 log = logging.getLogger(__name__)
 
+#: The two methods compared, with their output functions.
+_METHODS = (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm"))
 #: The LDS benchmark a run writes (masks, losses and queries, readable by ``genprov trak lds``).
 BENCHMARK_FILE = "lds_benchmark.npz"
 _LOSS_CACHE = "query_losses.npz"
+#: The recipe of the earlier genprov runs, whose caches (``models/``, ``stores/``) are reused where they lie.
+_EARLIER_TAG = "genprov-v1-ema-s600-b32"
+#: Training state is saved every this many steps, so a killed run resumes its models mid-training.
+_CHECKPOINT_EVERY = 500
+#: Loss-log points per model (the report's curve).
+_LOG_POINTS = 100
+#: The loss has plateaued when the mean of its last tenth of the log is within this fraction of the tenth before.
+PLATEAU_TOLERANCE = 0.02
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -91,15 +104,13 @@ class _Job:
 def _run_job(job: _Job) -> dict[str, Any]:
     """Train (or reuse) the job's model; return its query losses and requested samples."""
     torch.set_num_threads(1)
-    from genprov.models.train_config import TrainConfig
-
     model_cfg = DDPMConfig.from_dict(job.model_config)
     result = train_ddpm(
         model_cfg, TrainConfig.from_dict(job.train_config), job.images, job.out_dir, show_progress=False
     )
     model = result.model
     assert isinstance(model, DDPM)
-    out: dict[str, Any] = {"losses": None, "samples": None}
+    out: dict[str, Any] = {"losses": None, "samples": None, "log": result.log}
     if job.draws is not None:
         cache = Path(job.out_dir) / _LOSS_CACHE
         key = job.draws.fingerprint()
@@ -130,12 +141,38 @@ def _run_jobs(jobs: Sequence[_Job], n_workers: int, desc: str, show: bool | None
 # ------------------------------------------------------------------------------------------ the run
 
 
-def _train_recipe(cfg: DTRAKExperimentConfig, channels: int, seed: int) -> tuple[DDPMConfig, dict[str, Any]]:
+def _train_recipe(
+    cfg: DTRAKExperimentConfig, channels: int, seed: int, n_images: int
+) -> tuple[DDPMConfig, dict[str, Any]]:
+    """The DDPM and training config of a model on ``n_images`` images (same epochs for every model)."""
     model_cfg = DDPMConfig.preset(cfg.preset, image_size=cfg.image_size, channels=channels)
-    train_cfg = default_train_config(
-        model_cfg, n_steps=cfg.train_steps, batch_size=cfg.batch_size, seed=seed, checkpoint_every=0
-    )
+    values = train_config_values(cfg, n_images, seed)
+    steps = values["n_steps"]
+    train_cfg = TrainConfig(**values, checkpoint_every=_CHECKPOINT_EVERY, log_every=max(1, steps // _LOG_POINTS))
     return model_cfg, train_cfg.to_dict()
+
+
+def _recipe_tag(cfg: DTRAKExperimentConfig) -> str:
+    """Folder of the models and stores of one training recipe, so that runs of another recipe in the same
+    ``--out`` keep their caches instead of clashing with them."""
+    length = f"s{cfg.train_steps}" if cfg.train_steps else f"e{cfg.train_epochs}"
+    tag = f"{cfg.train_recipe}-{cfg.featurize_weights}-{length}-b{cfg.batch_size}"
+    return "" if tag == _EARLIER_TAG else tag  # the earlier run's models and stores lay directly in models/, stores/
+
+
+def _loss_curve(log: Sequence[Mapping[str, float]]) -> TrainingCurve:
+    """The main model's loss curve and whether it reached a plateau (:data:`PLATEAU_TOLERANCE`)."""
+    steps = tuple(int(e["step"]) for e in log)
+    losses = tuple(float(e["loss"]) for e in log)
+    tail = max(1, len(losses) // 10)
+    last, before = losses[-tail:], losses[-2 * tail : -tail]
+    change = (float(np.mean(before)) - float(np.mean(last))) / float(np.mean(before)) if before else float("nan")
+    return TrainingCurve(
+        steps=steps,
+        loss=losses,
+        last_tenth_drop=change,
+        plateau=bool(abs(change) <= PLATEAU_TOLERANCE),
+    )
 
 
 def _load(cfg: DTRAKExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -176,9 +213,11 @@ def run_dtrak(
     lap = Laps()
     train, test = _load(cfg)
     channels = train.n_channels
-    model_cfg, train_cfg = _train_recipe(cfg, channels, cfg.seed)
-    _run_job(_Job(str(out / "models" / "main"), model_cfg.to_dict(), train_cfg, train.images))  # trains or reuses
-    model = load_checkpoint(out / "models" / "main").model
+    models, stores = out / "models" / _recipe_tag(cfg), out / "stores" / _recipe_tag(cfg)
+    model_cfg, train_cfg = _train_recipe(cfg, channels, cfg.seed, len(train))
+    main = _run_job(_Job(str(models / "main"), model_cfg.to_dict(), train_cfg, train.images))  # trains or reuses
+    curve = _loss_curve(main["log"])
+    model = load_checkpoint(models / "main").model
     assert isinstance(model, DDPM)
     n_gen = cfg.n_gen_queries
     generated = ddpm_sample(model, n_gen, seed=cfg.seed, show_progress=show_progress) if n_gen else train.images[:0]
@@ -196,15 +235,14 @@ def run_dtrak(
     # features and scores
     base = TRAKConfig(n_timesteps=cfg.n_timesteps, proj_dim=cfg.proj_dim, projector=cfg.projector, seed=cfg.seed)
     method_scores: dict[str, np.ndarray] = {}
-    feature_seconds = {}
-    for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
-        t0 = time.perf_counter()
-        attributor = TRAKAttributor(model, config=base.replace(output_function=output_function))
-        attributor.fit(train, store=out / "stores" / _store_name(attributor.config), show_progress=show_progress)
-        phi_q = attributor.featurize_queries(queries)
-        feature_seconds[label] = round(time.perf_counter() - t0, 2)
-        dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
-        method_scores[label] = attributor.scores_sweep(phi_q, dampings)
+    feature_seconds, unrelated = {}, {}
+    for label, output_function in _METHODS:
+        fitted = _featurize(
+            model, base.replace(output_function=output_function), train, queries, cfg, stores, show_progress
+        )
+        attributor, phi_q, dampings = fitted.attributor, fitted.query_features, fitted.dampings
+        feature_seconds[label], unrelated[label] = fitted.seconds, fitted.unrelated_cosine
+        method_scores[label] = fitted.scores
         assert attributor.train_features_ is not None
         if output_function == "loss":
             for name, scoring in (
@@ -227,9 +265,9 @@ def run_dtrak(
         masks[s, rows] = True
     jobs = [
         _Job(
-            str(out / "models" / f"subset-{s:03d}-seed-{j}"),
+            str(models / f"subset-{s:03d}-seed-{j}"),
             model_cfg.to_dict(),
-            _train_recipe(cfg, channels, _seed_of(cfg, j))[1],
+            _train_recipe(cfg, channels, _seed_of(cfg, j), len(subsets[s]))[1],
             train.images[torch.as_tensor(subsets[s])],
             draws=draws,
         )
@@ -246,15 +284,15 @@ def run_dtrak(
     )
     size_curve = lds_vs_benchmark_size(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed)
     lap("LDS evaluation")
-    study = _variant_study(
-        cfg, model, base, train, queries, bench, method_scores["pixel similarity"], out, show_progress
+    study, study_lds = _variant_study(
+        cfg, model, base, train, queries, bench, method_scores["pixel similarity"], stores, show_progress
     )
     lap("variant study")
 
     # counterfactual
     chosen = {m: method_scores[m][lds.chosen_index(m)] for m in ("TRAK", "D-TRAK")}
     counterfactual, cf_images = _counterfactual(
-        cfg, train, generated, chosen, kinds, model_cfg, train_cfg, classifier, out, show_progress
+        cfg, train, generated, chosen, kinds, val, model_cfg, models, classifier, show_progress
     )
     lap("counterfactual")
 
@@ -266,6 +304,9 @@ def run_dtrak(
         lds=lds,
         counterfactual=counterfactual,
         featurization_seconds=feature_seconds,
+        training=curve,
+        unrelated_feature_cosine=unrelated,
+        chosen_on_validation=_choose_on_validation({"base": lds, **study_lds}),
         claim=_claim(lds),
         lds_vs_benchmark_size=tuple(
             BenchmarkSizeRow(
@@ -294,10 +335,51 @@ def run_dtrak(
 
 
 def _store_name(config: TRAKConfig) -> str:
-    """Folder name of a feature store: output function, projector, k and K (one store per feature setting)."""
+    """Folder name of a feature store: output function, projector, k, K and noise (one store per feature
+    setting)."""
     k = "all" if config.projector == "identity" else str(config.proj_dim)
     steps = f"t{len(config.timesteps)}" if config.timesteps else f"K{config.n_timesteps}-{config.schedule}"
-    return f"{config.output_function}-{config.projector}-k{k}-{steps}"
+    noise = "" if config.noise == "per-example" else f"-{config.noise}{config.noise_batch}"
+    return f"{config.output_function}-{config.projector}-k{k}-{steps}{noise}"
+
+
+@dataclasses.dataclass
+class _Fitted:
+    """One feature setting, featurized and scored over the lambda grid."""
+
+    attributor: TRAKAttributor
+    query_features: Tensor
+    dampings: list[float]
+    scores: np.ndarray
+    seconds: float
+    unrelated_cosine: float
+
+
+def _featurize(
+    model: DDPM,
+    config: TRAKConfig,
+    train: ImageDataset,
+    queries: Tensor,
+    cfg: DTRAKExperimentConfig,
+    stores: Path,
+    show: bool | None,
+) -> _Fitted:
+    """Featurize the training set (cached store) and the queries; score them at every relative lambda."""
+    start = time.perf_counter()
+    attributor = TRAKAttributor(model, config=config)
+    attributor.fit(train, store=stores / _store_name(config), show_progress=show)
+    phi_q = attributor.featurize_queries(queries)
+    seconds = round(time.perf_counter() - start, 2)
+    assert attributor.train_features_ is not None
+    dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
+    return _Fitted(
+        attributor=attributor,
+        query_features=phi_q,
+        dampings=dampings,
+        scores=attributor.scores_sweep(phi_q, dampings),
+        seconds=seconds,
+        unrelated_cosine=unrelated_feature_cosine(attributor.train_features_),
+    )
 
 
 def _variant_study(
@@ -308,35 +390,59 @@ def _variant_study(
     queries: Tensor,
     bench: LDSBenchmark,
     pixel: np.ndarray,
-    out: Path,
+    stores: Path,
     show: bool | None,
-) -> tuple[VariantLDSRow | VariantPairedRow, ...]:
+) -> tuple[tuple[VariantLDSRow | VariantPairedRow, ...], dict[str, LDSResult]]:
     """TRAK and D-TRAK with each ``cfg.study`` change, on the same benchmark (lambda chosen on validation),
-    with paired differences against each other and against pixel similarity."""
+    with paired differences against each other and against pixel similarity.
+
+    Returns the rows and each setting's evaluation (for :func:`_choose_on_validation`)."""
     rows: list[VariantLDSRow | VariantPairedRow] = []
+    evaluations: dict[str, LDSResult] = {}
     for change in cfg.study:
         setting = ", ".join(f"{k}={v}" for k, v in change.items())
         scores: dict[str, np.ndarray] = {"pixel similarity": pixel}
-        seconds = {}
-        for label, output_function in (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm")):
-            config = base.replace(output_function=output_function, **change)
-            attributor = TRAKAttributor(model, config=config)
-            start = time.perf_counter()
-            attributor.fit(train, store=out / "stores" / _store_name(config), show_progress=show)
-            phi_q = attributor.featurize_queries(queries)
-            seconds[label] = round(time.perf_counter() - start, 1)
-            dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
-            scores[label] = attributor.scores_sweep(phi_q, dampings)
+        fitted = {
+            label: _featurize(model, base.replace(output_function=f, **change), train, queries, cfg, stores, show)
+            for label, f in _METHODS
+        }
+        scores.update({label: f.scores for label, f in fitted.items()})
         ev = LDSResult.from_evaluation(
             evaluate_lds(scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
         )
-        for label in ("TRAK", "D-TRAK"):
-            lds = {kind: per_method[label].lds for kind, per_method in ev.methods.items()}
-            rows.append(VariantLDSRow(setting=setting, method=label, featurize_seconds=seconds[label], lds=lds))
+        evaluations[setting] = ev
+        for label, f in fitted.items():
+            rows.append(
+                VariantLDSRow(
+                    setting=setting,
+                    method=label,
+                    featurize_seconds=f.seconds,
+                    lds={kind: per_method[label].lds for kind, per_method in ev.methods.items()},
+                    val_lds={kind: per_method[label].val_lds for kind, per_method in ev.methods.items()},
+                    unrelated_cosine=f.unrelated_cosine,
+                )
+            )
         for kind, pairs in ev.paired.items():
             for name, ci in pairs.items():
                 rows.append(VariantPairedRow(setting=setting, method=f"{name} ({kind})", paired_difference=ci))
-    return tuple(rows)
+    return tuple(rows), evaluations
+
+
+def _choose_on_validation(evaluations: Mapping[str, LDSResult]) -> dict[str, dict[str, ChosenSetting]]:
+    """Per query kind and method, the feature setting (``"base"`` or a study setting: K, k, projector, noise)
+    with the highest validation LDS, and its test LDS: the study's honest pick (the study rows themselves
+    show every setting's test LDS, which read as a choice would be post hoc)."""
+    chosen: dict[str, dict[str, ChosenSetting]] = {}
+    for kind in evaluations["base"].methods:
+        for method in ("TRAK", "D-TRAK"):
+            candidates = [
+                (setting, ev.methods[kind][method])
+                for setting, ev in evaluations.items()
+                if method in ev.methods.get(kind, {})
+            ]
+            setting, row = max(candidates, key=lambda c: -np.inf if np.isnan(c[1].val_lds) else c[1].val_lds)
+            chosen.setdefault(kind, {})[method] = ChosenSetting(setting=setting, val_lds=row.val_lds, lds=row.lds)
+    return chosen
 
 
 def _classifier(cfg: DTRAKExperimentConfig, train: ImageDataset, out: Path, show: bool | None) -> CNNClassifier:
@@ -357,20 +463,21 @@ def _counterfactual(
     generated: Tensor,
     chosen: Mapping[str, np.ndarray],
     kinds: np.ndarray,
+    val: np.ndarray,
     model_cfg: DDPMConfig,
-    train_cfg: dict[str, Any],
+    models: Path,
     classifier: CNNClassifier,
-    out: Path,
     show: bool | None,
 ) -> tuple[CounterfactualResult, Tensor | None]:
-    """Remove the top-k influencers (or k random images) of a few generated images, retrain, regenerate.
+    """Remove the top-k influencers (or k random images) of a few generated test queries (never the
+    validation queries that chose lambda), retrain for the same epochs, regenerate.
 
     Returns the measures and the report's image grid (each row: the original, then each removal's)."""
     n_cf = cfg.counterfactual_queries
     if n_cf == 0:
         return CounterfactualResult(n_queries=0), None
-    gen_cols = np.flatnonzero(kinds == "generated")
-    picked = list(range(n_cf))  # generated image g is query column gen_cols[g]
+    gen_cols = np.flatnonzero(kinds == "generated")  # generated image g is query column gen_cols[g]
+    picked = np.flatnonzero(~val[gen_cols])[:n_cf].tolist()
     removals = counterfactual_removals(
         chosen, gen_cols[picked].tolist(), k=cfg.counterfactual_k, n_train=len(train), seed=cfg.seed
     )
@@ -381,9 +488,9 @@ def _counterfactual(
             slug = method.lower().replace(" ", "-")
             jobs.append(
                 _Job(
-                    str(out / "models" / f"counterfactual-{slug}-{g:03d}"),
+                    str(models / f"counterfactual-{slug}-{g:03d}"),
                     model_cfg.to_dict(),
-                    train_cfg,
+                    _train_recipe(cfg, train.n_channels, cfg.seed, len(keep))[1],
                     train.images[torch.as_tensor(keep)],
                     sample_indices=(g,),
                     sample_seed=cfg.seed,

@@ -102,6 +102,29 @@ def test_query_features_do_not_depend_on_the_other_queries(model, images) -> Non
     assert query_key(images[0]) == query_key(images[0].clone()) != query_key(images[1])
 
 
+def test_batch_position_noise_couples_examples_as_the_original(model, images) -> None:
+    config = TRAKConfig(n_timesteps=2, proj_dim=64, noise="batch-position", noise_batch=3)
+    attributor = TRAKAttributor(model, config=config)
+    noise = attributor.noise([0, 1, 3, 4], (1, 8, 8))
+    torch.testing.assert_close(noise[2], noise[0])  # positions 0 of two batches of 3 share their noise
+    torch.testing.assert_close(noise[3], noise[1])
+    assert not torch.allclose(noise[0], noise[1]) and not torch.allclose(noise[0, 0], noise[0, 1])
+    t = attributor.timesteps[1]
+    torch.testing.assert_close(
+        noise[1, 1], torch.randn(3, 1, 8, 8, generator=torch_generator(0, "trak-batch-noise", t))[1]
+    )
+    # queries take the noise of their position: query 0 and training example 3 see the same noise
+    features = attributor.featurize(images[:1], [3])
+    torch.testing.assert_close(attributor.featurize_queries(images[:1]), features, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="integer positions"):
+        attributor.noise(["a-query-hash"], (1, 8, 8))
+    # the per-example spec is unchanged (existing stores stay valid); the coupled one names its noise
+    assert "noise" not in TRAKConfig().feature_spec()
+    assert config.feature_spec()["noise"] == "batch-position"
+    with pytest.raises(ConfigError, match="noise"):
+        TRAKConfig(noise="per-batch")
+
+
 def test_timestep_schedules() -> None:
     assert timestep_schedule(TRAKConfig(), 1000) == (0, 100, 200, 300, 400, 500, 600, 700, 800, 900)
     assert timestep_schedule(TRAKConfig(schedule="cumulative", n_timesteps=4), 1000) == (0, 1, 2, 3)
