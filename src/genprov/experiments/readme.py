@@ -70,9 +70,44 @@ def similarity_retrieval(data: Results) -> str:
     return markdown_table(header, rows)
 
 
+def _range(values: Sequence[float], digits: int) -> str:
+    low, high = fmt(min(values), digits), fmt(max(values), digits)
+    return low if low == high else f"{low}-{high}"
+
+
+def keyed_attributability(data: Results) -> str:
+    """Attributability per family and test condition (matched strengths, then the earlier absolute ones),
+    with PSNR to the root model: the plain family, each robust family under the post-process it was
+    trained on, and the variants."""
+    metrics, conditions = data["metrics"], [c for c in data["conditions"] if c != "clean"]
+    robust = [f"robust-{c}" for c in conditions if f"robust-{c}" in metrics]
+
+    def cell(family: str, condition: str) -> str:
+        return fmt(metrics[family][condition]["attributability"]) if condition in metrics.get(family, {}) else ""
+
+    def clean(family: str) -> str:
+        m = metrics[family]["clean"]
+        return f"{fmt(m['attributability'])} (D {fmt(m['distinguishability'])})"
+
+    rows = [["plain", clean("plain"), *(cell("plain", c) for c in conditions), fmt(data["psnr_to_root"]["plain"], 1)]]
+    if robust:
+        rows.append(
+            ["robust, on the post-process it was trained on",
+             _range([metrics[f]["clean"]["attributability"] for f in robust], 3),
+             *(cell(f"robust-{c.split('@')[0].removesuffix('-mild')}", c) for c in conditions),
+             _range([data["psnr_to_root"][f] for f in robust], 1)]
+        )  # fmt: skip
+    for variant in data["config"]["variants"]:
+        if variant in metrics:
+            rows.append([variant, clean(variant), *(cell(variant, c) for c in conditions),
+                         fmt(data["psnr_to_root"][variant], 1)])  # fmt: skip
+    return markdown_table(["family", "A clean", *conditions, "PSNR to G0 (dB)"], rows)
+
+
 #: Table kind -> its renderer from a results file (the dict of ``results.json``).
 README_TABLES: dict[str, Callable[[Results], str]] = {
     "similarity-retrieval": similarity_retrieval,
+    "keyed-attributability": keyed_attributability,
 }
 
 

@@ -30,6 +30,7 @@ distortion and top-q% overlap) live in :mod:`genprov.eval.reconstruction`.
 from genprov.privacy.attacks import ATTACKS, AttackConfig, ExpMIAttack, InversionAttack, InversionNet, PredMIAttack
 from genprov.privacy.defenses import (
     DEFENSES,
+    GNIME_VARIANTS,
     Defense,
     GaussianNoiseConfig,
     GaussianNoiseDefense,
@@ -54,14 +55,17 @@ from genprov.privacy.explainers import (
     postprocess_maps,
 )
 from genprov.privacy.splits import PrivacySplits, privacy_splits
+from genprov.privacy.unet import ExpMIUNet
 
 __all__ = [
     "ATTACKS",
     "DEFENSES",
     "EXPLAINERS",
+    "GNIME_VARIANTS",
     "AttackConfig",
     "Defense",
     "ExpMIAttack",
+    "ExpMIUNet",
     "Explainer",
     "ExplainerConfig",
     "GNIMEConfig",

@@ -56,3 +56,36 @@ def test_paired_difference_ci() -> None:
     assert ci.low > 0  # pairing removes the shared difficulty
     with pytest.raises(DataError, match="same shape"):
         paired_difference_ci(a, b[:-1])
+
+
+def test_holm_adjust_matches_the_step_down_definition() -> None:
+    from genprov.eval.stats import holm_adjust
+
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm_adjust(p), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm_adjust([0.2]), [0.2])
+    np.testing.assert_allclose(holm_adjust([0.6, 0.5]), [1.0, 1.0])  # capped at 1
+    adjusted = holm_adjust(np.random.default_rng(0).uniform(size=20))
+    assert (adjusted >= 0).all() and (adjusted <= 1).all()
+    for bad, match in (([1.5], r"\[0, 1\]"), ([], "empty"), ([float("nan")], "NaN")):
+        with pytest.raises(DataError, match=match):
+            holm_adjust(bad)
+
+
+def test_paired_sign_flip_p_value() -> None:
+    from genprov.eval.stats import paired_sign_flip_p_value
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=150)
+    shifted = base + 0.5 + rng.normal(scale=0.1, size=150)
+    assert paired_sign_flip_p_value(shifted, base, n_perm=2000) == pytest.approx(1 / 2001)  # never 0
+    same = paired_sign_flip_p_value(base + rng.normal(scale=0.1, size=150), base, seed=1)
+    assert 0.01 < same <= 1.0
+    assert paired_sign_flip_p_value(shifted, base, seed=3) == paired_sign_flip_p_value(shifted, base, seed=3)
+    assert paired_sign_flip_p_value(base, base) == 1.0  # no difference: every flip ties
+    # under the null (symmetric differences) about 5% of p-values fall below 0.05
+    null = [paired_sign_flip_p_value(rng.normal(size=30), np.zeros(30), seed=i, n_perm=400) for i in range(200)]
+    assert 0.01 < np.mean(np.array(null) < 0.05) < 0.11
+    with pytest.raises(DataError, match="n_perm"):
+        paired_sign_flip_p_value(base, base, n_perm=0)

@@ -124,9 +124,10 @@ def test_tiny_run_on_a_path_without_a_test_split(tmp_path: Path) -> None:
     config = {**TINY, "data": str(tmp_path / "mine.npz"), "variants": [], "post_processes": ["blur"]}
     result = cast(KeyedResult, run_experiment("keyed", config, tmp_path / "out", show_progress=False))
     assert result.config["data"] == str(tmp_path / "mine.npz")
-    assert "genprov reproduce keyed --data" in json.loads((tmp_path / "out" / "results.json").read_text())[
-        "provenance"
-    ]["command"]
+    assert (
+        "genprov reproduce keyed --data"
+        in json.loads((tmp_path / "out" / "results.json").read_text())["provenance"]["command"]
+    )
 
 
 @pytest.mark.filterwarnings("ignore::genprov.attribution.model.keyed.KeyConstraintWarning")  # 50 key steps

@@ -14,9 +14,12 @@ Protocol (what differs from the paper is marked *genprov*):
    identity leakage). Both are cached in ``out/models``.
 3. **Attacks.** ExpMI (U-Net decoder from explanation + prediction vector) and PredMI (prediction vector
    only) are trained on the attacker's observations with MSE and early stopping.
-4. **Defenses.** GNIME (learned noise, trained on the defender's half against a surrogate inverter) at
-   every weight ``a`` of the sweep, and for each one the RND whose Gaussian noise has the same
-   distortion, measured on the defender's half (equal utility cost).
+4. **Defenses.** GNIME as the original builds it (``defense_variant="unet"``: an ExpMI U-Net reading the
+   standardised map and the victim's logits, distortion in standardised units, maps clipped to [0, 1],
+   simultaneous updates against a linear surrogate inverter; ``"residual"`` keeps genprov's earlier
+   variant, ``ablation=true`` runs both) at every weight ``a`` of the sweep, trained on the defender's half
+   (*genprov*: 1,600 steps at lr 1e-3 instead of the original's ~17,000 at 1e-4), and for each one the RND
+   whose Gaussian noise has the same distortion, measured on the defender's half (equal utility cost).
 5. **Threat models**, both reported: *non-adaptive* (the ExpMI trained on clean explanations meets the
    defended ones) and *adaptive* (a fresh ExpMI trained on defended explanations: the paper's setting).
 6. **Metrics** on the test split, with 95% percentile-bootstrap intervals over test images: MSE, PSNR, SSIM
@@ -24,7 +27,8 @@ Protocol (what differs from the paper is marked *genprov*):
    and the explanation distortion (MSE of defended vs clean maps) and top-10% pixel overlap. At every
    sweep point GNIME and its matched RND are compared with paired-bootstrap intervals over the same test
    images; PredMI is the floor no explanation defense can push the attacker below while predictions are
-   released unaltered.
+   released unaltered. A win of GNIME over RND needs its paired sign-flip p-value, Holm-adjusted over
+   every sweep point and threat model, below 0.05.
 
 Everything derives from ``seed``; nothing is selected on test numbers. Trained attacks and defenses are
 cached in ``out/cache`` (keyed by their settings), so a second run only re-evaluates. ``results.json`` holds

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from genprov.config import is_positive_int, require, require_ints
-from genprov.eval.privacy_audit import QUICK_ATTACK_SIZES, QUICK_GNIME_SIZES, audit_configs
+from genprov.eval.privacy_audit import GNIME_SIZES, QUICK_ATTACK_SIZES, QUICK_GNIME_SIZES, audit_configs
 from genprov.experiments.base import ExperimentConfig
 from genprov.models.classifiers import ClassifierConfig
-from genprov.privacy import AttackConfig, GNIMEConfig
+from genprov.privacy import GNIME_VARIANTS, AttackConfig, GNIMEConfig
 
 __all__ = ["DATASETS", "EXPERIMENT_EXPLAINERS", "GNIMEExperimentConfig", "classifier_config"]
 
@@ -46,6 +47,10 @@ class GNIMEExperimentConfig(ExperimentConfig):
         rnd_sigmas: Extra RND noise levels (standard deviations) for the curves, beyond the matched ones.
         attack: ExpMI / PredMI architecture and training (``seed`` is replaced by one derived from ``seed``).
         gnime: GNIME architecture and training (``a`` and ``seed`` are replaced).
+        defense_variant: ``"unet"`` (the original's GNIME, the default) or ``"residual"`` (genprov's earlier
+            variant): :data:`~genprov.privacy.GNIME_VARIANTS` sets those ``gnime`` fields (explicit
+            ``gnime`` values still win).
+        ablation: Also fit the other variant at the main weight and report both beside its matched RND.
         rnd_clamp: Clip RND's maps to [0, 1] (then sigma is calibrated by bisection).
         top_q: Fraction of pixels of the top-pixel overlap.
         n_grid: Test images in the grid figure.
@@ -68,6 +73,8 @@ class GNIMEExperimentConfig(ExperimentConfig):
     rnd_sigmas: tuple[float, ...] = ()
     attack: AttackConfig = dataclasses.field(default_factory=lambda: audit_configs()[0])
     gnime: GNIMEConfig = dataclasses.field(default_factory=lambda: audit_configs()[1])
+    defense_variant: str = "unet"
+    ablation: bool = False
     rnd_clamp: bool = False
     top_q: float = 0.1
     n_grid: int = 10
@@ -132,17 +139,42 @@ class GNIMEExperimentConfig(ExperimentConfig):
             isinstance(self.attack, AttackConfig), "attack", "an AttackConfig (or a dict of its fields)", self.attack
         )
         require(isinstance(self.gnime, GNIMEConfig), "gnime", "a GNIMEConfig (or a dict of its fields)", self.gnime)
+        require(
+            self.defense_variant in GNIME_VARIANTS,
+            "defense_variant",
+            f"one of {', '.join(GNIME_VARIANTS)}",
+            self.defense_variant,
+        )
+        require(isinstance(self.ablation, bool), "ablation", "True or False", self.ablation)
         require(isinstance(self.rnd_clamp, bool), "rnd_clamp", "True or False", self.rnd_clamp)
         require(
             isinstance(self.top_q, (int, float)) and 0 < self.top_q <= 1, "top_q", "a fraction in (0, 1]", self.top_q
         )
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GNIMEExperimentConfig:
+        """As :meth:`ExperimentConfig.from_dict`, with ``defense_variant``'s GNIME fields between the preset's
+        and the explicit ``gnime`` values."""
+        variant = GNIME_VARIANTS.get(str(data.get("defense_variant", "unet")), {}) if isinstance(data, Mapping) else {}
+        explicit = data.get("gnime") if isinstance(data, Mapping) else None
+        if variant and (explicit is None or isinstance(explicit, Mapping)):
+            data = {**data, "gnime": {**variant, **(explicit or {})}}
+        return super().from_dict(data)
+
+    def variant_gnime(self, variant: str) -> GNIMEConfig:
+        """The GNIME config of ``variant`` (the run's own for :attr:`defense_variant`; the ablation's other)."""
+        if variant == self.defense_variant:
+            return self.gnime
+        return self.gnime.replace(**GNIME_VARIANTS[variant])
+
+    @classmethod
     def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
         """Per-dataset settings (sized for a few minutes to a quarter hour on 2 CPU cores), then the quick ones."""
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"gnime": dict(GNIME_SIZES)}  # digits: 200 epochs of 8 batches = 1,600 steps
         if data == "mnist":
+            # GNIME: 134 epochs of 12 batches = 1,608 steps, the digits budget
             values.update(n_data=3000, a_sweep=[1.0, 10.0, 100.0], classifier_steps=1500)
+            values["gnime"].update(n_epochs=134)
         elif data == "olivetti":
             values.update(
                 image_size=32,
@@ -152,14 +184,15 @@ class GNIMEExperimentConfig(ExperimentConfig):
                 classifier_n_conv=4,
                 classifier_n_pool=3,
                 attack={"width": 16, "batch_size": 32, "patience": 15},
-                gnime={"width": 16, "inverter_width": 16, "n_epochs": 100, "train_batch_size": 32},
             )
+            # 230 epochs of 7 batches = 1,610 steps, the digits budget
+            values["gnime"].update(n_epochs=230, train_batch_size=32)
         if quick:
             values.update(
                 classifier_steps=400,
                 a_sweep=[3.0],
                 attack={**values.get("attack", {}), **QUICK_ATTACK_SIZES},
-                gnime={**values.get("gnime", {}), **QUICK_GNIME_SIZES},
+                gnime={**values["gnime"], **QUICK_GNIME_SIZES},
                 n_boot=500,
             )
             if data == "digits":

@@ -50,7 +50,16 @@ def privacy_section(ctx: DemoContext) -> Section:
     obs = {k: explainer.observe(v[0]) for k, v in data.items()}
     epochs = 6 if ctx.config.quick else 20
     attack_cfg = AttackConfig(width=8, depth=2, max_epochs=epochs, patience=5, lr=2e-3, seed=seed)
-    gnime_cfg = GNIMEConfig(a=100.0, width=8, inverter_width=8, n_epochs=epochs, seed=seed)
+    gnime_cfg = GNIMEConfig(
+        a=100.0,
+        width=8,
+        inverter_width=8,
+        n_epochs=5 * epochs,
+        lr=1e-3,
+        inverter_lr=1e-3,
+        train_batch_size=128,
+        seed=seed,
+    )
     folder = (
         ctx.models_dir
         / "privacy"

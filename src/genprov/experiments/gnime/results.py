@@ -10,6 +10,7 @@ from genprov.eval.stats import MeanCI
 from genprov.experiments.base import ExperimentResult, json_key
 
 __all__ = [
+    "AblationRow",
     "AttackRow",
     "Comparison",
     "DefenseOutcome",
@@ -68,6 +69,10 @@ class Comparison:
     #: The attacker's MSE is not below PredMI's (the paired interval of PredMI - attack reaches 0).
     gnime_at_floor: bool
     rnd_at_floor: bool
+    #: Two-sided paired sign-flip p-value of the MSE gain (GNIME vs RND on the same test images).
+    mse_p_value: float
+    #: That p-value Holm-adjusted over the run's family (every sweep point x threat model; ablation apart).
+    mse_p_holm: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +87,11 @@ class SweepPoint:
     rnd: DefenseOutcome
     #: Threat model ("non-adaptive", "adaptive") -> the paired comparison.
     comparison: Mapping[str, Comparison]
-    #: GNIME's training losses per epoch.
+    #: GNIME's training losses per epoch (with the step count; see ``GNIMEDefense.history_``).
     gnime_history: list[dict[str, float]]
+    #: The defender's map std GNIME standardised by (1 without standardisation): the distortion in the
+    #: original's standardised units is the [0, 1] distortion / std**2.
+    gnime_map_std: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,11 +112,28 @@ class FindingRow:
     rnd_mse: float
     mse_gain: MeanCI
     tca_gain: MeanCI
+    #: Holm-adjusted p-value of the MSE gain; the wins below need it under 0.05.
+    p_holm: float
     gnime_wins_mse: bool
     rnd_wins_mse: bool
     gnime_wins_tca: bool
     gnime_at_floor: bool
     rnd_at_floor: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationRow:
+    """One GNIME variant at the main weight beside its own matched RND (``ablation=true``)."""
+
+    variant: str
+    #: The variant's GNIME settings that differ between the variants (``GNIME_VARIANTS``) and its steps.
+    settings: Mapping[str, Any]
+    distortion: MeanCI
+    gnime_map_std: float
+    final_losses: Mapping[str, float]
+    gnime: DefenseOutcome
+    rnd: DefenseOutcome
+    comparison: Mapping[str, Comparison]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +166,10 @@ class GNIMEResult(ExperimentResult):
     sweep: tuple[SweepPoint, ...]
     rnd_extra: tuple[RndLevel, ...]
     finding: Finding
+    #: How the sweep's comparisons were corrected for multiplicity (test, family, level).
+    multiplicity: Mapping[str, Any]
+    #: The GNIME variants at ``main_a`` (empty unless ``ablation``).
+    ablation: tuple[AblationRow, ...]
     #: "exp-mi" / "pred-mi" -> the clean attack's ``describe()``.
     attacks: Mapping[str, Mapping[str, Any]]
     timings_seconds: Mapping[str, float]

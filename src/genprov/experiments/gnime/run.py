@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from genprov.data import load_dataset
 from genprov.eval.privacy_audit import attack_metrics, evaluate_defense, fit_clean_attacks, fit_gnime
 from genprov.eval.reconstruction import classification_hits
-from genprov.eval.stats import MeanCI, paired_difference_ci
+from genprov.eval.stats import MeanCI, holm_adjust, paired_difference_ci, paired_sign_flip_p_value
 from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, start_run
 from genprov.experiments.gnime.config import GNIMEExperimentConfig, classifier_config
 from genprov.experiments.gnime.report import build_report, image_grid
 from genprov.experiments.gnime.results import (
+    AblationRow,
     AttackRow,
     Comparison,
     DefenseOutcome,
@@ -37,8 +38,16 @@ from genprov.experiments.gnime.results import (
 )
 from genprov.models.classifiers import CNNClassifier
 from genprov.models.training import default_train_config, train_classifier
-from genprov.privacy import EXPLAINERS, matched_gaussian_noise, privacy_splits
-from genprov.privacy.defenses import GaussianNoiseDefense
+from genprov.privacy import (
+    EXPLAINERS,
+    GNIME_VARIANTS,
+    AttackConfig,
+    Explainer,
+    GNIMEConfig,
+    matched_gaussian_noise,
+    privacy_splits,
+)
+from genprov.privacy.defenses import GaussianNoiseDefense, GNIMEDefense
 from genprov.utils.seeding import derive_seed
 
 __all__ = ["cache_key", "run_gnime"]
@@ -46,6 +55,10 @@ __all__ = ["cache_key", "run_gnime"]
 logger = logging.getLogger(__name__)
 
 _THREATS = ("non-adaptive", "adaptive")
+#: Family-wise error level of the Holm-corrected comparisons.
+ALPHA = 0.05
+#: Sign flips of each paired permutation test.
+N_PERM = 10_000
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -164,32 +177,23 @@ def run_gnime(
 
     sweep: list[SweepPoint] = []
     main_live: dict[str, Any] = {}
+    fits: dict[str, GNIMEDefense] = {}
     for a in config.sweep:
         t = time.perf_counter()
-        gnime_cfg = config.gnime.replace(a=a, seed=derive_seed(seed, "gnime-defense") % 2**31)
-        gnime = fit_gnime(
+        gnime, rnd, live = _defend_and_attack(
+            config,
+            config.gnime,
+            a,
             explainer,
-            gnime_cfg,
-            data["defender"][0],
-            cache=cache / f"gnime-a{a:g}-{cache_key({**key_base, 'gnime': gnime_cfg.to_dict()})}",
-            show_progress=show_progress,
+            data,
+            observations,
+            clean_expmi,
+            attack_cfg,
+            common,
+            key_base,
+            cache,
+            show_progress,
         )
-        rnd = matched_gaussian_noise(
-            gnime, data["defender"][0], clamp=config.rnd_clamp, seed=derive_seed(seed, "gnime-rnd", f"{a:g}") % 2**31
-        )
-        live: dict[str, Any] = {}
-        for name, defense in (("gnime", gnime), ("rnd", rnd)):
-            live[name] = evaluate_defense(
-                defense,
-                observations,
-                data,
-                clean_expmi,
-                attack_cfg,
-                top_q=config.top_q,
-                cache=cache / f"adaptive-{name}-a{a:g}-{cache_key({**key_base, 'defense': defense.describe()})}",
-                show_progress=show_progress,
-                **common,
-            )
         sweep.append(
             SweepPoint(
                 a=a,
@@ -199,11 +203,49 @@ def run_gnime(
                 rnd=_outcome(live["rnd"]),
                 comparison=_compare(live, baseline["pred-mi"], seed=seed, n_boot=config.n_boot),
                 gnime_history=gnime.history_,
+                gnime_map_std=gnime.map_std_,
             )
         )
         if a == config.main_a:
             main_live = live
+            fits[config.defense_variant] = gnime
         timings[f"sweep a={a:g}"] = time.perf_counter() - t
+    sweep = _with_holm(sweep)
+    ablation: list[AblationRow] = []
+    if config.ablation:
+        t = time.perf_counter()
+        main_point = next(p for p in sweep if p.a == config.main_a)
+        ablation.append(_ablation_row(config.defense_variant, config.gnime, fits[config.defense_variant], main_point))
+        for variant in GNIME_VARIANTS:
+            if variant == config.defense_variant:
+                continue
+            gnime, rnd, live = _defend_and_attack(
+                config,
+                config.variant_gnime(variant),
+                config.main_a,
+                explainer,
+                data,
+                observations,
+                clean_expmi,
+                attack_cfg,
+                common,
+                key_base,
+                cache,
+                show_progress,
+            )
+            point = SweepPoint(
+                a=config.main_a,
+                matched_distortion_defender=cast(float, rnd.matched_distortion),
+                rnd_sigma=rnd.config.sigma,
+                gnime=_outcome(live["gnime"]),
+                rnd=_outcome(live["rnd"]),
+                comparison=_compare(live, baseline["pred-mi"], seed=seed, n_boot=config.n_boot),
+                gnime_history=gnime.history_,
+                gnime_map_std=gnime.map_std_,
+            )
+            ablation.append(_ablation_row(variant, config.variant_gnime(variant), gnime, point))
+        ablation = _ablation_with_holm(ablation)
+        timings["ablation"] = time.perf_counter() - t
     extra_rnd: list[RndLevel] = []
     for sigma in config.rnd_sigmas:
         t = time.perf_counter()
@@ -245,6 +287,16 @@ def run_gnime(
         sweep=tuple(sweep),
         rnd_extra=tuple(extra_rnd),
         finding=_finding(sweep, baseline_metrics),
+        multiplicity={
+            "test": f"two-sided paired sign-flip permutation test of the mean MSE difference ({N_PERM} flips)",
+            "correction": "Holm-Bonferroni",
+            "family": f"every sweep point x threat model of this run ({2 * len(sweep)} comparisons); the "
+            "ablation is a family of its own",
+            "level": ALPHA,
+            "across runs": "explainers and datasets are separate runs: combine their mse_p_value fields with "
+            "genprov.eval.stats.holm_adjust before claiming a win across them",
+        },
+        ablation=tuple(ablation),
         attacks={"exp-mi": clean_expmi.describe(), "pred-mi": predmi.describe()},
         timings_seconds={k: round(v, 1) for k, v in timings.items()},
         report="",
@@ -255,11 +307,95 @@ def run_gnime(
     return result
 
 
+def _defend_and_attack(
+    config: GNIMEExperimentConfig,
+    gnime_config: GNIMEConfig,
+    a: float,
+    explainer: Explainer,
+    data: Mapping[str, tuple[Tensor, Tensor]],
+    observations: Mapping[str, Any],
+    clean_expmi: Any,
+    attack_cfg: AttackConfig,
+    common: Mapping[str, Any],
+    key_base: Mapping[str, Any],
+    cache: Path,
+    show_progress: bool | None,
+) -> tuple[GNIMEDefense, GaussianNoiseDefense, dict[str, Any]]:
+    """Fit GNIME at ``a`` (cached), its matched RND, and evaluate both against both threat models."""
+    seed = config.seed
+    gnime_cfg = gnime_config.replace(a=a, seed=derive_seed(seed, "gnime-defense") % 2**31)
+    gnime = fit_gnime(
+        explainer,
+        gnime_cfg,
+        data["defender"][0],
+        cache=cache / f"gnime-a{a:g}-{cache_key({**key_base, 'gnime': gnime_cfg.to_dict()})}",
+        show_progress=show_progress,
+    )
+    rnd = matched_gaussian_noise(
+        gnime, data["defender"][0], clamp=config.rnd_clamp, seed=derive_seed(seed, "gnime-rnd", f"{a:g}") % 2**31
+    )
+    live: dict[str, Any] = {}
+    for name, defense in (("gnime", gnime), ("rnd", rnd)):
+        live[name] = evaluate_defense(
+            defense,
+            observations,
+            data,
+            clean_expmi,
+            attack_cfg,
+            top_q=config.top_q,
+            cache=cache / f"adaptive-{name}-a{a:g}-{cache_key({**key_base, 'defense': defense.describe()})}",
+            show_progress=show_progress,
+            **common,
+        )
+    return gnime, rnd, live
+
+
+def _ablation_row(variant: str, gnime_config: GNIMEConfig, gnime: GNIMEDefense, point: SweepPoint) -> AblationRow:
+    settings: dict[str, Any] = {k: getattr(gnime_config, k) for k in GNIME_VARIANTS[variant]}
+    settings["steps"] = int(gnime.history_[-1]["step"]) if gnime.history_ else 0
+    last = gnime.history_[-1] if gnime.history_ else {}
+    return AblationRow(
+        variant=variant,
+        settings=settings,
+        distortion=point.gnime.distortion,
+        gnime_map_std=gnime.map_std_,
+        final_losses={k: v for k, v in last.items() if k not in ("epoch", "step")},
+        gnime=point.gnime,
+        rnd=point.rnd,
+        comparison=point.comparison,
+    )
+
+
+def _holm_comparisons(comparisons: Sequence[Mapping[str, Comparison]]) -> list[dict[str, Comparison]]:
+    """``comparisons`` with ``mse_p_holm`` adjusted over all of them (every entry x threat model)."""
+    keys = [(i, threat) for i, c in enumerate(comparisons) for threat in _THREATS]
+    if not keys:
+        return []
+    adjusted = holm_adjust([comparisons[i][threat].mse_p_value for i, threat in keys])
+    out: list[dict[str, Comparison]] = [dict(c) for c in comparisons]
+    for (i, threat), p in zip(keys, adjusted, strict=True):
+        out[i][threat] = dataclasses.replace(out[i][threat], mse_p_holm=float(p))
+    return out
+
+
+def _with_holm(sweep: Sequence[SweepPoint]) -> list[SweepPoint]:
+    """The sweep with Holm-adjusted p-values over every sweep point x threat model."""
+    adjusted = _holm_comparisons([p.comparison for p in sweep])
+    return [dataclasses.replace(p, comparison=c) for p, c in zip(sweep, adjusted, strict=True)]
+
+
+def _ablation_with_holm(rows: Sequence[AblationRow]) -> list[AblationRow]:
+    """The ablation rows with Holm-adjusted p-values over their own family (variant x threat model)."""
+    adjusted = _holm_comparisons([r.comparison for r in rows])
+    return [dataclasses.replace(r, comparison=c) for r, c in zip(rows, adjusted, strict=True)]
+
+
 # ------------------------------------------------------------------------------------------ comparisons
 
 
 def _compare(point: Mapping[str, Any], predmi: Mapping[str, Any], *, seed: int, n_boot: int) -> dict[str, Comparison]:
-    """Paired comparisons of GNIME and its matched RND at one sweep point (positive = GNIME more private)."""
+    """Paired comparisons of GNIME and its matched RND at one sweep point (positive = GNIME more private);
+    ``mse_p_holm`` is the unadjusted p-value until :func:`_with_holm` adjusts the family."""
     out: dict[str, Comparison] = {}
     for threat in _THREATS:
         g, r = point["gnime"][threat]["per_image"], point["rnd"][threat]["per_image"]
@@ -270,6 +406,8 @@ def _compare(point: Mapping[str, Any], predmi: Mapping[str, Any], *, seed: int, 
             tca_gain=paired_difference_ci(r["tca"], g["tca"], seed=seed, n_boot=n_boot),
             gnime_at_floor=bool(paired_difference_ci(floor, g["mse"], seed=seed, n_boot=n_boot).low <= 0),
             rnd_at_floor=bool(paired_difference_ci(floor, r["mse"], seed=seed, n_boot=n_boot).low <= 0),
+            mse_p_value=(p := paired_sign_flip_p_value(g["mse"], r["mse"], seed=seed, n_perm=N_PERM)),
+            mse_p_holm=p,
         )
     return out
 
@@ -304,8 +442,9 @@ def _finding(sweep: Sequence[SweepPoint], baseline: Mapping[str, Metrics]) -> Fi
                     rnd_mse=_mse(p.rnd.against(threat)),
                     mse_gain=c.mse_gain,
                     tca_gain=c.tca_gain,
-                    gnime_wins_mse=c.mse_gain.low > 0,
-                    rnd_wins_mse=c.mse_gain.high < 0,
+                    p_holm=c.mse_p_holm,
+                    gnime_wins_mse=c.mse_gain.mean > 0 and c.mse_p_holm < ALPHA,
+                    rnd_wins_mse=c.mse_gain.mean < 0 and c.mse_p_holm < ALPHA,
                     gnime_wins_tca=c.tca_gain.low > 0,
                     gnime_at_floor=c.gnime_at_floor,
                     rnd_at_floor=c.rnd_at_floor,
@@ -317,12 +456,18 @@ def _finding(sweep: Sequence[SweepPoint], baseline: Mapping[str, Metrics]) -> Fi
         if wins:
             w = wins[0]
             sentence += (
-                f"GNIME's error is above RND's at the same distortion (95% paired CI above 0) at a = "
+                f"GNIME's error is above RND's at the same distortion (Holm-adjusted paired p < {ALPHA:g}) at a = "
                 f"{_a_list(wins)}; the smallest such distortion is {w.distortion:.4g} "
-                f"(a = {w.a:g}: MSE {w.gnime_mse:.4f} vs {w.rnd_mse:.4f})."
+                f"(a = {w.a:g}: MSE {w.gnime_mse:.4f} vs {w.rnd_mse:.4f}, Holm p = {w.p_holm:.3g})."
             )
         else:
-            sentence += "at no swept distortion is GNIME's error above RND's with 95% confidence."
+            sentence += (
+                "at no swept distortion is GNIME's error above RND's after the Holm correction "
+                f"(family-wise level {ALPHA:g})."
+            )
+            nominal = [r for r in rows if r.mse_gain.low > 0]
+            if nominal:
+                sentence += f" (Before the correction its 95% paired interval is above 0 at a = {_a_list(nominal)}.)"
         if losses:
             sentence += f" RND's error is above GNIME's at a = {_a_list(losses)}."
         for name, floor in (
