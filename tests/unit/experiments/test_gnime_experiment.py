@@ -77,7 +77,6 @@ def test_config_round_trip() -> None:
 @pytest.mark.parametrize(
     ("values", "field"),
     [
-        ({"data": "cifar10"}, "data"),
         ({"explainer": "smoothgrad"}, "explainer"),
         ({"a": -1}, "a"),
         ({"a_sweep": [1, -3]}, "a_sweep"),

@@ -101,13 +101,15 @@ class DTRAKExperimentConfig(ExperimentConfig):
     ``quick``, the few-minute sizes, then applies the keys given.
 
     Attributes:
-        data: ``"digits"`` (built in), ``"mnist"``, ``"fashion-mnist"`` or ``"cifar2"`` (need ``data_root``).
+        data: ``"digits"`` (built in), ``"mnist"``, ``"fashion-mnist"`` or ``"cifar2"`` (need ``data_root``; their
+            presets set the size and model), or any other dataset name or path (resized to ``image_size``).
         data_root: Folder of the dataset files (``None``: ``$GENPROV_DATA``).
         seed: Seed of the data choice, every model, the noise and the projections.
         quick: A few-minute smoke run.
         image_size: Side the images are resized to.
         preset: DDPM size (``DDPMConfig.preset``).
-        n_train: Training images (a seeded random subset of the train split).
+        n_train: Training images (a seeded random subset of the train split; a source without a test split
+            is split by the seed first, see :func:`genprov.data.load_train_test`).
         budget: ``"faithful"`` or ``"reduced"`` (:data:`BUDGETS`; applied by :meth:`from_dict`).
         train_recipe: Optimiser settings, a key of :data:`TRAIN_RECIPES` (``d-trak``: the original's).
         train_epochs: Epochs of every DDPM (full model, subset models, counterfactual retrains): a model on
@@ -181,7 +183,6 @@ class DTRAKExperimentConfig(ExperimentConfig):
         require_choices(
             self,
             {
-                "data": _DATA_PRESETS,
                 "preset": DDPM_PRESETS,
                 "budget": BUDGETS,
                 "train_recipe": TRAIN_RECIPES,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig, unrelated_feature_cosine
-from genprov.data import ImageDataset, load_dataset, random_subsets
+from genprov.data import ImageDataset, load_train_test, random_subsets
 from genprov.eval.lds import (
     EvalDraws,
     LDSBenchmark,
@@ -177,8 +177,9 @@ def _loss_curve(log: Sequence[Mapping[str, float]]) -> TrainingCurve:
 
 def _load(cfg: DTRAKExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
     root = cfg.data_root
-    train = load_dataset(cfg.data, split="train", data_root=root, resize=cfg.image_size, n=cfg.n_train, seed=cfg.seed)
-    test_all = load_dataset(cfg.data, split="test", data_root=root, resize=cfg.image_size)
+    train, test_all = load_train_test(
+        cfg.data, data_root=root, resize=cfg.image_size, n_train=cfg.n_train, seed=cfg.seed
+    )
     n_real = min(cfg.n_real_queries, len(test_all))
     test = test_all.subset(np.sort(numpy_rng(cfg.seed, "real-queries").choice(len(test_all), n_real, replace=False)))
     return train, test

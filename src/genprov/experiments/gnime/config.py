@@ -17,6 +17,8 @@ __all__ = ["DATASETS", "EXPERIMENT_EXPLAINERS", "GNIMEExperimentConfig", "classi
 
 #: Datasets of the reproduction and their native image size.
 DATASETS: dict[str, int] = {"digits": 8, "mnist": 28, "olivetti": 64}
+#: Side other datasets (any name or path) are resized to unless ``image_size`` says otherwise.
+OTHER_DATA_SIZE = 32
 #: Explainers the reproduction accepts (registry names of :data:`genprov.privacy.EXPLAINERS`).
 EXPERIMENT_EXPLAINERS = ("gradient", "grad-cam", "lrp", "lrp-epsilon")
 
@@ -30,7 +32,9 @@ class GNIMEExperimentConfig(ExperimentConfig):
     dicts are merged field by field).
 
     Attributes:
-        data: ``"digits"`` (built in), ``"mnist"`` or ``"olivetti"`` (need ``data_root``).
+        data: ``"digits"`` (built in), ``"mnist"`` or ``"olivetti"`` (need ``data_root``), or any other
+            labelled dataset name or path (an image folder with class sub-folders, an ``.npz`` with labels),
+            resized to ``image_size`` (default :data:`OTHER_DATA_SIZE`); its train and test sets are pooled.
         data_root: Folder with the dataset files (``None``: ``$GENPROV_DATA``).
         seed: Seed of the splits, the classifiers, the attacks and the defenses.
         quick: A one-to-two-minute run (less data, fewer epochs, two sweep points); the report says so.
@@ -82,7 +86,6 @@ class GNIMEExperimentConfig(ExperimentConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(self.data in DATASETS, "data", f"one of {', '.join(DATASETS)}", self.data)
         require(
             self.explainer in EXPERIMENT_EXPLAINERS,
             "explainer",
@@ -204,7 +207,7 @@ class GNIMEExperimentConfig(ExperimentConfig):
     @property
     def size(self) -> int:
         """Side of the images the experiment works on."""
-        return self.image_size if self.image_size is not None else DATASETS[self.data]
+        return self.image_size if self.image_size is not None else DATASETS.get(self.data, OTHER_DATA_SIZE)
 
     @property
     def main_a(self) -> float:

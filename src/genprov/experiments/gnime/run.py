@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genprov.data import load_dataset
+from genprov.data import has_split, load_dataset
 from genprov.eval.privacy_audit import attack_metrics, evaluate_defense, fit_clean_attacks, fit_gnime
 from genprov.eval.reconstruction import classification_hits
 from genprov.eval.stats import MeanCI, holm_adjust, paired_difference_ci, paired_sign_flip_p_value
@@ -76,7 +76,8 @@ def _load(config: GNIMEExperimentConfig) -> tuple[Tensor, Tensor]:
         if ds.labels is None:
             raise DataError("MNIST came without labels; check the data files.")
         return ds.images, ds.labels
-    parts = [load_dataset(config.data, split=s, data_root=config.data_root, resize=size) for s in ("train", "test")]
+    splits = ("train", "test") if has_split(config.data, "test") else ("train",)
+    parts = [load_dataset(config.data, split=s, data_root=config.data_root, resize=size) for s in splits]
     x = torch.cat([p.images for p in parts])
     labels = [p.labels for p in parts]
     if any(lab is None for lab in labels):
