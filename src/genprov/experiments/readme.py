@@ -104,10 +104,85 @@ def keyed_attributability(data: Results) -> str:
     return markdown_table(["family", "A clean", *conditions, "PSNR to G0 (dB)"], rows)
 
 
+def _mean(value: Any) -> float:
+    return float(value["mean"]) if isinstance(value, Mapping) else float(value)
+
+
+def _ci(value: Mapping[str, Any], digits: int = 4, signed: bool = False) -> str:
+    """``mean [low, high]`` with leading zeros dropped (``.0299 [.0276, .0324]``)."""
+
+    def short(x: float) -> str:
+        text = f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+        return text.replace("0.", ".", 1)
+
+    return f"{short(value['mean'])} [{short(value['low'])}, {short(value['high'])}]"
+
+
+def gnime_main(data: Results) -> str:
+    """The paper's table at the main weight: every attack's MSE (95% interval), SSIM, TCA, distortion and
+    top-10% overlap on the test split."""
+    table = data["table"]
+    rows = []
+    for label, threat, attack in (
+        ("ExpMI, no defense", "non-adaptive", "ExpMI (no defense)"),
+        ("RND, adaptive attacker", "adaptive", "RND"),
+        ("GNIME, adaptive attacker", "adaptive", "GNIME"),
+        ("RND, non-adaptive attacker", "non-adaptive", "RND"),
+        ("GNIME, non-adaptive attacker", "non-adaptive", "GNIME"),
+        ("PredMI (predictions only)", "non-adaptive", "PredMI"),
+    ):
+        row = _one(table[threat], attack=attack)
+        extra = (
+            [fmt(_mean(row["distortion"]), 4), fmt(_mean(row["top_overlap"]), 2)]
+            if attack in ("RND", "GNIME")
+            else ["0", "1"]
+            if attack.startswith("ExpMI")
+            else ["", ""]
+        )
+        rows.append([label, _ci(row["mse"]), fmt(_mean(row["ssim"])), fmt(_mean(row["tca"])), *extra])
+    return markdown_table(["attack (test split)", "MSE", "SSIM", "TCA", "distortion", "top-10% overlap"], rows)
+
+
+def gnime_sweep(data: Results) -> str:
+    """GNIME against Gaussian noise of the same distortion at every swept weight: attacker MSE of each, the
+    paired difference (GNIME - RND, 95% interval) and its Holm-adjusted p-value, for both attackers."""
+    rows = []
+    for point in data["sweep"]:
+        cells = [fmt(point["a"], 0), fmt(_mean(point["gnime"]["distortion"]), 4)]
+        for threat in ("non-adaptive", "adaptive"):
+            gnime, rnd = _mean(point["gnime"][threat]["mse"]), _mean(point["rnd"][threat]["mse"])
+            comparison = point["comparison"][threat]
+            cells += [f"{fmt(gnime, 4)} / {fmt(rnd, 4)}", _ci(comparison["mse_gain"], signed=True),
+                      fmt(comparison["mse_p_holm"], 4)]  # fmt: skip
+        rows.append(cells)
+    header = ["a", "distortion", "non-adaptive: GNIME / RND", "difference", "Holm p", "adaptive: GNIME / RND",
+              "difference", "Holm p"]  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def gnime_ablation(data: Results) -> str:
+    """The faithful generator beside the earlier one at the main weight, each against its matched noise."""
+    rows = []
+    for entry in data["ablation"]:
+        cells = [entry["variant"], fmt(_mean(entry["distortion"]), 4)]
+        for threat in ("non-adaptive", "adaptive"):
+            gnime, rnd = _mean(entry["gnime"][threat]["mse"]), _mean(entry["rnd"][threat]["mse"])
+            comparison = entry["comparison"][threat]
+            cells += [f"{fmt(gnime, 4)} / {fmt(rnd, 4)}", _ci(comparison["mse_gain"], signed=True),
+                      fmt(comparison["mse_p_holm"], 4)]  # fmt: skip
+        rows.append(cells)
+    header = ["generator", "distortion", "non-adaptive: GNIME / RND", "difference", "Holm p",
+              "adaptive: GNIME / RND", "difference", "Holm p"]  # fmt: skip
+    return markdown_table(header, rows)
+
+
 #: Table kind -> its renderer from a results file (the dict of ``results.json``).
 README_TABLES: dict[str, Callable[[Results], str]] = {
     "similarity-retrieval": similarity_retrieval,
     "keyed-attributability": keyed_attributability,
+    "gnime-main": gnime_main,
+    "gnime-sweep": gnime_sweep,
+    "gnime-ablation": gnime_ablation,
 }
 
 
