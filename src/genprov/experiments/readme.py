@@ -176,10 +176,41 @@ def gnime_ablation(data: Results) -> str:
     return markdown_table(header, rows)
 
 
+def dtrak_lds(data: Results) -> str:
+    """LDS (95% interval over test queries) of every method on real and generated queries, the noise ceiling,
+    then each study setting (test LDS; every setting shown, so picking one here would be post hoc)."""
+    methods, kinds = data["lds"]["methods"], ("real", "generated")
+    rows = [[name, *(_ci(methods[k][name]["lds"], 3) for k in kinds)] for name in methods["real"]]
+    rows.append(["noise ceiling (seed vs seed)", *(_ci(data["lds"]["noise_ceiling"][k], 3) for k in kinds)])
+    for row in data["variant_study"]:
+        rows.append(
+            [f"{row['method']}, {row['setting']} (post hoc)",
+             *(_ci(row[f"LDS {k}"], 3) if f"LDS {k}" in row else "" for k in kinds)]
+        )  # fmt: skip
+    return markdown_table(["method (test queries)", "LDS real", "LDS generated"], rows)
+
+
+def dtrak_chosen(data: Results) -> str:
+    """Each method's feature setting chosen on the validation queries, and its test LDS; with the paired
+    differences of the base settings."""
+    chosen, kinds = data["chosen_on_validation"], ("real", "generated")
+    rows = [
+        [f"{method} ({kind}: {chosen[kind][method]['setting']})", fmt(chosen[kind][method]["val_lds"]),
+         _ci(chosen[kind][method]["lds"], 3)]
+        for kind in kinds for method in chosen[kind]
+    ]  # fmt: skip
+    for kind in kinds:
+        for pair, ci in data["lds"]["paired"][kind].items():
+            rows.append([f"{pair} ({kind}, base settings)", "", _ci(ci, 3, signed=True)])
+    return markdown_table(["method (queries: setting chosen on validation)", "validation LDS", "test LDS"], rows)
+
+
 #: Table kind -> its renderer from a results file (the dict of ``results.json``).
 README_TABLES: dict[str, Callable[[Results], str]] = {
     "similarity-retrieval": similarity_retrieval,
     "keyed-attributability": keyed_attributability,
+    "dtrak-lds": dtrak_lds,
+    "dtrak-chosen": dtrak_chosen,
     "gnime-main": gnime_main,
     "gnime-sweep": gnime_sweep,
     "gnime-ablation": gnime_ablation,
