@@ -17,6 +17,7 @@ from genprov.exceptions import ConfigError
 from genprov.experiments.base import EXPERIMENTS, run_experiment
 from genprov.experiments.gnime import GNIMEExperimentConfig, GNIMEResult, privacy_section
 from genprov.experiments.quickstart import DemoConfig, DemoContext
+from genprov.experiments.readme import README_TABLES
 from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.privacy import AttackConfig, GNIMEConfig
 
@@ -105,6 +106,9 @@ def test_tiny_run_writes_results_report_and_reuses_cache(tmp_path: Path) -> None
     saved = json.loads((out / "results.json").read_text())
     sizes = saved["splits"]
     assert sum(sizes.values()) == 300 and all(v > 0 for v in sizes.values())
+    main, sweep, ablation = (README_TABLES[k](saved) for k in ("gnime-main", "gnime-sweep", "gnime-ablation"))
+    assert main.count("\n") == 2 + 6 and sweep.count("\n") == 2 + len(saved["sweep"])  # README tables render
+    assert "| unet |" in ablation and "| residual |" in ablation
     for threat in ("non-adaptive", "adaptive"):
         rows = saved["table"][threat]
         assert [r["attack"] for r in rows] == ["ExpMI (no defense)", "RND", "GNIME", "PredMI"]

@@ -25,6 +25,7 @@ from genprov.experiments.keyed import (
     keyed_section,
 )
 from genprov.experiments.quickstart import DemoConfig, DemoContext
+from genprov.experiments.readme import README_TABLES
 from genprov.models.checkpoints import save_checkpoint
 from genprov.models.gans import GANConfig, Generator
 
@@ -124,6 +125,8 @@ def test_tiny_run_on_a_path_without_a_test_split(tmp_path: Path) -> None:
     config = {**TINY, "data": str(tmp_path / "mine.npz"), "variants": [], "post_processes": ["blur"]}
     result = cast(KeyedResult, run_experiment("keyed", config, tmp_path / "out", show_progress=False))
     assert result.config["data"] == str(tmp_path / "mine.npz")
+    table = README_TABLES["keyed-attributability"](json.loads((tmp_path / "out" / "results.json").read_text()))
+    assert table.splitlines()[2].startswith("| plain |") and "| robust, on the post-process" in table
     assert (
         "genprov reproduce keyed --data"
         in json.loads((tmp_path / "out" / "results.json").read_text())["provenance"]["command"]
