@@ -205,10 +205,44 @@ def dtrak_chosen(data: Results) -> str:
     return markdown_table(["method (queries: setting chosen on validation)", "validation LDS", "test LDS"], rows)
 
 
+def _auc_acc(cell: Mapping[str, Any] | None) -> str:
+    if cell is None:
+        return "(not run)"
+    return f"{fmt(cell['auc'])} / {fmt(cell['acc'])}".replace("0.", ".").replace("1.000", "1.00")
+
+
+_FLIPAD_TABLES = {
+    "Table 1": "1: owner vs real and the other three GAN types",
+    "Table 2": "2: owner vs same architecture, other seed",
+    "Table 3": "3: Table 1 under every perturbation (mean)",
+    "Table 5": "5: tabular GANs (wine, breast cancer)",
+}
+
+
+def flipad_tables(data: Results) -> str:
+    """Mean AUC / accuracy at the 0.5% FNR threshold of every method in the paper's tables, then each
+    Table 3 perturbation on its own."""
+    methods = data["config"]["methods"]
+    means = data["table_means"]
+    rows = [[label, *(_auc_acc(means[t].get(m)) for m in methods)] for t, label in _FLIPAD_TABLES.items() if t in means]
+    for name, by_method in data["table3"].items():
+        rows.append([f"3, {name}", *(_auc_acc(by_method[m]["mean"]) if m in by_method else "" for m in methods)])
+    return markdown_table(["table", *methods], rows)
+
+
+def flipad_study(data: Results) -> str:
+    """The validation study (own study samples, held-out reals and an unseen GAN): what was chosen."""
+    rows = [[row["setting"], fmt(row["mean AUC"]), fmt(row["mean acc"]), "chosen" if row["chosen"] else ""]
+            for row in data["study"]]  # fmt: skip
+    return markdown_table(["setting (validation sources)", "mean AUC", "mean accuracy", ""], rows)
+
+
 #: Table kind -> its renderer from a results file (the dict of ``results.json``).
 README_TABLES: dict[str, Callable[[Results], str]] = {
     "similarity-retrieval": similarity_retrieval,
     "keyed-attributability": keyed_attributability,
+    "flipad-tables": flipad_tables,
+    "flipad-study": flipad_study,
     "dtrak-lds": dtrak_lds,
     "dtrak-chosen": dtrak_chosen,
     "gnime-main": gnime_main,
