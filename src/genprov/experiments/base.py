@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from genprov.config import Config, require
 from genprov.exceptions import ConfigError
@@ -118,6 +118,9 @@ class ExperimentConfig(Config):
     data: str = "digits"
     seed: int = 0
     quick: bool = False
+    #: Fields that choose a preset of their own (e.g. D-TRAK's ``budget``): :func:`provenance` compares a
+    #: config with the preset they select, so the recorded command names them and only what differs.
+    preset_selectors: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
         require(isinstance(self.seed, int) and self.seed >= 0, "seed", "a non-negative integer", self.seed)
@@ -242,15 +245,17 @@ def provenance(name: str, config: ExperimentConfig) -> dict[str, Any]:
     the seed, the package versions, the Python and platform, the git commit of the source when it is a
     checkout (with ``+dirty`` when it had uncommitted changes) and the UTC time (:func:`run_experiment`
     takes the commit when the run starts and the time when it ends)."""
-    preset = type(config).preset_for(config.data, seed=config.seed, quick=config.quick).to_dict()
-    changed = _changed(preset, config.to_dict())
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    selected = {key: getattr(config, key) for key in config.preset_selectors if getattr(config, key) != defaults[key]}
+    preset = type(config).preset_for(config.data, seed=config.seed, quick=config.quick, **selected).to_dict()
+    changed = {**{key: json_safe(value) for key, value in selected.items()}, **_changed(preset, config.to_dict())}
     argv = ["genprov", "reproduce", name, "--data", config.data, "--seed", str(config.seed)]
     if config.quick:
         argv.append("--quick")
     if "data_root" in changed:
         argv += ["--data-root", str(changed.pop("data_root"))]
     for key, value in changed.items():
-        argv += ["--set", f"{key}={json.dumps(value, separators=(',', ':'))}"]
+        argv += ["--set", f"{key}={_set_value(value)}"]
     versions = {}
     for package in _VERSIONED:
         try:
@@ -270,6 +275,17 @@ def provenance(name: str, config: ExperimentConfig) -> dict[str, Any]:
 
 def _utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _set_value(value: Any) -> str:
+    """``value`` as ``--set`` reads it back: a plain word as itself, anything else as compact JSON."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            if value and not value.startswith(("[", "{", '"')):
+                return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _changed(preset: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

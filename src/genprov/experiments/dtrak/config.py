@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKConfig
 from genprov.config import require, require_choices, require_ints
@@ -177,6 +177,7 @@ class DTRAKExperimentConfig(ExperimentConfig):
     )
     n_workers: int = 2
     n_boot: int = 1000
+    preset_selectors: ClassVar[tuple[str, ...]] = ("budget",)
 
     def validate(self) -> None:
         super().validate()

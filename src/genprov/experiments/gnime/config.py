@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from genprov.config import is_positive_int, require, require_ints
 from genprov.eval.privacy_audit import GNIME_SIZES, QUICK_ATTACK_SIZES, QUICK_GNIME_SIZES, audit_configs
@@ -78,6 +78,7 @@ class GNIMEExperimentConfig(ExperimentConfig):
     attack: AttackConfig = dataclasses.field(default_factory=lambda: audit_configs()[0])
     gnime: GNIMEConfig = dataclasses.field(default_factory=lambda: audit_configs()[1])
     defense_variant: str = "unet"
+    preset_selectors: ClassVar[tuple[str, ...]] = ("defense_variant",)
     ablation: bool = False
     rnd_clamp: bool = False
     top_q: float = 0.1
