@@ -68,6 +68,18 @@ def test_presets_merge_family_settings() -> None:
     assert KeyedExperimentConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_earlier_protocol_is_one_switch_and_explicit_keys_win() -> None:
+    earlier = KeyedExperimentConfig.from_dict({"protocol": "genprov-v1", "family": {"robust_lr": 1e-3}})
+    assert earlier.strengths == "absolute" and earlier.family.robust_steps == 1000
+    assert earlier.family.robust_batch_size == 64 and earlier.family.robust_lr == 1e-3  # given key wins
+    assert earlier.family.post_process.blur_kernel == "capped-9" and earlier.family.post_process.blur_sigma == (
+        0.5,
+        3.0,
+    )
+    original = KeyedExperimentConfig.from_dict({})
+    assert original.strengths == "matched" and original.family.robust_steps == 37_500
+
+
 def test_strengths_match_the_resolution() -> None:
     matched = KeyedExperimentConfig.from_dict({"data": "mnist", "image_size": 32})
     assert matched.side == 32 and matched.condition_strengths("blur") == {"blur": 1.5}
@@ -110,6 +122,7 @@ def test_gan_reproductions_share_the_data_preset() -> None:
         ({"seed": -1}, "seed"),
         ({"image_size": 20}, "image_size"),
         ({"strengths": "relative"}, "strengths"),
+        ({"protocol": "paper"}, "protocol"),
     ],
 )
 def test_invalid_configs_name_the_field(values: dict[str, object], field: str) -> None:

@@ -33,6 +33,7 @@ CASES = [
     ("gnime", {"defense_variant": "residual", "a_sweep": [1, 100], "gnime": {"lr": 1e-4}}),
     ("gnime", {"explainer": "lrp", "seed": 3, "ablation": True}),
     ("keyed", {"family": {"robust_steps": 7500}, "variants": [], "image_size": 32}),
+    ("keyed", {"protocol": "genprov-v1", "family": {"robust_lr": 1e-3}}),
     ("flipad", {"val_reals": "gan-train", "data": "runs/my faces.npz"}),
     ("similarity", {"extractors": ["pixels"], "quick": True}),
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from genprov.attribution.model.keyed import KeyedGeneratorsConfig
 from genprov.attribution.model.keyed_postprocess import POST_PROCESSES, REFERENCE_SIZE, check_post_process_names
@@ -11,10 +12,28 @@ from genprov.config import require, require_ints
 from genprov.experiments.base import GAN_DATA_SIZES, ExperimentConfig, gan_preset_values, gan_side
 from genprov.models.gans import GAN_SIZES
 
-__all__ = ["DATA_SIZES", "MILD_COMBINATION", "STRENGTH_SCALINGS", "VARIANTS", "KeyedExperimentConfig"]
+__all__ = ["DATA_SIZES", "MILD_COMBINATION", "PROTOCOLS", "STRENGTH_SCALINGS", "VARIANTS", "KeyedExperimentConfig"]
 
 #: Supported data and the image side the root DCGAN works on by default.
 DATA_SIZES = GAN_DATA_SIZES
+#: Robust-training and test protocols (``--set protocol=...``), applied over the data preset (explicit keys
+#: win): ``original``, the paper's code (the defaults of :class:`KeyedGeneratorsConfig` and of this config);
+#: ``genprov-v1``, genprov's earlier protocol kept for the ablation: unscaled test strengths, 1,000 robust
+#: steps at batch 64, Adam (0.5, 0.999) at a constant 2e-4, training blur sigma 0.5-3 px with a 9-tap cap.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "original": {},
+    "genprov-v1": {
+        "strengths": "absolute",
+        "family": {
+            "robust_steps": 1000,
+            "robust_batch_size": 64,
+            "robust_lr": 2e-4,
+            "robust_betas": [0.5, 0.999],
+            "robust_lr_gamma": 1.0,
+            "post_process": {"blur_sigma": [0.5, 3.0], "blur_kernel": "capped-9"},
+        },
+    },
+}
 #: Ablations beside the paper's plain and robust families.
 VARIANTS = ("alternating", "robust-keys", "noise-margin", "compliance-margin")
 #: How test (and training) blur strengths meet the image side (see ``KeyedExperimentConfig.strengths``).
@@ -51,6 +70,7 @@ class KeyedExperimentConfig(ExperimentConfig):
         n_eval: Samples per user model (and of ``G0``) for every metric.
         n_real_eval: Authentic test images for distinguishability and the Fréchet reference (at most; the
             digits test split has 360).
+        protocol: ``"original"`` or ``"genprov-v1"`` (:data:`PROTOCOLS`; applied by :meth:`from_dict`).
         strengths: ``"matched"``: blur sigmas (test ones and the family's training range) are given at
             ``reference_size`` and scaled by ``image_size / reference_size``, so a test removes the same
             share of image directions as the paper's at 64x64 (sigma 3 there = 0.75 at 16 px);
@@ -87,6 +107,7 @@ class KeyedExperimentConfig(ExperimentConfig):
     variants: tuple[str, ...] = VARIANTS
     n_eval: int = 1000
     n_real_eval: int = 1000
+    protocol: str = "original"
     strengths: str = "matched"
     reference_size: int = REFERENCE_SIZE
     test_blur_sigma: float = 3.0
@@ -104,6 +125,7 @@ class KeyedExperimentConfig(ExperimentConfig):
             f"one of {sorted(GAN_SIZES)} or None (the data's default side)",
             self.image_size,
         )
+        require(self.protocol in PROTOCOLS, "protocol", f"one of {tuple(PROTOCOLS)}", self.protocol)
         require(self.strengths in STRENGTH_SCALINGS, "strengths", f"one of {STRENGTH_SCALINGS}", self.strengths)
         require_ints(self, ("reference_size",), minimum=1)
         require_ints(self, ("n_keys", "gan_steps", "gan_width", "latent_dim", "classifier_steps", "n_grid"), minimum=1)
@@ -164,6 +186,16 @@ class KeyedExperimentConfig(ExperimentConfig):
             post_process=self.family.post_process.replace(reference_size=reference),
         )
 
+    preset_selectors: ClassVar[tuple[str, ...]] = ("protocol",)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyedExperimentConfig:
+        """As :meth:`ExperimentConfig.from_dict`, with the ``protocol``'s values between the data preset and
+        the keys given (nested ``family`` settings merge key by key)."""
+        if isinstance(data, Mapping):
+            data = _deep_merge(PROTOCOLS.get(str(data.get("protocol", "original")), {}), data)
+        return super().from_dict(data)
+
     @classmethod
     def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:
         """Sizes for non-digits data and, with ``quick``, the few-minute run (family settings merge)."""
@@ -176,3 +208,13 @@ class KeyedExperimentConfig(ExperimentConfig):
             "n_real_eval": 300,
         }
         return gan_preset_values(data, quick, quick_values)
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top``'s keys over it, merging nested mappings key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
+    return out
