@@ -179,11 +179,12 @@ def run_gnime(
     sweep: list[SweepPoint] = []
     main_live: dict[str, Any] = {}
     fits: dict[str, GNIMEDefense] = {}
-    for a in config.sweep:
-        t = time.perf_counter()
+
+    def measure(gnime_cfg: GNIMEConfig, a: float) -> tuple[SweepPoint, GNIMEDefense, dict[str, Any]]:
+        """GNIME with ``gnime_cfg`` at weight ``a`` and its matched RND, each under both attackers."""
         gnime, rnd, live = _defend_and_attack(
             config,
-            config.gnime,
+            gnime_cfg,
             a,
             explainer,
             data,
@@ -195,18 +196,22 @@ def run_gnime(
             cache,
             show_progress,
         )
-        sweep.append(
-            SweepPoint(
-                a=a,
-                matched_distortion_defender=cast(float, rnd.matched_distortion),
-                rnd_sigma=rnd.config.sigma,
-                gnime=_outcome(live["gnime"]),
-                rnd=_outcome(live["rnd"]),
-                comparison=_compare(live, baseline["pred-mi"], seed=seed, n_boot=config.n_boot),
-                gnime_history=gnime.history_,
-                gnime_map_std=gnime.map_std_,
-            )
+        point = SweepPoint(
+            a=a,
+            matched_distortion_defender=cast(float, rnd.matched_distortion),
+            rnd_sigma=rnd.config.sigma,
+            gnime=_outcome(live["gnime"]),
+            rnd=_outcome(live["rnd"]),
+            comparison=_compare(live, baseline["pred-mi"], seed=seed, n_boot=config.n_boot),
+            gnime_history=gnime.history_,
+            gnime_map_std=gnime.map_std_,
         )
+        return point, gnime, live
+
+    for a in config.sweep:
+        t = time.perf_counter()
+        point, gnime, live = measure(config.gnime, a)
+        sweep.append(point)
         if a == config.main_a:
             main_live = live
             fits[config.defense_variant] = gnime
@@ -220,30 +225,7 @@ def run_gnime(
         for variant in GNIME_VARIANTS:
             if variant == config.defense_variant:
                 continue
-            gnime, rnd, live = _defend_and_attack(
-                config,
-                config.variant_gnime(variant),
-                config.main_a,
-                explainer,
-                data,
-                observations,
-                clean_expmi,
-                attack_cfg,
-                common,
-                key_base,
-                cache,
-                show_progress,
-            )
-            point = SweepPoint(
-                a=config.main_a,
-                matched_distortion_defender=cast(float, rnd.matched_distortion),
-                rnd_sigma=rnd.config.sigma,
-                gnime=_outcome(live["gnime"]),
-                rnd=_outcome(live["rnd"]),
-                comparison=_compare(live, baseline["pred-mi"], seed=seed, n_boot=config.n_boot),
-                gnime_history=gnime.history_,
-                gnime_map_std=gnime.map_std_,
-            )
+            point, gnime, _ = measure(config.variant_gnime(variant), config.main_a)
             ablation.append(_ablation_row(variant, config.variant_gnime(variant), gnime, point))
         ablation = _ablation_with_holm(ablation)
         timings["ablation"] = time.perf_counter() - t
