@@ -143,37 +143,30 @@ def gnime_main(data: Results) -> str:
     return markdown_table(["attack (test split)", "MSE", "SSIM", "TCA", "distortion", "top-10% overlap"], rows)
 
 
+def _versus_rnd(first: str, entry: Mapping[str, Any]) -> list[str]:
+    """A row of GNIME against its matched noise: ``first``, the distortion, then per attacker both MSEs, the
+    paired difference (GNIME - RND, 95% interval) and its Holm-adjusted p-value."""
+    cells = [first, fmt(_mean(entry["gnime"]["distortion"]), 4)]
+    for threat in ("non-adaptive", "adaptive"):
+        gnime, rnd = _mean(entry["gnime"][threat]["mse"]), _mean(entry["rnd"][threat]["mse"])
+        comparison = entry["comparison"][threat]
+        cells += [f"{fmt(gnime, 4)} / {fmt(rnd, 4)}", _ci(comparison["mse_gain"], signed=True),
+                  fmt(comparison["mse_p_holm"], 4)]  # fmt: skip
+    return cells
+
+
+_VERSUS_HEADER = ["distortion", "non-adaptive: GNIME / RND", "difference", "Holm p", "adaptive: GNIME / RND",
+                  "difference", "Holm p"]  # fmt: skip
+
+
 def gnime_sweep(data: Results) -> str:
-    """GNIME against Gaussian noise of the same distortion at every swept weight: attacker MSE of each, the
-    paired difference (GNIME - RND, 95% interval) and its Holm-adjusted p-value, for both attackers."""
-    rows = []
-    for point in data["sweep"]:
-        cells = [fmt(point["a"], 0), fmt(_mean(point["gnime"]["distortion"]), 4)]
-        for threat in ("non-adaptive", "adaptive"):
-            gnime, rnd = _mean(point["gnime"][threat]["mse"]), _mean(point["rnd"][threat]["mse"])
-            comparison = point["comparison"][threat]
-            cells += [f"{fmt(gnime, 4)} / {fmt(rnd, 4)}", _ci(comparison["mse_gain"], signed=True),
-                      fmt(comparison["mse_p_holm"], 4)]  # fmt: skip
-        rows.append(cells)
-    header = ["a", "distortion", "non-adaptive: GNIME / RND", "difference", "Holm p", "adaptive: GNIME / RND",
-              "difference", "Holm p"]  # fmt: skip
-    return markdown_table(header, rows)
+    """GNIME against Gaussian noise of the same distortion at every swept weight (Holm over the run's sweep)."""
+    return markdown_table(["a", *_VERSUS_HEADER], [_versus_rnd(fmt(p["a"], 0), p) for p in data["sweep"]])
 
 
 def gnime_ablation(data: Results) -> str:
     """The faithful generator beside the earlier one at the main weight, each against its matched noise."""
-    rows = []
-    for entry in data["ablation"]:
-        cells = [entry["variant"], fmt(_mean(entry["distortion"]), 4)]
-        for threat in ("non-adaptive", "adaptive"):
-            gnime, rnd = _mean(entry["gnime"][threat]["mse"]), _mean(entry["rnd"][threat]["mse"])
-            comparison = entry["comparison"][threat]
-            cells += [f"{fmt(gnime, 4)} / {fmt(rnd, 4)}", _ci(comparison["mse_gain"], signed=True),
-                      fmt(comparison["mse_p_holm"], 4)]  # fmt: skip
-        rows.append(cells)
-    header = ["generator", "distortion", "non-adaptive: GNIME / RND", "difference", "Holm p",
-              "adaptive: GNIME / RND", "difference", "Holm p"]  # fmt: skip
-    return markdown_table(header, rows)
+    return markdown_table(["generator", *_VERSUS_HEADER], [_versus_rnd(e["variant"], e) for e in data["ablation"]])
 
 
 def dtrak_lds(data: Results) -> str:
