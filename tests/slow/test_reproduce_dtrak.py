@@ -17,6 +17,7 @@ def test_quick_reproduction_writes_results_and_report(tmp_path, file_mtimes) -> 
     result = run_experiment("dtrak", {"data": "digits", "seed": 0, "quick": True}, tmp_path, show_progress=False)
     assert isinstance(result, DTRAKResult)
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved.pop("provenance")["command"] == "genprov reproduce dtrak --data digits --seed 0 --quick"
     assert saved == result.to_dict()
     assert saved["experiment"] == "dtrak" and saved["config"]["quick"] is True
     html = (tmp_path / "report.html").read_text()

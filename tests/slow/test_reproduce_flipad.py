@@ -17,6 +17,7 @@ def test_quick_reproduction_writes_results_and_report(tmp_path: Path, file_mtime
     results = run_experiment("flipad", {"data": "digits", "seed": 0, "quick": True}, tmp_path, show_progress=False)
     assert (tmp_path / "report.html").is_file()
     saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved.pop("provenance")["command"] == "genprov reproduce flipad --data digits --seed 0 --quick"
     assert isinstance(results, FlipadResult) and results.to_dict() == saved
     assert set(saved["table1"]) == {"dcgan", "wgan-gp", "lsgan", "ebgan"}
     for owner in saved["table1"].values():

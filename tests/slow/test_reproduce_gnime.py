@@ -1,6 +1,6 @@
 """``genprov reproduce gnime`` end to end with loose checks of the paper's claims (minutes on 2 cores).
 
-The full digits run takes about 10 minutes on 2 CPU cores; the Olivetti quick run needs the shared data
+The full digits run takes about 25-30 minutes on 2 CPU cores; the Olivetti quick run needs the shared data
 (``GENPROV_DATA`` or ``../shared/data``) and is skipped without it.
 """
 

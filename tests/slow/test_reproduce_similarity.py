@@ -28,6 +28,7 @@ def test_full_digits_reproduction_supports_the_claims(tmp_path: Path) -> None:
     result = run_experiment("similarity", {"data": "digits", "seed": 0}, out, show_progress=False)
     assert isinstance(result, SimilarityResult)
     saved = json.loads((out / "results.json").read_text())
+    assert saved.pop("provenance")["command"] == "genprov reproduce similarity --data digits --seed 0"
     assert saved == result.to_dict()
     assert saved["experiment"] == "similarity" and saved["config"]["quick"] is False
     strength = result.influence_strength
