@@ -20,14 +20,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from genprov.eval.stats import holm_adjust
 from genprov.exceptions import DataError
 from genprov.utils.io import atomic_write_text
 
-__all__ = ["README_TABLES", "render_readme"]
+__all__ = ["README_TABLES", "block_results", "render_readme"]
 
 Results = Mapping[str, Any]
 
-BLOCK = re.compile(r"<!-- results: (?P<path>\S+) -->(?P<body>.*?)<!-- /results -->", re.S)
+#: Family-wise error level of the Holm-adjusted verdicts.
+HOLM_LEVEL = 0.05
+
+BLOCK = re.compile(r"<!-- results: (?P<paths>[^>]+?) -->(?P<body>.*?)<!-- /results -->", re.S)
 TABLE = re.compile(r"(?P<open><!-- table: (?P<kind>[\w-]+) -->\n)(?P<table>.*?)(?P<close><!-- /table -->)", re.S)
 
 
@@ -230,6 +234,25 @@ def flipad_study(data: Results) -> str:
     return markdown_table(["setting (validation sources)", "mean AUC", "mean accuracy", ""], rows)
 
 
+def gnime_across_runs(data: Results) -> str:
+    """Every GNIME-vs-noise comparison of several runs (datasets, explainers; each weight and attacker) with
+    its Holm-adjusted p-value over all of them together: what survives the whole family of comparisons."""
+    comparisons = [
+        (run["config"], point["a"], threat, point["comparison"][threat])
+        for run in data["runs"].values()
+        for point in run["sweep"]
+        for threat in ("non-adaptive", "adaptive")
+    ]
+    adjusted: list[float] = holm_adjust([c["mse_p_value"] for *_, c in comparisons]).tolist() if comparisons else []
+    rows = []
+    for (cfg, a, threat, c), p in zip(comparisons, adjusted, strict=True):
+        ahead = "GNIME ahead" if c["mse_gain"]["mean"] > 0 else "noise ahead"
+        rows.append([f"{cfg['data']}, {cfg['explainer']}", fmt(a, 0), threat, _ci(c["mse_gain"], signed=True),
+                     fmt(c["mse_p_value"], 4), fmt(p, 4), ahead if p < HOLM_LEVEL else "no difference"])  # fmt: skip
+    header = ["run", "a", "attacker", "GNIME - RND (MSE)", "p", "Holm p (all runs)", f"at {HOLM_LEVEL}"]
+    return markdown_table(header, rows)
+
+
 #: Table kind -> its renderer from a results file (the dict of ``results.json``).
 README_TABLES: dict[str, Callable[[Results], str]] = {
     "similarity-retrieval": similarity_retrieval,
@@ -241,7 +264,24 @@ README_TABLES: dict[str, Callable[[Results], str]] = {
     "gnime-main": gnime_main,
     "gnime-sweep": gnime_sweep,
     "gnime-ablation": gnime_ablation,
+    "gnime-across-runs": gnime_across_runs,
 }
+
+
+def block_results(paths: str, root: Path) -> Any:
+    """What a block's tables render from: the one results file it names, or, for several (a block quoting
+    ``results/a.json results/b.json``), ``{"runs": {"results/a.json": ..., ...}}``.
+
+    Raises:
+        DataError: A named file that does not exist under ``root``.
+    """
+    loaded = {}
+    for name in paths.split():
+        path = root / name
+        if not path.is_file():
+            raise DataError(f"README quotes {name}, which does not exist under {root}.")
+        loaded[name] = json.loads(path.read_text(encoding="utf-8"))
+    return next(iter(loaded.values())) if len(loaded) == 1 else {"runs": loaded}
 
 
 def render_readme(text: str, root: Path) -> str:
@@ -252,10 +292,7 @@ def render_readme(text: str, root: Path) -> str:
     """
 
     def block(match: re.Match[str]) -> str:
-        path = root / match.group("path")
-        if not path.is_file():
-            raise DataError(f"README quotes {match.group('path')}, which does not exist under {root}.")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = block_results(match.group("paths"), root)
 
         def table(inner: re.Match[str]) -> str:
             kind = inner.group("kind")
