@@ -4,8 +4,9 @@
 Each table in such a block sits between ``<!-- table: KIND -->`` and ``<!-- /table -->`` and is exactly
 what ``README_TABLES[KIND]`` renders from that results file, so a table cannot drift from its run (a test
 checks it, and every other decimal figure in the block, against the file). After re-running a reproduction
-and copying its ``results.json`` into ``results/``::
+and publishing its ``results.json`` into ``results/``::
 
+    python -m genprov.experiments.readme --publish runs/x/results.json results/x.json   # curves thinned
     python -m genprov.experiments.readme            # rewrite the tables of README.md in place
     python -m genprov.experiments.readme --check    # exit 1 if a table differs from its results file
 """
@@ -24,7 +25,7 @@ from genprov.eval.stats import holm_adjust
 from genprov.exceptions import DataError
 from genprov.utils.io import atomic_write_text
 
-__all__ = ["README_TABLES", "block_results", "render_readme"]
+__all__ = ["CURVE_KEYS", "README_TABLES", "block_results", "publish", "render_readme"]
 
 Results = Mapping[str, Any]
 
@@ -305,12 +306,64 @@ def render_readme(text: str, root: Path) -> str:
     return BLOCK.sub(block, text)
 
 
+#: Keys of per-step training curves (GNIME's loss history, D-TRAK's loss curve): :func:`publish` keeps at
+#: most ``max_points`` evenly spaced entries of them, first and last included, with 4 significant digits (they
+#: are plotted, never quoted). Nothing else is changed.
+CURVE_KEYS = frozenset({"gnime_history", "history", "steps", "loss"})
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.4g}")
+    if isinstance(obj, dict):
+        return {key: _round(value) for key, value in obj.items()}
+    return [_round(value) for value in obj] if isinstance(obj, list) else obj
+
+
+def _thin(obj: Any, max_points: int) -> Any:
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key in CURVE_KEYS and isinstance(value, list) and len(value) > max_points:
+                keep = sorted({round(i * (len(value) - 1) / (max_points - 1)) for i in range(max_points)})
+                out[key] = [_round(value[i]) for i in keep]
+            else:
+                out[key] = _thin(value, max_points)
+        return out
+    if isinstance(obj, list):
+        return [_thin(value, max_points) for value in obj]
+    return obj
+
+
+def publish(source: Path, dest: Path, max_points: int = 50) -> None:
+    """Copy a run's ``results.json`` to ``dest`` (under ``results/``) with its training curves thinned to
+    ``max_points`` (:data:`CURVE_KEYS`); the provenance records the thinning.
+
+    Raises:
+        DataError: ``source`` is not a results file with a provenance (made by ``genprov reproduce``).
+    """
+    if max_points < 2:
+        raise DataError(f"max_points must be at least 2; got {max_points}.")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"Cannot read {source} as a results file: {err}.") from None
+    if not isinstance(data, dict) or "provenance" not in data:
+        raise DataError(f"{source} records no provenance; publish the results.json a 'genprov reproduce' run wrote.")
+    thinned = _thin(data, max_points)
+    thinned["provenance"] = {**data["provenance"], "published": f"training curves thinned to {max_points} points"}
+    atomic_write_text(dest, json.dumps(thinned, indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite (or, with ``--check``, compare) the generated tables of a README."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     parser.add_argument("--check", action="store_true", help="exit 1 if a table differs from its results file")
+    parser.add_argument("--publish", nargs=2, type=Path, metavar=("RUN_RESULTS", "DEST"), help="publish a run first")
     args = parser.parse_args(argv)
+    if args.publish:
+        publish(*args.publish)
     text = args.readme.read_text(encoding="utf-8")
     rendered = render_readme(text, args.readme.resolve().parent)
     if args.check:

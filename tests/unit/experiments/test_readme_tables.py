@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from genprov.exceptions import DataError
-from genprov.experiments.readme import README_TABLES, block_results, markdown_table, render_readme
+from genprov.experiments.readme import README_TABLES, block_results, markdown_table, publish, render_readme
 
 
 def _ci(mean: float) -> dict[str, float]:
@@ -62,3 +62,18 @@ def test_blocks_render_from_one_or_several_files(tmp_path: Path) -> None:
         render_readme(text.replace("y.json", "z.json"), tmp_path)
     with pytest.raises(DataError, match="unknown"):
         render_readme(text.replace("gnime-across-runs", "nope"), tmp_path)
+
+
+def test_publish_thins_curves_only_and_records_it(tmp_path: Path) -> None:
+    curve = [{"step": i, "loss": 1.0 / (i + 1)} for i in range(500)]
+    run = {"sweep": [{"a": 1.0, "gnime_history": curve, "mse": 0.123456789}], "provenance": {"command": "genprov x"}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    publish(tmp_path / "run.json", tmp_path / "pub.json", max_points=10)
+    out = json.loads((tmp_path / "pub.json").read_text())
+    kept = out["sweep"][0]["gnime_history"]
+    assert len(kept) == 10 and kept[0]["step"] == 0 and kept[-1]["step"] == 499 and kept[1]["loss"] == 0.01786
+    assert out["sweep"][0]["mse"] == 0.123456789  # measurements untouched
+    assert out["provenance"]["command"] == "genprov x" and "thinned" in out["provenance"]["published"]
+    (tmp_path / "bare.json").write_text(json.dumps({"sweep": []}))
+    with pytest.raises(DataError, match="no provenance"):
+        publish(tmp_path / "bare.json", tmp_path / "x.json")
