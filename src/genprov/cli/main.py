@@ -10,6 +10,7 @@ from genprov.cli import data as data_cmd
 from genprov.cli import demo as demo_cmd
 from genprov.cli import flipad as flipad_cmd
 from genprov.cli import keyed as keyed_cmd
+from genprov.cli import lora as lora_cmd
 from genprov.cli import privacy as privacy_cmd
 from genprov.cli import reproduce as reproduce_cmd
 from genprov.cli import sample as sample_cmd
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_cmd.app, name="data")
+train_cmd.app.command("lora")(lora_cmd.lora)
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(flipad_cmd.app, name="flipad")
 app.add_typer(keyed_cmd.app, name="keyed")

@@ -7,16 +7,26 @@ from pathlib import Path
 import typer
 
 from genprov.cli.common import JSON_OPTION, SEED_OPTION, emit, handle_errors
+from genprov.exceptions import ConfigError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.sampling import sample as draw_samples
 from genprov.models.sampling import save_samples
+from genprov.models.t2i import is_pipeline_folder, load_pipeline, sample_pipeline
 from genprov.utils.artifacts import check_output_folder
 
 
 @handle_errors
 def sample(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint folder written by 'genprov train'."),
-    n: int = typer.Option(64, "--n", "-n", min=1, help="Number of samples."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Checkpoint folder written by 'genprov train', or a text-to-image pipeline folder (with --prompt)."
+    ),
+    n: int = typer.Option(64, "--n", "-n", min=1, help="Number of samples (per prompt for a pipeline)."),
+    prompt: list[str] = typer.Option(
+        [], "--prompt", help="Pipelines only: a prompt (repeat for several; one grid row per prompt)."
+    ),
+    guidance_scale: float = typer.Option(
+        7.5, "--guidance-scale", help="Pipelines only: classifier-free guidance weight (1 = none; 7.5 as diffusers)."
+    ),
     seed: int = SEED_OPTION,
     out: Path = typer.Option(..., "--out", help="Folder for samples.npz and grid.png (created)."),
     ddim_steps: int = typer.Option(
@@ -33,11 +43,40 @@ def sample(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Draw samples from a GAN or DDPM checkpoint; sample i depends only on (seed, i).
+    """Draw samples from a GAN or DDPM checkpoint, or a text-to-image pipeline with --prompt; sample i depends
+    only on (seed, i).
 
     Example: genprov sample runs/dcgan --n 64 --seed 0 --out runs/dcgan-samples
+    Example: genprov sample runs/t2i --prompt "a photo of a horse" --n 8 --out runs/t2i-horses
     """
     check_output_folder(out)
+    if is_pipeline_folder(checkpoint):
+        if not prompt:
+            raise ConfigError(f"{checkpoint} is a text-to-image pipeline; say what to draw with --prompt TEXT.")
+        if ddim_steps < 1:
+            raise ConfigError("--ddim-steps must be at least 1 for a text-to-image pipeline (its denoising steps).")
+        pipe = load_pipeline(checkpoint)
+        x = sample_pipeline(
+            pipe, prompt, n, seed=seed, steps=ddim_steps, guidance_scale=guidance_scale, eta=eta, batch_size=batch_size
+        )
+        paths = save_samples(x, out, nrow=n, scale=scale)
+        emit(
+            {
+                "pipeline": str(checkpoint),
+                "prompts": list(prompt),
+                "n_per_prompt": n,
+                "seed": seed,
+                "shape": list(x.shape),
+                **{name: str(path) for name, path in paths.items()},
+            },
+            as_json=as_json,
+            title="samples",
+        )
+        return
+    if prompt:
+        raise ConfigError(
+            f"--prompt needs a text-to-image pipeline folder; {checkpoint} is not one (no model_index.json)."
+        )
     loaded = load_checkpoint(checkpoint)
     x = draw_samples(loaded, n, seed=seed, batch_size=batch_size, ddim_steps=ddim_steps or None, eta=eta)
     paths = save_samples(x, out, scale=scale)

@@ -19,12 +19,14 @@ from genprov.cli.common import (
     console,
     emit,
     handle_errors,
+    parse_sets,
 )
 from genprov.data import ImageDataset, load_dataset
 from genprov.exceptions import ConfigError, DataError
 from genprov.models.classifiers import ClassifierConfig
 from genprov.models.diffusion import DDPM_PRESETS, DDPMConfig
 from genprov.models.gans import GAN_OBJECTIVES, GANConfig
+from genprov.models.t2i import T2ITrainConfig, captions_for, quick_configs, train_t2i
 from genprov.models.train_config import COMMAND_STEPS, TrainConfig
 from genprov.models.training import (
     LOG_FILE,
@@ -206,3 +208,68 @@ def classifier(
         config, _train_config(config, dataset, steps, batch_size, lr, seed, checkpoint_every), dataset, out
     )
     _report(result, dataset, as_json)
+
+
+@app.command("t2i")
+@handle_errors
+def t2i(
+    data: str = DATA_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
+    captions: str = typer.Option(
+        "labels",
+        "--captions",
+        help="'labels' (captions from the class names: 'a photo of a horse', 'a handwritten seven') or a captions "
+        "file: JSON (a list in the dataset's order, or {image: caption}) or CSV with image and caption columns.",
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="A CI-sized run of a minute or two (smaller networks, fewer steps)."
+    ),
+    vae: Path | None = typer.Option(None, "--vae", help="Reuse the VAE of this pipeline folder (no VAE training)."),
+    sets: list[str] = typer.Option(
+        [],
+        "--set",
+        help="KEY=VALUE for any architecture or training parameter, e.g. --set unet_steps=6000 or "
+        "--set image_size=16 (JSON values).",
+    ),
+    checkpoint_every: int | None = config_option(
+        T2ITrainConfig, "checkpoint_every", "--checkpoint-every", default=None, min=0
+    ),
+    seed: int = config_option(T2ITrainConfig, "seed", "--seed", min=0),
+    out: Path = typer.Option(..., "--out", help="Pipeline folder (created; diffusers layout, also holds state/)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a text-to-image latent diffusion pipeline (VAE, U-Net, CLIP text encoder; StableDiffusionPipeline).
+
+    Images are resized to 32x32 (8x8x4 latents) by default; re-running the command resumes it.
+
+    Example: genprov train t2i --data cifar2 --captions labels --seed 0 --out runs/t2i
+    """
+    overrides = parse_sets(sets)
+    if checkpoint_every is not None:
+        overrides["checkpoint_every"] = checkpoint_every
+    model_config, train_config = quick_configs(overrides, quick=quick, seed=seed)
+    dataset = _load(data, data_root, model_config.image_size)
+    model_config = model_config.replace(channels=dataset.n_channels)
+    texts = captions_for(captions, dataset)
+    result = train_t2i(model_config, train_config, dataset.images, texts, out, vae_from=vae)
+    last = result.log[-1] if result.log else {}
+    if not as_json and result.resumed_from == result.step and result.step > 0:
+        console.print(f"{result.folder} is already trained for {result.step} steps; reusing it.")
+    emit(
+        {
+            "kind": "t2i",
+            "pipeline": str(result.folder),
+            "data": dataset.name,
+            "images": len(dataset),
+            "distinct_captions": len(set(texts)),
+            "image_size": model_config.image_size,
+            "latent_size": model_config.latent_size,
+            "steps": result.step,
+            "resumed_from": result.resumed_from,
+            "seconds": round(result.seconds, 2),
+            "log": str(result.folder / LOG_FILE),
+            **{k: v for k, v in last.items() if k not in ("step", "time")},
+        },
+        as_json=as_json,
+        title="trained text-to-image pipeline",
+    )

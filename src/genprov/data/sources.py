@@ -54,11 +54,12 @@ from genprov.data.images import (
 )
 from genprov.data.splits import split_indices, stratified_split_indices
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError
-from genprov.utils.artifacts import identify_artifact
+from genprov.utils.artifacts import PIPELINE_KIND, identify_artifact
 
 __all__ = [
     "DatasetInfo",
     "dataset_info",
+    "image_folder_files",
     "list_datasets",
     "load_dataset",
     "locate_file",
@@ -490,7 +491,7 @@ def _split_folder(path: Path, split: str) -> Path:
 
 def _not_image_folder(kind: str) -> bool:
     """Whether a folder holding an artefact of ``kind`` (:func:`identify_artifact`) is surely no image folder."""
-    if kind in ("workspace", "similarity index", "feature index", "feature store", "keyed family"):
+    if kind in ("workspace", "similarity index", "feature index", "feature store", "keyed family", PIPELINE_KIND):
         return True
     return kind.endswith((" checkpoint", " detector", " inversion attack", " defense"))
 
@@ -652,6 +653,16 @@ def load_dataset(
     if os.sep in key or "/" in key or path.suffix.lower() in _ARRAY_SUFFIXES or key.startswith((".", "~")):
         raise DataError(f"{path} does not exist. Check the path (relative paths start from {Path.cwd()}).")
     raise _unknown_dataset(key)
+
+
+def image_folder_files(path: str | os.PathLike[str], split: str = "train") -> list[Path]:
+    """The image files of an image folder in the order :func:`load_dataset` loads them (its whole ``split``,
+    without ``n``): what per-image metadata such as a captions file is matched against.
+
+    Raises:
+        DataError: As :func:`load_dataset` for the folder.
+    """
+    return _scan_folder(Path(path), split)[0]
 
 
 def has_split(name: str | os.PathLike[str], split: str) -> bool:

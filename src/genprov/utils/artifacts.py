@@ -4,7 +4,8 @@ genprov's artefacts are folders recognised by their marker files: a checkpoint's
 (``kind``), a fitted object's ``config.json`` (``format`` ``genprov-artifact``, ``kind`` and ``method``:
 attributors, keyed families, similarity indexes, extractors, mappers, attacks, defenses), a feature
 store's ``manifest.json``, the layouts before that format (a keyed family's ``manifest.json``, a
-similarity index's ``similarity.json``), a feature index's ``index.json``, a workspace's
+similarity index's ``similarity.json``), a feature index's ``index.json``, a diffusers pipeline's
+``model_index.json``, a workspace's
 ``workspace.json``, samples, a command's ``results.json``. :func:`identify_artifact` names what a folder holds; :func:`check_output_folder`
 refuses, before anything is written, a path that is a file or a folder holding an artefact the writer
 may not replace, naming what is there. Writers that resume their own runs accept their own kind and then
@@ -33,6 +34,7 @@ __all__ = [
     "INCOMPLETE_INDEX",
     "INCOMPLETE_STORE",
     "PICKLE_SUFFIXES",
+    "PIPELINE_KIND",
     "Artifact",
     "artifact_label",
     "check_output_file",
@@ -51,6 +53,8 @@ INCOMPLETE_CHECKPOINT = "incomplete checkpoint"
 INCOMPLETE_STORE = "incomplete feature store"
 #: Kind of a folder with a similarity index's parts but no ``index.json`` (an index build killed early).
 INCOMPLETE_INDEX = "incomplete similarity index"
+#: Kind of a diffusers pipeline folder (``model_index.json``: a text-to-image pipeline, genprov's or Stable Diffusion's).
+PIPELINE_KIND = "text-to-image pipeline"
 #: ``format`` of a fitted object's ``config.json`` (:mod:`genprov.models.artifact`).
 ARTIFACT_FORMAT = "genprov-artifact"
 # what a fitted object of each artefact kind is called in messages (and in check_output_folder's accept)
@@ -157,6 +161,11 @@ def identify_artifact(folder: str | os.PathLike[str]) -> Artifact | None:
         return Artifact("workspace", "workspace.json")
     if (path / "similarity.json").is_file():
         return Artifact("similarity index", "similarity.json")
+    if (path / "lora.json").is_file():
+        return Artifact("lora adapter", "lora.json")
+    if (path / "model_index.json").is_file():
+        cls = (_json(path / "model_index.json") or {}).get("_class_name")
+        return Artifact(PIPELINE_KIND, f"model_index.json _class_name {cls!r}")
     if (path / "config.json").is_file() and (_json(path / "config.json") or {}).get("format") == ARTIFACT_FORMAT:
         return _from_config(path / "config.json")  # before index.json: a similarity index holds both
     if (path / "index.json").is_file():
