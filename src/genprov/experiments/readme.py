@@ -176,16 +176,28 @@ def gnime_ablation(data: Results) -> str:
 
 def dtrak_lds(data: Results) -> str:
     """LDS (95% interval over test queries) of every method on real and generated queries, the noise ceiling,
-    then each study setting (test LDS; every setting shown, so picking one here would be post hoc)."""
+    then each study setting's TRAK and D-TRAK (test LDS, the mean cosine between unrelated examples' features,
+    and the paired D-TRAK - TRAK difference; every setting shown, so picking one here would be post hoc)."""
     methods, kinds = data["lds"]["methods"], ("real", "generated")
-    rows = [[name, *(_ci(methods[k][name]["lds"], 3) for k in kinds)] for name in methods["real"]]
-    rows.append(["noise ceiling (seed vs seed)", *(_ci(data["lds"]["noise_ceiling"][k], 3) for k in kinds)])
+    cosine = data.get("unrelated_feature_cosine", {})
+    rows = [[name, *(_ci(methods[k][name]["lds"], 3) for k in kinds),
+             fmt(cosine[name]) if name in cosine else ""] for name in methods["real"]]  # fmt: skip
+    rows.append(["noise ceiling (seed vs seed)", *(_ci(data["lds"]["noise_ceiling"][k], 3) for k in kinds), ""])
     for row in data["variant_study"]:
+        if "paired difference" in row:
+            if row["method"].startswith("D-TRAK - TRAK"):
+                kind = "real" if row["method"].endswith("(real)") else "generated"
+                cells = ["", ""]
+                cells[kinds.index(kind)] = _ci(row["paired difference"], 3, signed=True)
+                rows.append([f"D-TRAK - TRAK, {row['setting']} (post hoc)", *cells, ""])
+            continue
+        cos = row.get("unrelated feature cosine")
         rows.append(
             [f"{row['method']}, {row['setting']} (post hoc)",
-             *(_ci(row[f"LDS {k}"], 3) if f"LDS {k}" in row else "" for k in kinds)]
+             *(_ci(row[f"LDS {k}"], 3) if f"LDS {k}" in row else "" for k in kinds),
+             fmt(cos) if cos is not None else ""]
         )  # fmt: skip
-    return markdown_table(["method (test queries)", "LDS real", "LDS generated"], rows)
+    return markdown_table(["method (test queries)", "LDS real", "LDS generated", "unrelated cosine"], rows)
 
 
 def dtrak_chosen(data: Results) -> str:
