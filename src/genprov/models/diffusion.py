@@ -41,6 +41,7 @@ __all__ = [
     "build_ddpm",
     "build_scheduler",
     "build_unet",
+    "check_noise_schedule",
     "ddpm_loss",
     "ddpm_sample",
 ]
@@ -130,19 +131,7 @@ class DDPMConfig(Config):
                 f"a positive divisor of every entry of block_out_channels {blocks} (or None to pick one)",
                 self.norm_num_groups,
             )
-        require(
-            is_positive_int(self.num_train_timesteps) and self.num_train_timesteps >= 2,
-            "num_train_timesteps",
-            "an integer >= 2",
-            self.num_train_timesteps,
-        )
-        require(self.beta_schedule in _SCHEDULES, "beta_schedule", f"one of {_SCHEDULES}", self.beta_schedule)
-        require(
-            0 < self.beta_start < self.beta_end < 1,
-            "beta_start, beta_end",
-            "0 < beta_start < beta_end < 1",
-            (self.beta_start, self.beta_end),
-        )
+        check_noise_schedule(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
 
     @property
     def groups(self) -> int:
@@ -374,3 +363,21 @@ def _prev_sample(out: Any) -> Tensor:
     """``prev_sample`` of a scheduler step output (dataclass or tuple)."""
     x: Tensor = out[0] if isinstance(out, tuple) else out.prev_sample
     return x
+
+
+def check_noise_schedule(num_train_timesteps: int, beta_schedule: str, beta_start: float, beta_end: float) -> None:
+    """Validate a DDPM noise schedule (shared by :class:`DDPMConfig` and the text-to-image config).
+
+    Raises:
+        ConfigError: Naming the field, what it must be and what it got.
+    """
+    require(
+        is_positive_int(num_train_timesteps) and num_train_timesteps >= 2,
+        "num_train_timesteps",
+        "an integer >= 2",
+        num_train_timesteps,
+    )
+    require(beta_schedule in _SCHEDULES, "beta_schedule", f"one of {_SCHEDULES}", beta_schedule)
+    require(
+        0 < beta_start < beta_end < 1, "beta_start, beta_end", "0 < beta_start < beta_end < 1", (beta_start, beta_end)
+    )

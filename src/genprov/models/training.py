@@ -71,6 +71,7 @@ __all__ = [
     "STATE_DIR",
     "TrainConfig",
     "TrainResult",
+    "TrainingProgress",
     "batch_indices",
     "default_train_config",
     "train_classifier",
@@ -361,7 +362,7 @@ def _write_log(out_dir: Path, log: list[dict[str, float]]) -> None:
 
 
 @dataclasses.dataclass
-class _Progress:
+class TrainingProgress:
     """Where a run stands; saved in ``state.json`` so a resumed run logs exactly like an uninterrupted one.
 
     Attributes:
@@ -390,7 +391,7 @@ class _Progress:
         self.sums, self.n_summed = {}, 0
 
 
-def _save(task: _Task, out_dir: Path, fingerprint: str, prog: _Progress) -> None:
+def _save(task: _Task, out_dir: Path, fingerprint: str, prog: TrainingProgress) -> None:
     state_dir = out_dir / STATE_DIR
     tensors = state_tensors(task.modules)
     structures: dict[str, Any] = {}
@@ -476,7 +477,7 @@ def _check_out(task: _Task, out_dir: Path, fingerprint: str, *, resume: bool) ->
         raise _mismatch(config, diffs)
 
 
-def _restore(task: _Task, out_dir: Path, fingerprint: str) -> _Progress:
+def _restore(task: _Task, out_dir: Path, fingerprint: str) -> TrainingProgress:
     """Check ``out_dir/state`` against the task's configs and data, then load it into ``task``."""
     state_dir = out_dir / STATE_DIR
     try:
@@ -508,7 +509,7 @@ def _restore(task: _Task, out_dir: Path, fingerprint: str) -> _Progress:
         lines = log_path.read_text(encoding="utf-8").splitlines()
         log = [entry for entry in (json.loads(line) for line in lines if line.strip()) if entry["step"] <= step]
     pending = meta.get("pending_losses") or {}
-    return _Progress(
+    return TrainingProgress(
         step=step,
         elapsed=float(meta.get("elapsed", 0.0)),
         log=log,
@@ -526,7 +527,7 @@ def _run(
     _check_out(task, out, fingerprint, resume=resume)
     cfg = task.cfg
     state_dir = out / STATE_DIR
-    prog = _Progress()
+    prog = TrainingProgress()
     if (state_dir / _STATE_JSON).is_file():
         if resume:
             prog = _restore(task, out, fingerprint)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from genprov.config import Config, is_positive_int, require
 from genprov.exceptions import CheckpointError, ConfigError, MissingDependencyError
+from genprov.models.diffusion import check_noise_schedule
 from genprov.utils.artifacts import PIPELINE_KIND, check_output_folder, identify_artifact, is_pickle_file
 from genprov.utils.io import read_json
 from genprov.utils.progress import progress
@@ -70,7 +71,6 @@ MODEL_INDEX = "model_index.json"
 #: The components a Stable Diffusion 1.x / 2.x pipeline needs (its safety checker and feature extractor are never loaded).
 PIPELINE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 _WEIGHTED = ("vae", "text_encoder", "unet")
-_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 _LOGGERS = ("transformers", "diffusers", "huggingface_hub")
 
 
@@ -233,19 +233,7 @@ class T2IConfig(Config):
             "an integer >= 515 (2 special tokens, 512 byte tokens and at least one merge)",
             self.vocab_size,
         )
-        require(
-            is_positive_int(self.num_train_timesteps) and self.num_train_timesteps >= 2,
-            "num_train_timesteps",
-            "an integer >= 2",
-            self.num_train_timesteps,
-        )
-        require(self.beta_schedule in _SCHEDULES, "beta_schedule", f"one of {_SCHEDULES}", self.beta_schedule)
-        require(
-            0 < self.beta_start < self.beta_end < 1,
-            "beta_start, beta_end",
-            "0 < beta_start < beta_end < 1",
-            (self.beta_start, self.beta_end),
-        )
+        check_noise_schedule(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
 
     @property
     def latent_size(self) -> int:

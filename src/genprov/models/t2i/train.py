@@ -62,7 +62,7 @@ from genprov.models.t2i.pipeline import (
     save_pipeline,
 )
 from genprov.models.t2i.tokenizer import check_prompts, train_tokenizer
-from genprov.models.training import LOG_FILE, STATE_DIR, batch_indices
+from genprov.models.training import LOG_FILE, STATE_DIR, TrainingProgress, batch_indices
 from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, PIPELINE_KIND, check_output_folder
 from genprov.utils.io import atomic_write_json, atomic_write_text, read_json
 from genprov.utils.progress import progress
@@ -309,31 +309,11 @@ class _Run:
 # ---------------------------------------------------------------------------------------- run state
 
 
-@dataclasses.dataclass
-class _Progress:
-    step: int = 0
-    elapsed: float = 0.0
-    log: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    sums: dict[str, float] = dataclasses.field(default_factory=dict)
-    n_summed: int = 0
-
-    def add(self, losses: Mapping[str, float]) -> None:
-        for key, value in losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.n_summed += 1
-        self.step += 1
-
-    def flush(self) -> None:
-        entry = {"step": self.step, **{k: v / self.n_summed for k, v in self.sums.items()}}
-        self.log.append({**entry, "time": round(self.elapsed, 3)})
-        self.sums, self.n_summed = {}, 0
-
-
 def _write_log(out: Path, log: list[dict[str, float]]) -> None:
     atomic_write_text(out / LOG_FILE, "".join(json.dumps(entry) + "\n" for entry in log))
 
 
-def _save_state(run: _Run, out: Path, fingerprint: str, prog: _Progress) -> None:
+def _save_state(run: _Run, out: Path, fingerprint: str, prog: TrainingProgress) -> None:
     state_dir = out / STATE_DIR
     tensors = state_tensors(run.modules)
     structures: dict[str, Any] = {}
@@ -371,7 +351,7 @@ def _mismatch(where: Path, diffs: Mapping[str, tuple[Any, Any]]) -> StoreMismatc
     )
 
 
-def _restore(run: _Run, out: Path, fingerprint: str) -> _Progress:
+def _restore(run: _Run, out: Path, fingerprint: str) -> TrainingProgress:
     state_dir = out / STATE_DIR
     try:
         meta = read_json(state_dir / _STATE_JSON)
@@ -407,7 +387,7 @@ def _restore(run: _Run, out: Path, fingerprint: str) -> _Progress:
         lines = (out / LOG_FILE).read_text(encoding="utf-8").splitlines()
         log = [e for e in (json.loads(line) for line in lines if line.strip()) if e["step"] <= step]
     pending = meta.get("pending_losses") or {}
-    return _Progress(
+    return TrainingProgress(
         step=step,
         elapsed=float(meta.get("elapsed", 0.0)),
         log=log,
@@ -494,7 +474,7 @@ def train_t2i(
         components["vae"], cfg = reused, dataclasses.replace(train_config, vae_steps=0)
     fingerprint = _fingerprint(x, texts, reused)
     run = _Run(model_config, cfg, x, texts, components, tokenizer, torch.device(device))
-    prog = _Progress()
+    prog = TrainingProgress()
     state_dir = out / STATE_DIR
     if (state_dir / _STATE_JSON).is_file() and resume:
         prog = _restore(run, out, fingerprint)
@@ -512,7 +492,7 @@ def train_t2i(
         prog.add(losses)
         prog.elapsed = elapsed0 + time.perf_counter() - t_start
         if prog.step % cfg.log_every == 0 or prog.step == cfg.n_steps or prog.step == cfg.vae_steps:
-            prog.flush()
+            prog.flush_log(prog.elapsed)
         if (cfg.checkpoint_every and prog.step % cfg.checkpoint_every == 0) or prog.step in (
             cfg.n_steps,
             cfg.vae_steps,
