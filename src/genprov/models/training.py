@@ -391,16 +391,46 @@ class TrainingProgress:
         self.sums, self.n_summed = {}, 0
 
 
-def _save(task: _Task, out_dir: Path, fingerprint: str, prog: TrainingProgress) -> None:
-    state_dir = out_dir / STATE_DIR
-    tensors = state_tensors(task.modules)
+def save_state_tensors(
+    state_dir: Path, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], step: int
+) -> tuple[str, dict[str, Any]]:
+    """Write the weights and optimizer states of a run at ``step`` into ``state_dir``; the file name and the
+    optimizers' structures, which :func:`commit_state` records once the run's other files are written."""
+    tensors = state_tensors(modules)
     structures: dict[str, Any] = {}
-    for name, opt in task.optimizers.items():
+    for name, opt in optimizers.items():
         structures[name], opt_tensors = flatten_optimizer_state(f"optimizer.{name}", opt.state_dict())
         tensors.update(opt_tensors)
-    step = prog.step
     file_name = f"state-{step:09d}.safetensors"
     save_tensors(state_dir / file_name, tensors, metadata={"step": str(step)})
+    return file_name, structures
+
+
+def commit_state(
+    state_dir: Path, file_name: str, structures: Mapping[str, Any], prog: TrainingProgress, record: Mapping[str, Any]
+) -> None:
+    """Point ``state.json`` at ``file_name`` (with ``record``: kind, configs, data fingerprint, ...) and remove
+    older state files: the last step of a save, so an interrupted save resumes from the previous state."""
+    atomic_write_json(
+        state_dir / _STATE_JSON,
+        {
+            "step": prog.step,
+            "file": file_name,
+            **record,
+            "elapsed": prog.elapsed,
+            "pending_losses": {"sums": prog.sums, "n": prog.n_summed},
+            "optimizers": structures,
+        },
+    )
+    for old in state_dir.glob("state-*.safetensors"):
+        if old.name != file_name:
+            old.unlink(missing_ok=True)
+
+
+def _save(task: _Task, out_dir: Path, fingerprint: str, prog: TrainingProgress) -> None:
+    state_dir = out_dir / STATE_DIR
+    step = prog.step
+    file_name, structures = save_state_tensors(state_dir, task.modules, task.optimizers, step)
     save_checkpoint(
         out_dir,
         task.kind,
@@ -410,23 +440,13 @@ def _save(task: _Task, out_dir: Path, fingerprint: str, prog: TrainingProgress) 
         extra={"step": step, "n_steps": task.cfg.n_steps, "complete": step >= task.cfg.n_steps, "data": fingerprint},
     )
     _write_log(out_dir, prog.log)
-    atomic_write_json(
-        state_dir / _STATE_JSON,
-        {
-            "step": step,
-            "file": file_name,
-            "kind": task.kind,
-            "model": task.model_config.to_dict(),
-            "training": task.cfg.to_dict(),
-            "data": fingerprint,
-            "elapsed": prog.elapsed,
-            "pending_losses": {"sums": prog.sums, "n": prog.n_summed},
-            "optimizers": structures,
-        },
-    )
-    for old in state_dir.glob("state-*.safetensors"):
-        if old.name != file_name:
-            old.unlink(missing_ok=True)
+    record = {
+        "kind": task.kind,
+        "model": task.model_config.to_dict(),
+        "training": task.cfg.to_dict(),
+        "data": fingerprint,
+    }
+    commit_state(state_dir, file_name, structures, prog, record)
 
 
 def _clear_state(state_dir: Path) -> None:

@@ -46,10 +46,8 @@ from genprov.config import Config, is_int, require
 from genprov.exceptions import CheckpointError, ConfigError, DataError, StoreMismatchError
 from genprov.models.checkpoints import (
     check_state,
-    flatten_optimizer_state,
     load_modules,
     load_tensors,
-    save_tensors,
     state_tensors,
     unflatten_optimizer_state,
 )
@@ -62,9 +60,16 @@ from genprov.models.t2i.pipeline import (
     save_pipeline,
 )
 from genprov.models.t2i.tokenizer import check_prompts, train_tokenizer
-from genprov.models.training import LOG_FILE, STATE_DIR, TrainingProgress, batch_indices
+from genprov.models.training import (
+    LOG_FILE,
+    STATE_DIR,
+    TrainingProgress,
+    batch_indices,
+    commit_state,
+    save_state_tensors,
+)
 from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, PIPELINE_KIND, check_output_folder
-from genprov.utils.io import atomic_write_json, atomic_write_text, read_json
+from genprov.utils.io import atomic_write_text, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, torch_generator
 from genprov.utils.validation import check_images
@@ -315,32 +320,16 @@ def _write_log(out: Path, log: list[dict[str, float]]) -> None:
 
 def _save_state(run: _Run, out: Path, fingerprint: str, prog: TrainingProgress) -> None:
     state_dir = out / STATE_DIR
-    tensors = state_tensors(run.modules)
-    structures: dict[str, Any] = {}
-    for name, opt in run.optimizers.items():
-        structures[name], opt_tensors = flatten_optimizer_state(f"optimizer.{name}", opt.state_dict())
-        tensors.update(opt_tensors)
-    file_name = f"state-{prog.step:09d}.safetensors"
-    save_tensors(state_dir / file_name, tensors, metadata={"step": str(prog.step)})
+    file_name, structures = save_state_tensors(state_dir, run.modules, run.optimizers, prog.step)
     _write_log(out, prog.log)
-    atomic_write_json(
-        state_dir / _STATE_JSON,
-        {
-            "step": prog.step,
-            "file": file_name,
-            "kind": "t2i",
-            "model": run.config.to_dict(),
-            "training": run.cfg.to_dict(),
-            "data": fingerprint,
-            "scaling_factor": float(run.vae.config.scaling_factor),
-            "elapsed": prog.elapsed,
-            "pending_losses": {"sums": prog.sums, "n": prog.n_summed},
-            "optimizers": structures,
-        },
-    )
-    for old in state_dir.glob("state-*.safetensors"):
-        if old.name != file_name:
-            old.unlink(missing_ok=True)
+    record = {
+        "kind": "t2i",
+        "model": run.config.to_dict(),
+        "training": run.cfg.to_dict(),
+        "data": fingerprint,
+        "scaling_factor": float(run.vae.config.scaling_factor),
+    }
+    commit_state(state_dir, file_name, structures, prog, record)
 
 
 def _mismatch(where: Path, diffs: Mapping[str, tuple[Any, Any]]) -> StoreMismatchError:
