@@ -15,6 +15,7 @@ This package sits low in genprov's layers: it imports only ``genprov.config``, `
 ``genprov.results``, ``genprov.utils`` and ``genprov.exceptions``.
 """
 
+from genprov.data.conditioned import ConditionedExamples
 from genprov.data.dataset import ImageDataset
 from genprov.data.download import DOWNLOADABLE, download
 from genprov.data.idx import read_idx
@@ -56,6 +57,7 @@ __all__ = [
     "MAX_DECODED_PIXELS",
     "PERTURBATIONS",
     "TABULAR_DATASETS",
+    "ConditionedExamples",
     "DatasetInfo",
     "ImageDataset",
     "TabularDataset",

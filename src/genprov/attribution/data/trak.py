@@ -64,6 +64,7 @@ from genprov.attribution.data.base import DataAttributor, StoreLike, TrainingSet
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import PROJECTORS, Projector
 from genprov.config import Config, is_int, require
+from genprov.data.conditioned import ConditionedExamples
 from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
@@ -82,6 +83,7 @@ __all__ = [
     "PER_EXAMPLE",
     "SCHEDULES",
     "SCORINGS",
+    "Examples",
     "TRAKAttributor",
     "TRAKConfig",
     "method_name",
@@ -114,6 +116,9 @@ DAMPING_GRID: tuple[float, ...] = tuple(m * 10.0**j for j in range(-5, 3) for m 
 #: Rows of the training features read at once when scoring (bounds memory for large stores).
 _ROW_CHUNK = 16384
 _FEATURE_FORMAT = 1
+#: What TRAK featurizes: images (N, C, H, W) for an unconditional model, or latents with their text
+#: embeddings (:class:`~genprov.data.ConditionedExamples`) for a text-to-image model.
+Examples = Tensor | ConditionedExamples
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -309,18 +314,26 @@ def unrelated_feature_cosine(features: np.ndarray | Tensor, *, max_rows: int = 2
     return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
 
 
-def query_key(image: Tensor) -> str:
-    """The noise key of a query: a hash of its (C, H, W) float32 values (stable across runs)."""
-    array = np.ascontiguousarray(image.detach().to("cpu", torch.float32).numpy())
-    return hashlib.blake2b(array.tobytes() + str(array.shape).encode(), digest_size=12).hexdigest()
+def query_key(image: Tensor, context: Tensor | None = None) -> str:
+    """The noise key of a query: a hash of its (C, H, W) float32 values and, for a conditional model, of its
+    (L, D) context (stable across runs)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for part in (image, context):
+        if part is None:
+            continue
+        array = np.ascontiguousarray(part.detach().to("cpu", torch.float32).numpy())
+        digest.update(array.tobytes() + str(array.shape).encode())
+    return digest.hexdigest()
 
 
 class TRAKAttributor(DataAttributor, Pretrained):
     """TRAK / D-TRAK data attribution for a noise-prediction diffusion model.
 
     Args:
-        model: The DDPM (``forward(x_t, t) -> eps``; e.g. :class:`genprov.models.DDPM`). Put in eval mode
-            while features are computed.
+        model: The DDPM (``forward(x_t, t) -> eps``; e.g. :class:`genprov.models.DDPM`), or a conditional
+            denoiser (``forward(x_t, t, context) -> eps`` with ``requires_context = True``: a text-to-image
+            pipeline's U-Net, :meth:`for_pipeline`), whose examples are
+            :class:`~genprov.data.ConditionedExamples`. Put in eval mode while features are computed.
         scheduler: Anything with ``betas`` and ``alphas_cumprod`` (a diffusers ``DDPMScheduler``);
             default: ``model.config``'s schedule via :func:`genprov.models.build_scheduler`.
         config: Settings (default :class:`TRAKConfig`: TRAK with the ``loss`` output).
@@ -345,6 +358,28 @@ class TRAKAttributor(DataAttributor, Pretrained):
         self.store_: FeatureStore | None = None
         self._ready = False
         self._kernel: dict[str, Any] = {}
+
+    @classmethod
+    def for_pipeline(cls, pipeline: Any, config: TRAKConfig | None = None) -> TRAKAttributor:
+        """TRAK / D-TRAK on a text-to-image pipeline's U-Net (with its LoRA, if loaded), in latent space.
+
+        Examples are :class:`~genprov.data.ConditionedExamples` from ``genprov.models.t2i.encode_examples``
+        (training images with their captions; queries with their prompts). ``config.include`` restricts the
+        gradients to some parameters, e.g. ``LORA_PARAMETER_GLOBS`` for the LoRA's (the paper's ArtBench setting).
+
+        Args:
+            pipeline: A ``StableDiffusionPipeline`` (``genprov.models.t2i.load_pipeline``) with a
+                noise-predicting scheduler.
+            config: Settings (default :class:`TRAKConfig`).
+        """
+        from genprov.models.t2i.denoiser import LatentDenoiser
+
+        return cls(LatentDenoiser(pipeline.unet, pipeline.scheduler), pipeline.scheduler, config)
+
+    @property
+    def requires_context(self) -> bool:
+        """Whether the model is conditional (its examples are :class:`~genprov.data.ConditionedExamples`)."""
+        return bool(getattr(self.model, "requires_context", False))
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -423,12 +458,16 @@ class TRAKAttributor(DataAttributor, Pretrained):
                 out[i, j] = torch.randn(*shape, generator=torch_generator(cfg.seed, "trak-noise", key, t))
         return out
 
-    def _example_output(self, params: dict[str, Tensor], x0: Tensor, noise: Tensor) -> Tensor:
-        """``mean_t f(eps_theta(x_t, t))`` for one example x0 (C, H, W) and its noise (K, C, H, W)."""
+    def _example_output(
+        self, params: dict[str, Tensor], x0: Tensor, noise: Tensor, context: Tensor | None = None
+    ) -> Tensor:
+        """``mean_t f(eps_theta(x_t, t[, context]))`` for one example x0 (C, H, W), its noise (K, C, H, W) and,
+        for a conditional model, its context (L, D), the same at every timestep."""
         t = self._t
         abar = self._schedule_on.alphas_cumprod[t].reshape(-1, *([1] * x0.ndim))
         x_t = abar.sqrt() * x0.unsqueeze(0) + (1 - abar).sqrt() * noise
-        eps_pred = functional_call(self.model, params, (x_t, t))
+        args = (x_t, t) if context is None else (x_t, t, context.unsqueeze(0).expand(len(t), *context.shape))
+        eps_pred = functional_call(self.model, params, args)
         return self._output_fn(eps_pred, noise, t, self._schedule_on).mean()
 
     @property
@@ -439,37 +478,42 @@ class TRAKAttributor(DataAttributor, Pretrained):
             return sum(self._sizes.values()) < LOOP_FROM_PARAMETERS
         return self.config.per_example == "vmap"
 
-    def gradients(self, batch: Tensor, keys: Sequence[int | str]) -> dict[str, Tensor]:
+    def gradients(self, batch: Examples, keys: Sequence[int | str]) -> dict[str, Tensor]:
         """Per-example gradients of ``mean_t f`` for the selected parameters.
 
         Args:
-            batch: (b, C, H, W) examples.
+            batch: (b, C, H, W) examples, or b :class:`~genprov.data.ConditionedExamples` for a conditional model.
             keys: (b,) their noise keys (training indices, or query hashes).
 
         Returns:
             ``{parameter name: (b, *param_shape)}`` float32 gradients.
         """
         self._setup()
-        if len(keys) != len(batch):
-            raise DataError(f"need one index per example; got {len(keys)} for {len(batch)} examples.")
+        images, context = self._check_examples(batch, "batch")
+        if len(keys) != len(images):
+            raise DataError(f"need one index per example; got {len(keys)} for {len(images)} examples.")
         device = next(self.model.parameters()).device
         self._t = torch.tensor(self._timesteps, dtype=torch.long, device=device)
         self._schedule_on = self._schedule.to(device)
-        noise = self.noise(keys, batch.shape[1:]).to(device)
-        x0 = batch.to(device)
+        noise = self.noise(keys, images.shape[1:]).to(device)
+        x0 = images.to(device)
+        ctx = None if context is None else context.to(device)
         all_params = dict(self.model.named_parameters())
         params = {n: all_params[n].detach() for n in self._param_names}
         was_training = self.model.training
         self.model.eval()
         try:
             if self.uses_vmap:
+                fn = vmap(grad(self._example_output), in_dims=(None, 0, 0) if ctx is None else (None, 0, 0, 0))
                 with torch.no_grad():  # torch.func.grad ignores it; it stops autograd recording the frozen weights
-                    return dict(vmap(grad(self._example_output), in_dims=(None, 0, 0))(params, x0, noise))
-            return self._loop_gradients(params, x0, noise)
+                    return dict(fn(params, x0, noise) if ctx is None else fn(params, x0, noise, ctx))
+            return self._loop_gradients(params, x0, noise, ctx)
         finally:
             self.model.train(was_training)
 
-    def _loop_gradients(self, params: dict[str, Tensor], x0: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    def _loop_gradients(
+        self, params: dict[str, Tensor], x0: Tensor, noise: Tensor, context: Tensor | None
+    ) -> dict[str, Tensor]:
         """Per-example gradients one example at a time with plain reverse-mode autograd.
 
         Only the selected parameters are leaves that require a gradient, so autograd computes nothing else
@@ -481,13 +525,14 @@ class TRAKAttributor(DataAttributor, Pretrained):
         rows: dict[str, list[Tensor]] = {n: [] for n in self._param_names}
         with torch.enable_grad():
             for i in range(len(x0)):
-                out = self._example_output({**frozen, **leaves}, x0[i], noise[i])
+                ctx = None if context is None else context[i]
+                out = self._example_output({**frozen, **leaves}, x0[i], noise[i], ctx)
                 grads = torch.autograd.grad(out, list(leaves.values()), allow_unused=True)
                 for (n, p), g in zip(leaves.items(), grads, strict=True):
                     rows[n].append(torch.zeros_like(p) if g is None else g)
         return {n: torch.stack(rows[n]) for n in self._param_names}
 
-    def _features(self, batch: Tensor, keys: Sequence[int | str]) -> Tensor:
+    def _features(self, batch: Examples, keys: Sequence[int | str]) -> Tensor:
         out = []
         step = self.config.batch_size if self.uses_vmap else 1  # a loop projects each gradient as it comes
         for start in range(0, len(batch), step):
@@ -497,48 +542,71 @@ class TRAKAttributor(DataAttributor, Pretrained):
             return torch.empty(0, self.feature_dim)
         return torch.cat(out)
 
-    def featurize(self, batch: Tensor, indices: Tensor | Sequence[int]) -> Tensor:
+    def featurize(self, batch: Examples, indices: Tensor | Sequence[int]) -> Tensor:
         """Projected gradient features of training examples.
 
         Args:
-            batch: (b, C, H, W) examples in [-1, 1].
+            batch: (b, C, H, W) examples in [-1, 1] (or, for a conditional model, b ConditionedExamples).
             indices: (b,) their indices in the training set (seed their noise).
 
         Returns:
             (b, k) float32 features.
         """
         keys = [int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)]
-        return self._features(self._check_images(batch, "batch"), keys)
+        self._check_examples(batch, "batch")
+        return self._features(batch, keys)
 
-    def featurize_queries(self, queries: Tensor) -> Tensor:
+    def featurize_queries(self, queries: Examples) -> Tensor:
         """Features of queries: (n_queries, k) float32.
 
-        The noise is seeded by a hash of each query's pixels, or, under ``noise="batch-position"``, by its
-        position in ``queries`` (as the original featurizes its query set batch by batch).
+        The noise is seeded by a hash of each query's pixels (and its context, for a conditional model), or,
+        under ``noise="batch-position"``, by its position in ``queries`` (as the original featurizes its
+        query set batch by batch).
         """
-        queries = self._check_images(queries, "queries")
+        images, context = self._check_examples(queries, "queries")
         if self.config.noise == "batch-position":
-            return self._features(queries, list(range(len(queries))))
-        return self._features(queries, [query_key(q) for q in queries])
+            return self._features(queries, list(range(len(images))))
+        keys = [query_key(q, None if context is None else context[i]) for i, q in enumerate(images)]
+        return self._features(queries, keys)
 
-    def _check_images(self, x: Tensor, name: str) -> Tensor:
+    def _check_examples(self, x: Examples, name: str) -> tuple[Tensor, Tensor | None]:
+        """The float32 images (or latents) and, for a conditional model, the contexts of ``x``, checked."""
+        context: Tensor | None = None
+        if isinstance(x, ConditionedExamples):
+            if not self.requires_context:
+                raise DataError(
+                    f"{name} are latents with text embeddings but this model is unconditional; pass images (n, C, H, W)."
+                )
+            context = x.context.to(torch.float32)
+            x = x.latents
+        elif self.requires_context:
+            raise DataError(
+                f"{name}: this text-to-image model needs each example's caption; pass ConditionedExamples "
+                "(genprov.models.t2i.encode_examples(pipeline, images, captions))."
+            )
         if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise DataError(f"{name} must be a float tensor (n, C, H, W); got {shape}.")
         model_config = getattr(self.model, "config", None)
         size, channels = getattr(model_config, "image_size", None), getattr(model_config, "channels", None)
         if size is not None and tuple(x.shape[1:]) != (channels, size, size):
+            what = "latents" if context is not None else "images"
             raise DataError(
                 f"{name} must have shape (n, {channels}, {size}, {size}) for this model; got {tuple(x.shape)}. "
-                "Resize the images to the model's size."
+                f"Resize the {what} to the model's size."
             )
-        return x.to(torch.float32)
+        return x.to(torch.float32), context
 
     # ------------------------------------------------------------------------------------ fitting
 
-    def store_spec(self, images: Tensor) -> dict[str, Any]:
-        """What a feature store of ``images`` must match: config, timesteps, parameters, fingerprints."""
+    def store_spec(self, images: Examples) -> dict[str, Any]:
+        """What a feature store of ``images`` must match: config, timesteps, parameters, fingerprints (of the
+        latents and their contexts, for a conditional model)."""
         self._setup()
+        x, context = self._check_examples(images, "train")
+        arrays = [x.detach().cpu().contiguous().numpy()]
+        if context is not None:
+            arrays.append(context.detach().cpu().contiguous().numpy())
         return {
             "format": _FEATURE_FORMAT,
             "method": "trak-features",
@@ -547,14 +615,15 @@ class TRAKAttributor(DataAttributor, Pretrained):
             "parameters": {"n_blocks": len(self._param_names), "n_values": int(sum(self._sizes.values()))},
             "feature_dim": self.feature_dim,
             "model_fingerprint": fingerprint_state(self.model),
-            "data_fingerprint": fingerprint_arrays(images.detach().cpu().contiguous().numpy()),
+            "data_fingerprint": fingerprint_arrays(*arrays),
         }
 
     def fit(self, train: TrainingSet, store: StoreLike = None, *, show_progress: bool | None = None) -> TRAKAttributor:
         """Featurize the training set (resuming ``store``) and factor the kernel.
 
         Args:
-            train: An ``ImageDataset`` or (n, C, H, W) tensor; example ``i`` is keyed by its position ``i``.
+            train: An ``ImageDataset`` or (n, C, H, W) tensor (for a conditional model:
+                :class:`~genprov.data.ConditionedExamples`); example ``i`` is keyed by its position ``i``.
             store: Folder (or :class:`FeatureStore`) to write the features to, shard by shard; an existing
                 store with the same spec is resumed (finished shards are kept). ``None``: in memory.
             show_progress: Progress bar over shards.
@@ -565,7 +634,8 @@ class TRAKAttributor(DataAttributor, Pretrained):
         Raises:
             StoreMismatchError: ``store`` holds features of another config, model or data (names the fields).
         """
-        images = self._check_images(training_images(train), "train")
+        images: Examples = train if isinstance(train, ConditionedExamples) else training_images(train)
+        self._check_examples(images, "train")
         n = len(images)
         cfg = self.config
         spec = self.store_spec(images)

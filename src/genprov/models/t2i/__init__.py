@@ -8,12 +8,14 @@ Example:
 ``pipeline`` builds, saves (``save_pretrained``, safetensors only) and opens (any Stable Diffusion 1.x/2.x
 folder, nothing downloaded) pipelines and samples them; ``tokenizer`` trains the CLIP BPE vocabulary on the
 captions; ``captions`` captions images from their labels or a captions file; ``train`` trains the VAE, then the
-U-Net and text encoder, resumably. ``tiny_pipeline()`` / ``tiny_pipeline_config()`` are the tiny random
+U-Net and text encoder, resumably. ``denoiser`` encodes captioned images once (latents + text embeddings) and runs the U-Net on them for gradient
+attribution; ``tiny_pipeline()`` / ``tiny_pipeline_config()`` are the tiny random
 pipelines of unit tests. Needs the ``t2i`` extra (transformers, tokenizers); diffusers and transformers are
 imported only when a pipeline is first built or opened.
 """
 
 from genprov.models.t2i.captions import CaptionsError, captions_for, captions_from_labels, read_captions_file
+from genprov.models.t2i.denoiser import LatentDenoiser, encode_examples, encode_prompts
 from genprov.models.t2i.lora import (
     LORA_PARAMETER_GLOBS,
     LoRAConfig,
@@ -50,6 +52,7 @@ __all__ = [
     "PIPELINE_COMPONENTS",
     "T2I_QUICK",
     "CaptionsError",
+    "LatentDenoiser",
     "LoRAConfig",
     "MissingComponentError",
     "NotAPipelineError",
@@ -65,6 +68,8 @@ __all__ = [
     "captions_for",
     "captions_from_labels",
     "check_prompts",
+    "encode_examples",
+    "encode_prompts",
     "is_pipeline_folder",
     "load_lora",
     "load_pipeline",

@@ -70,7 +70,7 @@ from genprov.models.checkpoints import (
     unflatten_optimizer_state,
 )
 from genprov.models.t2i.pipeline import quiet_hub, require_t2i
-from genprov.models.t2i.tokenizer import check_prompts
+from genprov.models.t2i.tokenizer import check_prompts, token_ids
 from genprov.models.training import batch_indices
 from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, check_output_folder, refuse_pickle
 from genprov.utils.checksums import sign_safetensors
@@ -531,20 +531,10 @@ class _Batchable:
         return self.mean[idx] + self.std[idx] * eps
 
 
-def _token_ids(tokenizer: Any, captions: Sequence[str], what: str) -> Tensor:
-    """Token ids padded to the tokenizer's length (as the diffusers scripts tokenize); a caption longer than
-    the tokenizer allows is refused (``PromptTooLongError``)."""
-    check_prompts(tokenizer, captions, option=what)
-    limit = int(tokenizer.model_max_length)
-    return tokenizer(
-        list(captions), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
-    ).input_ids
-
-
 @torch.no_grad()
 def _encode(pipeline: Pipeline, images: Tensor, captions: Sequence[str], *, cache_text: bool, what: str) -> _Batchable:
     """Encode ``images`` with the VAE once (posterior mean and std) and their captions."""
-    ids = _token_ids(pipeline.tokenizer, captions, what)
+    ids = token_ids(pipeline.tokenizer, captions, option=what)
     device = pipeline.unet.device
     means, stds = [], []
     for chunk in images.split(16):

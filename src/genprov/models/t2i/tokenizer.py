@@ -24,6 +24,7 @@ from genprov.exceptions import ConfigError
 from genprov.utils.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
+    from torch import Tensor
     from transformers import CLIPTokenizer
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "check_prompts",
     "save_tokenizer_files",
     "token_count",
+    "token_ids",
     "train_tokenizer",
 ]
 
@@ -135,3 +137,14 @@ def check_prompts(tokenizer: CLIPTokenizer, prompts: Sequence[str], *, option: s
                 f"{option} {prompt[:60]!r} is {n} tokens long (start and end tokens included) but this pipeline's "
                 f"text encoder takes at most {limit}; shorten it."
             )
+
+
+def token_ids(tokenizer: CLIPTokenizer, captions: Sequence[str], *, option: str = "--prompt") -> Tensor:
+    """Token ids (n, model_max_length) padded to the tokenizer's length, as the diffusers scripts tokenize; a
+    caption longer than the tokenizer allows is refused (:class:`PromptTooLongError`, via :func:`check_prompts`)."""
+    check_prompts(tokenizer, captions, option=option)
+    limit = int(tokenizer.model_max_length)
+    ids: Tensor = tokenizer(
+        list(captions), padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
+    ).input_ids
+    return ids
