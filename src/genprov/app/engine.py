@@ -37,9 +37,11 @@ from genprov.attribution.data import TRAKAttributor, TRAKConfig
 from genprov.attribution.data.similarity import PARTS, SimilarityAttributor
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
 from genprov.data import image_to_tensor, min_image_size, png_roundtrip
-from genprov.exceptions import CheckpointError, ConfigError, GenprovError
+from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
+from genprov.models.t2i import check_prompts, encode_examples
+from genprov.models.t2i.source import open_pipeline
 
 __all__ = [
     "ANALYZERS",
@@ -49,6 +51,7 @@ __all__ = [
     "Analyzer",
     "BusyError",
     "LoadedWorkspace",
+    "PromptRequiredError",
     "ProvenanceEngine",
     "Timing",
     "prepare_image",
@@ -79,13 +82,18 @@ def prepare_image(image: Image.Image, size: int, channels: int) -> tuple[torch.T
     return png_roundtrip(x), notes
 
 
+class PromptRequiredError(DataError):
+    """An entry attributes to a text-to-image model and the query came without its prompt."""
+
+
 class Analyzer(Protocol):
     """One loaded entry."""
 
     entry: Entry
 
-    def analyze(self, image: Image.Image) -> dict[str, Any]:
-        """The entry's answer about ``image`` (JSON-ready)."""
+    def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
+        """The entry's answer about ``image`` (JSON-ready); ``prompt`` is the query's prompt, which entries of a
+        text-to-image model need and the others ignore."""
         ...
 
 
@@ -94,7 +102,7 @@ class _FlipadAnalyzer:
     entry: Entry
     attributor: ModelAttributor
 
-    def analyze(self, image: Image.Image) -> dict[str, Any]:
+    def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
         result = self.attributor.attribute(x)
         made = bool(result.verdicts[0])
@@ -112,7 +120,7 @@ class _KeyedAnalyzer:
     entry: Entry
     family: KeyedGenerators
 
-    def analyze(self, image: Image.Image) -> dict[str, Any]:
+    def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
         result = self.family.attribute(x)
         label = result.labels[0]
@@ -144,16 +152,28 @@ def _influencers(scores: np.ndarray, k: int, negative: int, name: str) -> dict[s
 
 @dataclass
 class _TRAKAnalyzer:
+    """A TRAK / D-TRAK entry; ``pipeline`` (a text-to-image entry's, with its LoRA) encodes each query with its
+    prompt."""
+
     entry: Entry
     attributor: TRAKAttributor
+    pipeline: Any = None
     k: int = 8
     negative: int = 4
 
-    def analyze(self, image: Image.Image) -> dict[str, Any]:
+    def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
-        scores = self.attributor.scores(x)[0].double().numpy()
-        out = _influencers(scores, self.k, self.negative, self.entry.name)
+        if self.pipeline is None:
+            scores = self.attributor.scores(x)
+        else:
+            if not prompt:
+                raise PromptRequiredError(f"Entry {self.entry.name!r} needs the query's prompt.")
+            query = encode_examples(self.pipeline, x, [prompt], option="prompt")
+            scores = self.attributor.scores_from_features(self.attributor.featurize_queries(query))
+        out = _influencers(scores[0].double().numpy(), self.k, self.negative, self.entry.name)
         out.update({"method": self.attributor.method, "notes": notes})
+        if self.pipeline is not None:
+            out["prompt"] = prompt
         return out
 
 
@@ -163,7 +183,7 @@ class _SimilarityAnalyzer:
     attributor: SimilarityAttributor
     k: int = 8
 
-    def analyze(self, image: Image.Image) -> dict[str, Any]:
+    def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
         result = self.attributor.attribute(x, k=self.k)
         soft = result.soft[0] if result.soft is not None else np.zeros(self.k)
@@ -198,11 +218,18 @@ def _load_keyed(ws: Workspace, entry: Entry) -> Analyzer:
 
 def _load_trak(ws: Workspace, entry: Entry) -> Analyzer:
     base = ws.entry_dir(entry.name)
+    config = TRAKConfig.from_dict(entry.info["trak_config"])
+    images = ws.train_images(entry.name)
+    t2i = entry.info.get("t2i")
+    if t2i:  # a text-to-image pipeline (and LoRA): the training images are encoded with their captions
+        pipe = open_pipeline(base / "model", base / "lora" if t2i.get("lora") else None)
+        train = encode_examples(pipe, images, ws.train_captions(entry.name), option=f"entry {entry.name!r}'s captions")
+        attributor = TRAKAttributor.for_pipeline(pipe, config).fit(train, store=base / "store")
+        return _TRAKAnalyzer(entry, attributor, pipe)
     model = load_checkpoint(base / "model").model
     if not isinstance(model, DDPM):
         raise CheckpointError(f"Entry {entry.name!r}: its model is not a DDPM; re-add it with the store's model.")
-    config = TRAKConfig.from_dict(entry.info["trak_config"])
-    attributor = TRAKAttributor(model, config=config).fit(ws.train_images(entry.name), store=base / "store")
+    attributor = TRAKAttributor(model, config=config).fit(images, store=base / "store")
     return _TRAKAnalyzer(entry, attributor)
 
 
@@ -270,17 +297,50 @@ class ProvenanceEngine:
         """The largest image side any loaded entry analyses at (0 without entries)."""
         return max((int(a.entry.info.get("image_size", 0)) for a in self.analyzers.values()), default=0)
 
-    def analyze(self, image: Image.Image) -> dict[str, Any]:
+    @property
+    def prompted(self) -> list[str]:
+        """The loaded entries that need each query's prompt (those of a text-to-image model)."""
+        return [n for n, a in self.analyzers.items() if isinstance(a, _TRAKAnalyzer) and a.pipeline is not None]
+
+    def check_prompt(self, prompt: str | None) -> None:
+        """Refuse a query whose prompt an entry needs and is missing, or is longer than its tokenizer takes.
+
+        Raises:
+            PromptRequiredError: No prompt, and some entry needs one (the entries are named).
+            PromptTooLongError: The prompt does not fit an entry's tokenizer.
+        """
+        prompted = self.prompted
+        if prompted and not (prompt and prompt.strip()):
+            raise PromptRequiredError(
+                f"{', '.join(map(repr, prompted))} attribute{'s' if len(prompted) == 1 else ''} to a text-to-image "
+                "model and need the query's prompt: send it in form field 'prompt' (e.g. curl -F file=@image.png "
+                "-F 'prompt=a photo of a horse' URL)."
+            )
+        for name in prompted:
+            analyzer = self.analyzers[name]
+            assert isinstance(analyzer, _TRAKAnalyzer)
+            check_prompts(analyzer.pipeline.tokenizer, [str(prompt)], option="prompt")
+
+    def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         """Ask every loaded entry about ``image``: ``{"entries": [{"name", "kind", ...answer}], "unavailable": {...}}``.
 
         An entry that fails on this image answers ``{"error": reason}``; the others still answer.
+
+        Args:
+            image: The query image.
+            prompt: The query's prompt (needed by entries of a text-to-image model, ignored by the others).
+
+        Raises:
+            PromptRequiredError: See :meth:`check_prompt` (before any entry runs).
+            PromptTooLongError: See :meth:`check_prompt`.
         """
+        self.check_prompt(prompt)
         answers = []
         with self._lock, torch.no_grad():
             for name, analyzer in self.analyzers.items():
                 answer: dict[str, Any] = {"name": name, "kind": analyzer.entry.kind}
                 try:
-                    answer.update(analyzer.analyze(image))
+                    answer.update(analyzer.analyze(image, prompt))
                 except GenprovError as err:
                     answer["error"] = str(err)
                 except Exception as err:  # a bug in one entry must not hide the other answers

@@ -14,14 +14,15 @@ from typing import Any
 import torch
 
 from genprov.app.engine import ANALYZERS
-from genprov.app.workspace import TRAIN_IMAGES, Entry, Workspace
+from genprov.app.workspace import TRAIN_CAPTIONS, TRAIN_IMAGES, Entry, Workspace
 from genprov.attribution.data.index_folder import read_index_info
 from genprov.attribution.data.similarity import recorded_parts
 from genprov.attribution.model import KeyedGenerators, ModelAttributor
-from genprov.data import load_dataset
-from genprov.exceptions import CheckpointError, DataError, GenprovError
+from genprov.data import ImageDataset, load_dataset
+from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError
 from genprov.models.artifact import read_artifact
 from genprov.models.checkpoints import load_checkpoint
+from genprov.models.t2i import captions_for, is_pipeline_folder
 from genprov.storage import FeatureStore
 from genprov.utils.artifacts import identify_artifact
 from genprov.utils.io import read_json
@@ -83,14 +84,14 @@ def add_keyed(ws: Workspace, name: str, family: str | Path) -> Entry:
     return _verified(ws, entry)
 
 
-def _recorded_images(spec: dict[str, Any] | None, data_root: str | Path | None, what: str) -> torch.Tensor:
+def _recorded_data(spec: dict[str, Any] | None, data_root: str | Path | None, what: str) -> ImageDataset:
     """The training images a store recorded (``load_dataset`` arguments), optionally from another data root."""
     if not spec:
         raise DataError(f"{what} does not record its training data; pass the training images.")
     values = dict(spec)
     if data_root is not None:
         values["data_root"] = str(data_root)
-    return load_dataset(**values).images
+    return load_dataset(**values)
 
 
 def _add_with_images(
@@ -102,19 +103,37 @@ def _add_with_images(
     images: torch.Tensor | None,
     data_root: str | Path | None,
     store: str | Path,
+    captions: str | list[str] | None = None,
 ) -> Entry:
-    """Add an entry whose training images travel with it (``train.npz``), then prove it loads.
+    """Add an entry whose training images (``train.npz``) and, for a text-to-image entry, their captions
+    (``captions.json``) travel with it, then prove it loads.
 
     ``images``: the training images; ``None`` reloads the data ``info["data"]`` records (the store's), from
-    ``data_root`` when given.
+    ``data_root`` when given. ``captions``: one per image, or where the store took them from (``"labels"`` or a
+    captions file, read for the recorded data); ``None`` for an entry without captions.
     """
-    train = images if images is not None else _recorded_images(info.get("data"), data_root, str(store))
-    staging = ws.folder / f".{name}-{TRAIN_IMAGES}"
-    Workspace.save_train_images(train, staging)
+    texts = None if isinstance(captions, str) else captions
+    if images is not None:
+        train = images
+    else:
+        data = _recorded_data(info.get("data"), data_root, str(store))
+        train = data.images
+        if isinstance(captions, str):
+            texts = list(captions_for(captions, data))
+    if isinstance(captions, str) and texts is None:
+        raise ConfigError(
+            f"{store} attributes a text-to-image pipeline: pass the training images' captions (captions=[...], one "
+            "per image) with the training images."
+        )
+    staged: dict[str, Path] = {}
     try:
-        entry = ws.add(name, kind, {**parts, TRAIN_IMAGES: staging}, {**info, "n_train": len(train)})
+        staged[TRAIN_IMAGES] = Workspace.save_train_images(train, ws.folder / f".{name}-{TRAIN_IMAGES}")
+        if texts is not None:
+            staged[TRAIN_CAPTIONS] = Workspace.save_train_captions(texts, ws.folder / f".{name}-{TRAIN_CAPTIONS}")
+        entry = ws.add(name, kind, {**parts, **staged}, {**info, "n_train": len(train)})
     finally:
-        staging.unlink(missing_ok=True)
+        for path in staged.values():
+            path.unlink(missing_ok=True)
     return _verified(ws, entry)
 
 
@@ -124,18 +143,31 @@ def add_trak(
     store: str | Path,
     *,
     model: str | Path | None = None,
+    lora: str | Path | None = None,
     train: torch.Tensor | None = None,
+    captions: list[str] | None = None,
     data_root: str | Path | None = None,
 ) -> Entry:
-    """Register a TRAK / D-TRAK store (``genprov trak featurize``) with its DDPM and training images.
+    """Register a TRAK / D-TRAK store (``genprov trak featurize``) with its model and training images.
+
+    The model is a DDPM checkpoint, or for a store of a text-to-image pipeline the pipeline folder, the LoRA
+    folder (if any) and each training image's caption, all copied into the entry; the service then asks for
+    each query's prompt.
 
     Args:
         ws: The workspace.
         name: Entry name.
         store: The feature store folder.
-        model: The DDPM checkpoint (default: the one the store recorded).
+        model: The DDPM checkpoint or pipeline folder (default: the one the store recorded).
+        lora: The LoRA folder of a pipeline store (default: the one the store recorded).
         train: The training images (default: reloaded from the data the store recorded).
+        captions: A pipeline store's training captions, one per image of ``train`` (default: read as the store
+            recorded, from the class names or its captions file; required with ``train``).
         data_root: Folder of dataset files, when the recorded training data is not built in.
+
+    Raises:
+        DataError: Not a store of ``genprov trak featurize``, or a model of another kind than the store's.
+        ConfigError: ``lora`` or ``captions`` for a DDPM store, or ``train`` without ``captions`` for a pipeline.
     """
     info = FeatureStore.open(store).info
     if "trak_config" not in info or ("model" not in info and model is None):
@@ -143,7 +175,24 @@ def add_trak(
     model_path = Path(model) if model is not None else Path(info["model"])
     facts = {k: info.get(k) for k in ("image_size", "channels", "trak_config", "data")}
     parts = {"store": Path(store), "model": model_path}
-    return _add_with_images(ws, name, "trak", parts, facts, train, data_root, store)
+    t2i = info.get("t2i")
+    if (t2i is not None) != is_pipeline_folder(model_path):
+        store_kind, model_kind = ("a text-to-image pipeline", "a DDPM") if t2i else ("a DDPM", "a pipeline folder")
+        raise DataError(
+            f"{store} attributes {store_kind} but the model {model_path} is {model_kind}; pass the store's own model."
+        )
+    if t2i is None:
+        if lora is not None or captions is not None:
+            raise ConfigError(
+                f"{store} attributes a DDPM: a LoRA and captions are for text-to-image stores; drop them."
+            )
+        return _add_with_images(ws, name, "trak", parts, facts, train, data_root, store)
+    lora_path = Path(lora) if lora is not None else (Path(t2i["lora"]) if t2i.get("lora") else None)
+    if lora_path is not None:
+        parts["lora"] = lora_path
+    facts["t2i"] = {"lora": lora_path is not None}
+    source = captions if captions is not None else str(t2i["captions"])
+    return _add_with_images(ws, name, "trak", parts, facts, train, data_root, store, source)
 
 
 def add_similarity(

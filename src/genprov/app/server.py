@@ -6,7 +6,8 @@ Endpoints (OpenAPI at ``/docs``; every ``GET`` also answers ``HEAD``):
   (linkable, printable);
 * ``GET /health`` (at once, even under load: entries loaded and unavailable with the reason, the queue, where
   answers are kept); ``GET /api/entries``; ``GET /api/examples``;
-* ``POST /api/attribute`` (multipart form field ``file``) and ``POST /api/attribute/example/{name}``: ask
+* ``POST /api/attribute`` (multipart form field ``file``, and ``prompt``: the query's prompt, which entries of a
+  text-to-image model need: 422 without it) and ``POST /api/attribute/example/{name}`` (``?prompt=``): ask
   every workspace entry about the image. Each request gets its own answer and a new random ``id``; the
   answer says how long the request queued and how long the analysis took (``timing``);
 * ``GET /api/results/{id}``; ``GET /api/results/{id}/query.png``; ``GET /api/examples/{name}.png``;
@@ -61,12 +62,14 @@ from genprov.app.engine import (
     AnalysisPool,
     BusyError,
     LoadedWorkspace,
+    PromptRequiredError,
     ProvenanceEngine,
 )
 from genprov.app.results import DEFAULT_RESULTS_MAX_AGE_H, DEFAULT_RESULTS_MAX_MB, RESULT_ID, ResultStore
 from genprov.app.workspace import Workspace, check_name
 from genprov.data import decode_image, image_to_tensor, to_uint8
 from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.models.t2i import PromptTooLongError
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -75,6 +78,7 @@ __all__ = [
     "DEFAULT_RESULTS_MAX_MB",
     "DEFAULT_WORKERS",
     "MAX_FILENAME_CHARS",
+    "MAX_PROMPT_BYTES",
     "ServiceError",
     "create_app",
 ]
@@ -85,6 +89,8 @@ log = logging.getLogger(__name__)
 MAX_FILENAME_CHARS = 255
 _MULTIPART_SLACK = 64 * 1024  # multipart framing and small fields allowed beyond the image limit
 _MAX_PART_HEADER = 16 * 1024  # so that a long filename gets its own clear message
+#: Longest accepted prompt field, in bytes (far beyond what a text encoder takes: 77 tokens for Stable Diffusion).
+MAX_PROMPT_BYTES = 4096
 _ANALYSIS_CACHE = 256  # analyses kept in memory, by image bytes and workspace manifest
 _THUMB_PX = 96
 _UPLOAD_FORM = {
@@ -96,7 +102,11 @@ _UPLOAD_FORM = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "The image (PNG, JPEG, ...)."}
+                        "file": {"type": "string", "format": "binary", "description": "The image (PNG, JPEG, ...)."},
+                        "prompt": {
+                            "type": "string",
+                            "description": "The query's prompt (needed by entries of a text-to-image model).",
+                        },
                     },
                 }
             }
@@ -175,8 +185,9 @@ def _filename(raw: bytes | None) -> str:
     return name or "the upload"
 
 
-async def _read_upload(request: Request, limit: int, max_mb: float) -> tuple[bytes, str]:
-    """The bytes and filename of form field ``file``, streamed: never more than the limit is read or kept."""
+async def _read_upload(request: Request, limit: int, max_mb: float) -> tuple[bytes, str, str | None]:
+    """The bytes and filename of form field ``file`` and the text of field ``prompt`` (``None`` when absent or
+    blank), streamed: never more than the limits are read or kept."""
     too_big = ServiceError(413, f"The upload is larger than {max_mb:g} MB; send a smaller image.")
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type == b"application/x-www-form-urlencoded":
@@ -195,7 +206,7 @@ async def _read_upload(request: Request, limit: int, max_mb: float) -> tuple[byt
         raise ServiceError(400, "The multipart/form-data body has no boundary; let your HTTP client build the form.")
     part: dict[str, Any] = {}
     fields: list[str] = []
-    found: dict[str, Any] = {"data": [], "size": 0, "filename": None, "count": 0}
+    found: dict[str, Any] = {"data": [], "size": 0, "filename": None, "count": 0, "prompt": bytearray()}
 
     def on_part_begin() -> None:
         part.clear()
@@ -224,6 +235,10 @@ async def _read_upload(request: Request, limit: int, max_mb: float) -> tuple[byt
             found["size"] += end - start
             if found["size"] <= limit:
                 found["data"].append(data[start:end])
+        elif part.get("name") == "prompt":
+            found["prompt"] += data[start:end]
+            if len(found["prompt"]) > MAX_PROMPT_BYTES:
+                _prompt(bytes(found["prompt"]))  # refuses it: never more than the limit is kept
 
     parser = MultipartParser(
         params[b"boundary"],
@@ -257,7 +272,21 @@ async def _read_upload(request: Request, limit: int, max_mb: float) -> tuple[byt
         raise ServiceError(
             422, f"Bad request: send one image as form field 'file' (e.g. curl -F file=@image.png URL); got {problem}."
         )
-    return b"".join(found["data"]), _filename(found["filename"])
+    return b"".join(found["data"]), _filename(found["filename"]), _prompt(bytes(found["prompt"]))
+
+
+def _prompt(raw: bytes) -> str | None:
+    """The prompt's text (``None`` when blank); refuses more than :data:`MAX_PROMPT_BYTES` and bytes that are not
+    UTF-8."""
+    if len(raw) > MAX_PROMPT_BYTES:
+        raise ServiceError(
+            400, f"The prompt is longer than {MAX_PROMPT_BYTES} bytes; send the prompt the image was made with."
+        )
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ServiceError(400, "The prompt is not UTF-8 text; send it as UTF-8.") from None
+    return text or None
 
 
 class _HeadAsGet:
@@ -333,7 +362,7 @@ def create_app(
     pool = AnalysisPool(ws, workers=workers, queue_size=queue_size)
     limit = int(max_upload_mb * 2**20)
     templates = Environment(loader=PackageLoader("genprov.app", "templates"), autoescape=select_autoescape())
-    cache: OrderedDict[tuple[str, str], _Analysis] = OrderedDict()
+    cache: OrderedDict[tuple[str, str, str | None], _Analysis] = OrderedDict()
     train_cache: dict[tuple[str, str], np.ndarray] = {}
     cache_lock = threading.Lock()
 
@@ -398,9 +427,12 @@ def create_app(
         except (ConfigError, KeyError):
             raise ServiceError(404, f"Unknown workspace entry {name!r}; GET /api/entries lists them.") from None
 
-    def analyse(engine: ProvenanceEngine, state: LoadedWorkspace, data: bytes, name: str) -> tuple[_Analysis, bool]:
-        """The analysis of ``data`` under ``state`` (cached by image bytes and manifest); on a worker thread."""
-        key = (state.token, hashlib.sha256(data).hexdigest())
+    def analyse(
+        engine: ProvenanceEngine, state: LoadedWorkspace, data: bytes, name: str, prompt: str | None
+    ) -> tuple[_Analysis, bool]:
+        """The analysis of ``data`` (and ``prompt``) under ``state`` (cached by image bytes, prompt and manifest);
+        on a worker thread."""
+        key = (state.token, hashlib.sha256(data).hexdigest(), prompt)
         with cache_lock:
             if key in cache:
                 cache.move_to_end(key)
@@ -408,7 +440,7 @@ def create_app(
         image = decode_image(data, name=name)
         analysis = _Analysis(
             image={"width": image.width, "height": image.height, "mode": image.mode},
-            answer=engine.analyze(image),
+            answer=engine.analyze(image) if prompt is None else engine.analyze(image, prompt),
             query_png=_stored_query(image, state.analysed_size or _THUMB_PX),
         )
         with cache_lock:
@@ -419,19 +451,24 @@ def create_app(
                 cache.popitem(last=False)
         return analysis, False
 
-    async def ask(data: bytes, source: str) -> dict[str, Any]:
+    async def ask(data: bytes, source: str, prompt: str | None) -> dict[str, Any]:
         """Analyse ``data`` on a worker and keep this request's own answer (own id, own source, own timing)."""
         if pool.reload_error is not None or pool.stale():
             await run_in_threadpool(reading)  # re-reads a changed workspace; 503 while it cannot be opened
         try:
-            (analysis, cached), timing = await pool.run(lambda engine, state: analyse(engine, state, data, source))
-        except DataError as err:
+            (analysis, cached), timing = await pool.run(
+                lambda engine, state: analyse(engine, state, data, source, prompt)
+            )
+        except PromptRequiredError as err:
+            raise ServiceError(422, str(err)) from None
+        except (DataError, PromptTooLongError) as err:
             raise ServiceError(400, str(err)) from None
         result_id = secrets.token_hex(8)
         result = {
             "id": result_id,
             "url": f"/results/{result_id}",
             "source": source,
+            **({"prompt": prompt} if prompt is not None else {}),
             "image": analysis.image,
             **analysis.answer,
             "timing": {**timing.to_dict(), "cached": cached},
@@ -504,20 +541,22 @@ def create_app(
 
     @app.post("/api/attribute", openapi_extra=_UPLOAD_FORM)
     async def attribute(request: Request) -> dict[str, Any]:
-        """Ask every workspace entry about an uploaded image (multipart form field ``file``)."""
+        """Ask every workspace entry about an uploaded image (multipart form field ``file``; field ``prompt``: the
+        query's prompt, which entries of a text-to-image model need)."""
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
             raise ServiceError(413, f"The upload is larger than {max_upload_mb:g} MB; send a smaller image.")
         with pool.slot():
-            data, filename = await _read_upload(request, limit, max_upload_mb)
-            return await ask(data, filename)
+            data, filename, prompt = await _read_upload(request, limit, max_upload_mb)
+            return await ask(data, filename, prompt)
 
     @app.post("/api/attribute/example/{name}")
-    async def attribute_example(name: str) -> dict[str, Any]:
-        """Ask every workspace entry about a bundled example."""
+    async def attribute_example(name: str, prompt: str | None = None) -> dict[str, Any]:
+        """Ask every workspace entry about a bundled example (``prompt``: its prompt, for text-to-image entries)."""
+        text = _prompt(prompt.encode("utf-8")) if prompt is not None else None
         with pool.slot():
             path = example_path(await run_in_threadpool(reading), name)
-            return await ask(await run_in_threadpool(path.read_bytes), f"example {name}")
+            return await ask(await run_in_threadpool(path.read_bytes), f"example {name}", text)
 
     @app.get("/api/results/{result_id}")
     def result_json(result_id: str) -> dict[str, Any]:
@@ -553,8 +592,12 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         """The upload page."""
+        listed = entries()
         return templates.get_template("index.html").render(
-            entries=entries(), examples=examples(), max_upload_mb=max_upload_mb
+            entries=listed,
+            examples=examples(),
+            max_upload_mb=max_upload_mb,
+            needs_prompt=any(e["info"].get("t2i") for e in listed),
         )
 
     @app.get("/results/{result_id}", response_class=HTMLResponse)

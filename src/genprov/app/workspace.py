@@ -11,7 +11,8 @@ Entry kinds (:data:`ENTRY_KINDS`):
 
 * ``flipad``: a fitted single-model attributor (``genprov flipad fit``) and the generator it is for;
 * ``keyed``: a keyed model family (``genprov keyed create``);
-* ``trak``: a TRAK / D-TRAK feature store (``genprov trak featurize``), its DDPM and its training images;
+* ``trak``: a TRAK / D-TRAK feature store (``genprov trak featurize``), its DDPM (or its text-to-image pipeline
+  folder, LoRA folder and training captions) and its training images;
 * ``similarity``: a feature-similarity index (``genprov similarity index``) and its training images.
 
 Adding copies the files into the workspace (into a temporary folder first, renamed when complete, so a
@@ -27,7 +28,7 @@ import hashlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ _VERSION = 1
 ENTRY_KINDS = ("flipad", "keyed", "trak", "similarity")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRAIN_IMAGES = "train.npz"
+#: The training images' captions of a text-to-image entry (a JSON list, one per image of ``train.npz``).
+TRAIN_CAPTIONS = "captions.json"
 
 
 def check_name(name: str) -> str:
@@ -326,6 +329,22 @@ class Workspace:
         """Write training images (n, C, H, W) float32 in [-1, 1] exactly (the stores fingerprint them)."""
         atomic_save_npz(path, {"images": images.detach().cpu().numpy().astype(np.float32)})
         return path
+
+    @staticmethod
+    def save_train_captions(captions: Sequence[str], path: Path) -> Path:
+        """Write the training images' captions (a JSON list in the images' order)."""
+        atomic_write_json(path, list(captions))
+        return path
+
+    def train_captions(self, name: str) -> list[str]:
+        """The training captions saved with entry ``name`` (a text-to-image entry)."""
+        path = self.entry_dir(name) / TRAIN_CAPTIONS
+        if not path.is_file():
+            raise CheckpointError(f"Entry {name!r} has no training captions ({TRAIN_CAPTIONS}); re-add it.")
+        captions = read_json(path)
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise CheckpointError(f"{path} is not a JSON list of captions; re-add entry {name!r}.")
+        return captions
 
     def train_images(self, name: str) -> torch.Tensor:
         """The training images saved with entry ``name``."""

@@ -5,10 +5,16 @@ same command after a crash to finish it); ``score`` attributes query images agai
 HTML gallery); ``lds`` measures a store's attribution against an LDS benchmark (such as the one
 ``genprov reproduce dtrak`` writes). Method settings come from ``genprov.attribution.data.TRAKConfig``:
 the flags set the common ones, ``--set KEY=VALUE`` any other.
+
+The model is a DDPM checkpoint, or a text-to-image pipeline folder (with ``--lora DIR``, a LoRA on it) whose
+training images each come with a caption (``--captions labels|FILE``): images are encoded once (VAE latents
+and text embeddings, ``genprov.models.t2i.encode_examples``) and the queries come with their prompts
+(``--prompt`` / ``--prompts``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +33,15 @@ from genprov.cli.common import (
     handle_errors,
     parse_sets,
 )
-from genprov.data import load_dataset, load_images
+from genprov.data import ImageDataset, load_dataset, load_images
+from genprov.data.conditioned import ConditionedExamples
 from genprov.data.images import IMAGE_EXTENSIONS
 from genprov.eval.lds import LDSBenchmark, evaluate_lds, pixel_similarity
-from genprov.exceptions import CheckpointError, DataError
+from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
+from genprov.models.t2i import LORA_PARAMETER_GLOBS, captions_for, encode_examples, is_pipeline_folder, open_pipeline
+from genprov.models.t2i.captions import read_captions_file
 from genprov.report import Figure, Gallery, Report, Section, Table
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
@@ -74,22 +83,88 @@ def _open_store(store: Path) -> tuple[FeatureStore, dict[str, Any]]:
     return fs, info
 
 
-def _attributor(store: Path, sets: list[str]) -> tuple[TRAKAttributor, Any, dict[str, Any]]:
+def _is_pipeline(model: Path, lora: Path | None, captions: str | None) -> bool:
+    """Whether ``--model`` is a text-to-image pipeline folder; refuses ``--lora`` / ``--captions`` that do not
+    fit it (before anything is read or written)."""
+    if is_pipeline_folder(model):
+        if captions is None:
+            raise ConfigError(
+                f"{model} is a text-to-image pipeline: give each training image its caption with --captions labels "
+                "(from the class names) or --captions FILE (JSON or CSV mapping each image to its caption)."
+            )
+        return True
+    if lora is not None:
+        raise ConfigError(
+            f"--lora needs a text-to-image pipeline folder as --model; {model} is not one (no model_index.json)."
+        )
+    if captions is not None:
+        raise ConfigError(
+            f"--captions is for a text-to-image pipeline; {model} is not one (no model_index.json): drop --captions."
+        )
+    return False
+
+
+def _encode_train(pipe: Any, train: ImageDataset, captions: str) -> ConditionedExamples:
+    """The training images with their captions (``labels`` or a captions file), encoded once."""
+    return encode_examples(pipe, train.images, captions_for(captions, train), option="--captions")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Opened:
+    """A store's attributor rebuilt, with its training images and, for a text-to-image store, the pipeline.
+
+    Attributes:
+        attributor: The fitted attributor.
+        train: The training images.
+        info: The store's recorded facts.
+        pipeline: The text-to-image pipeline (with its LoRA) that encodes queries; ``None`` for a DDPM.
+    """
+
+    attributor: TRAKAttributor
+    train: ImageDataset
+    info: dict[str, Any]
+    pipeline: Any
+
+
+def _attributor(store: Path, sets: list[str]) -> _Opened:
     """Rebuild the attributor of a store (checking model, data and config against it)."""
     _, info = _open_store(store)
-    model = _ddpm(Path(info["model"]))
     train = load_dataset(**info["data"])
     config = TRAKConfig.from_dict({**info["trak_config"], **parse_sets(sets)})
-    attributor = TRAKAttributor(model, config=config).fit(train, store=store, show_progress=False)
-    return attributor, train, info
+    t2i = info.get("t2i")
+    if t2i is None:
+        attributor = TRAKAttributor(_ddpm(Path(info["model"])), config=config)
+        attributor.fit(train, store=store, show_progress=False)
+        return _Opened(attributor, train, info, None)
+    pipe = open_pipeline(Path(info["model"]), t2i["lora"])
+    attributor = TRAKAttributor.for_pipeline(pipe, config)
+    attributor.fit(_encode_train(pipe, train, str(t2i["captions"])), store=store, show_progress=False)
+    return _Opened(attributor, train, info, pipe)
 
 
 @app.command("featurize")
 @handle_errors
 def featurize_cmd(
-    model: Path = typer.Option(..., "--model", help="DDPM checkpoint folder (genprov train ddpm)."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="DDPM checkpoint folder (genprov train ddpm), or a text-to-image pipeline folder (genprov train t2i; "
+        "then --captions).",
+    ),
     data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
     store: Path = typer.Option(..., "--store", help="Feature store folder (created; an unfinished one is resumed)."),
+    lora: Path | None = typer.Option(
+        None,
+        "--lora",
+        help="Pipelines only: a LoRA folder (genprov train lora) loaded into the pipeline; the gradients are then "
+        "taken of the LoRA parameters only (the D-TRAK ArtBench setting) unless --set include=[...] says otherwise.",
+    ),
+    captions: str | None = typer.Option(
+        None,
+        "--captions",
+        help="Pipelines only (and required there): each training image's caption, 'labels' (from the class names) "
+        "or a captions file (JSON list or {image: caption}, or CSV).",
+    ),
     split: str = typer.Option("train", "--split", help="Dataset split to attribute to."),
     n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N training images."),
     output_function: str = config_option(
@@ -119,10 +194,18 @@ def featurize_cmd(
     """Compute the training set's TRAK / D-TRAK features into a resumable store.
 
     Example: genprov trak featurize --model runs/ddpm --data digits --store runs/dtrak --output-function squared-l2-norm
+
+    Text-to-image: genprov trak featurize --model runs/t2i --lora runs/lora --data cifar2 --captions labels
+    --store runs/dtrak-lora --output-function squared-l2-norm
     """
     check_output_folder(store, accept={"feature store", INCOMPLETE_STORE}, option="--store")
-    ddpm = _ddpm(model)
-    size, channels = ddpm.config.image_size, ddpm.config.channels
+    pipe: Any = None
+    if _is_pipeline(model, lora, captions):
+        pipe = open_pipeline(model, lora)
+        size, channels = int(pipe.vae.config.sample_size), int(pipe.vae.config.in_channels)
+    else:
+        ddpm = _ddpm(model)
+        size, channels = ddpm.config.image_size, ddpm.config.channels
     data_spec = {
         "name": data,
         "split": split,
@@ -141,13 +224,27 @@ def featurize_cmd(
         "projector": projector,
         "proj_dim": proj_dim,
         "seed": seed,
+        **({"include": LORA_PARAMETER_GLOBS} if lora is not None else {}),
     }
     config = TRAKConfig.from_dict({**base, **parse_sets(sets)})
-    attributor = TRAKAttributor(ddpm, config=config)
-    attributor.fit(train, store=store)
+    facts: dict[str, Any] = {}
+    if pipe is None:
+        attributor = TRAKAttributor(ddpm, config=config)
+        attributor.fit(train, store=store)
+    else:
+        examples = _encode_train(pipe, train, str(captions))
+        attributor = TRAKAttributor.for_pipeline(pipe, config)
+        attributor.fit(examples, store=store)
+        source = captions if captions == "labels" else str(Path(str(captions)).resolve())
+        facts["t2i"] = {"lora": None if lora is None else str(lora.resolve()), "captions": source}
     assert attributor.store_ is not None
     attributor.store_.update_info(
-        model=str(model.resolve()), data=data_spec, trak_config=config.to_dict(), image_size=size, channels=channels
+        model=str(model.resolve()),
+        data=data_spec,
+        trak_config=config.to_dict(),
+        image_size=size,
+        channels=channels,
+        **facts,
     )
     summary = {
         "store": str(store),
@@ -183,6 +280,32 @@ def _query_images(
     return torch.cat(images), names
 
 
+def _check_prompt_options(store: Path, info: dict[str, Any], prompt: str | None, prompts: Path | None) -> None:
+    """Refuse ``--prompt`` / ``--prompts`` for a DDPM store, and neither or both for a text-to-image store."""
+    if "t2i" not in info:
+        if prompt is not None or prompts is not None:
+            raise ConfigError(
+                f"--prompt / --prompts are for a text-to-image store; {store} attributes a DDPM: drop them."
+            )
+        return
+    if (prompt is None) == (prompts is None):
+        raise ConfigError(
+            f"{store} attributes a text-to-image pipeline: give the queries' prompts with --prompt TEXT (one for "
+            "every query) or --prompts FILE (one per query: a JSON list or {image: prompt}, or CSV), "
+            + ("not both." if prompt is not None else "one of them.")
+        )
+
+
+def _query_prompts(prompt: str | None, prompts: Path | None, queries: list[str], x: torch.Tensor) -> list[str]:
+    """One prompt per query: ``--prompt`` for all, or read from ``--prompts`` (a JSON list in the queries' order,
+    or keyed by file name when ``--queries`` is one folder; see ``genprov.models.t2i.captions``)."""
+    if prompt is not None:
+        return [prompt] * len(x)
+    assert prompts is not None
+    folder = queries[0] if len(queries) == 1 and Path(queries[0]).is_dir() else "--queries"
+    return list(read_captions_file(prompts, ImageDataset(x, None, folder)))
+
+
 @app.command("score")
 @handle_errors
 def score_cmd(
@@ -203,6 +326,17 @@ def score_cmd(
         help="Seeded random subset of a named query dataset (folders and files are used whole).",
     ),
     save_scores: bool = typer.Option(False, "--save-scores", help="Also write the full (n_queries, n_train) scores."),
+    prompt: str | None = typer.Option(
+        None,
+        "--prompt",
+        help="Text-to-image stores: the prompt of every query (e.g. the one they were generated with).",
+    ),
+    prompts: Path | None = typer.Option(
+        None,
+        "--prompts",
+        help="Text-to-image stores: one prompt per query, a JSON list in the queries' order or {image: prompt} "
+        "(file names of a --queries folder), or CSV with image and caption columns.",
+    ),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -214,9 +348,14 @@ def score_cmd(
     Scoring settings (scoring, damping, relative_damping) may change with --set; the features may not.
 
     Example: genprov trak score --store runs/dtrak --queries samples/ --top-k 10 --out runs/why
+
+    Text-to-image: genprov trak score --store runs/dtrak-lora --queries runs/t2i-horses/samples.npz
+    --prompt "a photo of a horse" --out runs/why-horses
     """
     check_output_folder(out)
-    attributor, train, info = _attributor(store, sets)
+    _check_prompt_options(store, _open_store(store)[1], prompt, prompts)
+    opened = _attributor(store, sets)
+    attributor, train, info = opened.attributor, opened.train, opened.info
     x, names = _query_images(
         queries,
         size=int(info["image_size"]),
@@ -226,7 +365,13 @@ def score_cmd(
         seed=seed,
         data_root=data_root,
     )
-    scores = attributor.scores(x)
+    texts: list[str] | None = None
+    if opened.pipeline is None:
+        scores = attributor.scores(x)
+    else:
+        texts = _query_prompts(prompt, prompts, queries, x)
+        encoded = encode_examples(opened.pipeline, x, texts, option="--prompt" if prompt else "--prompts")
+        scores = attributor.scores_from_features(attributor.featurize_queries(encoded)).to(torch.float32)
     result = attributor.result_from_scores(scores, k=min(top_k, len(train)))  # gradients computed once
     result.save(out / "attribution.npz")
     if save_scores:
@@ -245,7 +390,7 @@ def score_cmd(
     )
     for q, name in enumerate(names):
         top = [{"index": int(i), "score": float(s)} for i, s in zip(result.indices[q], result.scores[q], strict=True)]
-        rows.append({"query": name, "top": top})
+        rows.append({"query": name, **({"prompt": texts[q]} if texts is not None else {}), "top": top})
         section.add(
             Gallery.influence(
                 x[q],
@@ -253,7 +398,7 @@ def score_cmd(
                 scores[q],
                 k_positive=min(top_k, len(train)),
                 k_negative=negatives,
-                caption=name,
+                caption=name if texts is None else f"{name}: {texts[q]}",
                 query_caption=f"query {q}",
             )
         )
@@ -304,7 +449,13 @@ def lds_cmd(
     Example: genprov trak lds --store runs/dtrak --benchmark runs/repro/lds_benchmark.npz --out runs/lds
     """
     check_output_folder(out)
-    attributor, train, _ = _attributor(store, sets)
+    if "t2i" in _open_store(store)[1]:
+        raise ConfigError(
+            f"{store} attributes a text-to-image pipeline; 'genprov trak lds' takes DDPM stores (its benchmark's "
+            "queries carry no prompts). Measure the LoRA setting with 'genprov reproduce dtrak'."
+        )
+    opened = _attributor(store, sets)
+    attributor, train = opened.attributor, opened.train
     bench = LDSBenchmark.load(benchmark).with_validation_split(seed)
     if bench.masks.shape[1] != len(train):
         raise DataError(

@@ -95,16 +95,21 @@ def add_trak_cmd(
     workspace: Path = WORKSPACE_OPTION,
     name: str = NAME_OPTION,
     store: Path = typer.Option(..., "--store", help="Feature store written by 'genprov trak featurize'."),
-    model: Path | None = typer.Option(None, "--model", help="The DDPM checkpoint (default: the recorded one)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="The DDPM checkpoint or text-to-image pipeline folder (default: the recorded one)."
+    ),
+    lora: Path | None = typer.Option(
+        None, "--lora", help="The LoRA folder of a pipeline store (default: the recorded one, if any)."
+    ),
     data_root: Path | None = DATA_ROOT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Add a TRAK / D-TRAK feature store with its DDPM and training images.
+    """Add a TRAK / D-TRAK feature store with its model (a DDPM, or a pipeline and its LoRA) and training images.
 
     Example: genprov workspace add trak --workspace ws --name dtrak --store runs/dtrak
     """
-    ws = _open_for(workspace, name, store, model)
-    add_trak(ws, name, store, model=model, data_root=data_root)
+    ws = _open_for(workspace, name, store, model, lora)
+    add_trak(ws, name, store, model=model, lora=lora, data_root=data_root)
     _summary(ws, name, as_json)
 
 

@@ -69,6 +69,7 @@ from genprov.data.dataset import fingerprint_arrays
 from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
 from genprov.models.diffusion import build_scheduler
+from genprov.models.t2i.source import pipeline_record, reopen_pipeline
 from genprov.storage import FeatureStore, fingerprint_state
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
@@ -690,26 +691,49 @@ class TRAKAttributor(DataAttributor, Pretrained):
     # ------------------------------------------------------------------------------------ save / load
 
     def _payload(self) -> ArtifactPayload:
-        """The config, the model's checkpoint, and the store folder (or, fitted in memory, the features)."""
+        """The config, the model's checkpoint, and the store folder (or, fitted in memory, the features).
+
+        A text-to-image pipeline's denoiser also records ``state["pipeline"]``: the pipeline folder and the LoRA
+        folder it was opened from (``genprov.models.t2i.open_pipeline``), each absolute with the SHA-256 of its files (``{}``
+        for a pipeline built in memory, which must then be passed to :meth:`from_pretrained`).
+        """
         self._check_fitted()
         assert self.train_features_ is not None
         store = str(self.store_.path.resolve()) if self.store_ is not None else None
         tensors = {} if store else {"train_features": torch.from_numpy(np.ascontiguousarray(self.train_features_))}
-        return ArtifactPayload(
-            config=self.config,
-            state={"store": store, "n_train": self.n_train_},
-            tensors=tensors,
-            wraps={"model": self.model},
-        )
+        state: dict[str, Any] = {"store": store, "n_train": self.n_train_}
+        if self.requires_context:
+            state["pipeline"] = pipeline_record(getattr(self.model, "unet", None))
+        return ArtifactPayload(config=self.config, state=state, tensors=tensors, wraps={"model": self.model})
 
     @classmethod
     def _from_record(cls, record: ArtifactRecord, tensors: dict[str, Tensor], wrapped: Any) -> Self:
         """Reopen the model and the features (no training data needed: the store's data fingerprint is
-        checked when :meth:`fit` is given the data)."""
-        model = record.wrapped("model", wrapped)
+        checked when :meth:`fit` is given the data).
+
+        For a text-to-image pipeline, ``wrapped`` is the pipeline (with its LoRA loaded); by default the recorded
+        pipeline and LoRA folders are reopened after checking their files' SHA-256. Either way the U-Net's
+        weights must have the recorded fingerprint.
+        """
+        scheduler = None
+        if "pipeline" in record.state:
+            pipe = (
+                wrapped if wrapped is not None else reopen_pipeline(record.state.get("pipeline") or {}, record.folder)
+            )
+            if not (hasattr(pipe, "unet") and hasattr(pipe, "scheduler")):
+                raise CheckpointError(
+                    f"{record.folder} attributes a text-to-image pipeline; pass the pipeline (with its LoRA loaded), "
+                    f"not a {type(pipe).__name__}: from_pretrained(folder, pipeline)."
+                )
+            from genprov.models.t2i.denoiser import LatentDenoiser  # the t2i extra is imported only here
+
+            scheduler = pipe.scheduler
+            model = record.wrapped("model", LatentDenoiser(pipe.unet, scheduler))  # checks the weights' fingerprint
+        else:
+            model = record.wrapped("model", wrapped)
         if model is None:
             raise CheckpointError(f"{record.folder} records no model; pass it: from_pretrained(folder, model).")
-        attributor = cls(model, None, TRAKConfig.from_dict(record.config))
+        attributor = cls(model, scheduler, TRAKConfig.from_dict(record.config))
         store = record.state.get("store")
         if not store:
             attributor.fit_features(tensors["train_features"])

@@ -43,6 +43,7 @@ from genprov.models.t2i.pipeline import (
     tiny_pipeline,
     tiny_pipeline_config,
 )
+from genprov.models.t2i.source import open_pipeline, pipeline_record, reopen_pipeline
 from genprov.models.t2i.tokenizer import PromptTooLongError, check_prompts, train_tokenizer
 from genprov.models.t2i.train import T2I_QUICK, T2ITrainConfig, T2ITrainResult, quick_configs, train_t2i
 
@@ -74,8 +75,11 @@ __all__ = [
     "load_lora",
     "load_pipeline",
     "lora_parameter_names",
+    "open_pipeline",
+    "pipeline_record",
     "quick_configs",
     "read_captions_file",
+    "reopen_pipeline",
     "sample_pipeline",
     "save_lora",
     "save_pipeline",
