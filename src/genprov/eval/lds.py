@@ -4,8 +4,9 @@ The protocol of Park et al., 2023 ("TRAK", def. 2.3) as used for diffusion model
 ("Intriguing properties of data attribution on diffusion models", sec. 4, sec. 5.2, app. B):
 
 - :class:`LDSBenchmark` holds the ground truth: which training examples each random subset held, and
-  the diffusion loss (:func:`measure_losses` over fixed :class:`EvalDraws`) of models trained on each
-  subset on every query. The model output is ``-loss``.
+  the diffusion loss (:func:`measure_losses` over fixed :class:`EvalDraws`; :func:`measure_conditional_losses`
+  for a text-to-image model, each query given its prompt) of models trained on each subset on every query. The
+  model output is ``-loss``.
 - :func:`evaluate_lds` scores attribution methods on it, choosing lambda on validation queries and
   reporting the others, with bootstrap intervals, paired differences and the :func:`noise_ceiling`;
   :func:`lds_vs_benchmark_size` repeats it on smaller parts of the benchmark.
@@ -13,7 +14,7 @@ The protocol of Park et al., 2023 ("TRAK", def. 2.3) as used for diffusion model
   influencers of a generated image (or k random images), retrain, regenerate from the same noise, and
   measure how far the new image moved. Training the models is the caller's job.
 
-Used by ``genprov trak lds`` and ``genprov reproduce dtrak``.
+Used by ``genprov trak lds``, ``genprov reproduce dtrak`` and ``genprov reproduce dtrak-t2i``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from genprov.data import split_indices
+from genprov.data import ConditionedExamples, split_indices
 from genprov.data.dataset import fingerprint_arrays
 from genprov.eval.data_attribution import lds_summary, linear_datamodeling_score
 from genprov.eval.stats import MeanCI, paired_difference_ci, summarize
@@ -45,6 +46,7 @@ __all__ = [
     "counterfactual_removals",
     "evaluate_lds",
     "lds_vs_benchmark_size",
+    "measure_conditional_losses",
     "measure_losses",
     "noise_ceiling",
     "pixel_similarity",
@@ -90,6 +92,27 @@ class EvalDraws:
         return fingerprint_arrays(self.queries.numpy(), self.t.numpy(), self.noise.numpy())
 
 
+#: ``predict(x0, noise, t, q) -> eps``: the noise a model predicts for queries ``q`` (their indices) noised to
+#: timesteps ``t``; what :func:`_draw_losses` averages over the draws.
+_Predict = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def _draw_losses(draws: EvalDraws, batch_size: int, predict: _Predict) -> np.ndarray:
+    """``mean_j ||predict(x0_q, eps_j, t_j, q) - eps_j||^2 / d`` per query, ``batch_size`` draws per call."""
+    n_q, n_draws = draws.t.shape
+    shape = draws.queries.shape[1:]
+    x0 = draws.queries.unsqueeze(1).expand(-1, n_draws, *shape).reshape(-1, *shape)
+    t = draws.t.reshape(-1)
+    noise = draws.noise.reshape(-1, *shape)
+    losses = torch.empty(len(t))
+    for start in range(0, len(t), batch_size):
+        sl = slice(start, start + batch_size)
+        query = torch.arange(sl.start, min(sl.stop, len(t))) // n_draws
+        eps = predict(x0[sl], noise[sl], t[sl], query)
+        losses[sl] = (eps - noise[sl]).pow(2).flatten(1).mean(1)
+    return losses.reshape(n_q, n_draws).mean(1).double().numpy()
+
+
 @torch.no_grad()
 def measure_losses(model: DDPM, draws: EvalDraws, *, batch_size: int = 1024) -> np.ndarray:
     """Per-query diffusion loss ``mean_j ||eps_theta(x_{t_j}, t_j) - eps_j||^2 / d`` over fixed draws.
@@ -103,16 +126,45 @@ def measure_losses(model: DDPM, draws: EvalDraws, *, batch_size: int = 1024) -> 
         (n_q,) float64 mean losses; lower = the model fits the query better.
     """
     model.eval()
-    n_q, n_draws = draws.t.shape
-    x0 = draws.queries.unsqueeze(1).expand(-1, n_draws, *draws.queries.shape[1:]).reshape(-1, *draws.queries.shape[1:])
-    t = draws.t.reshape(-1)
-    noise = draws.noise.reshape(-1, *draws.queries.shape[1:])
-    losses = torch.empty(len(t))
-    for start in range(0, len(t), batch_size):
-        sl = slice(start, start + batch_size)
-        eps = model(model.add_noise(x0[sl], noise[sl], t[sl]), t[sl])
-        losses[sl] = (eps - noise[sl]).pow(2).flatten(1).mean(1)
-    return losses.reshape(n_q, n_draws).mean(1).double().numpy()
+    return _draw_losses(draws, batch_size, lambda x0, noise, t, _q: model(model.add_noise(x0, noise, t), t))
+
+
+@torch.no_grad()
+def measure_conditional_losses(
+    denoiser: nn.Module, examples: ConditionedExamples, draws: EvalDraws, *, scheduler: Any, batch_size: int = 256
+) -> np.ndarray:
+    """:func:`measure_losses` for a conditional latent denoiser: each query's loss given its own context.
+
+    The loss of D-TRAK's ArtBench LDS (``ArtBench2/eval_text_to_image_lora.py:713-740``: the latent is the VAE
+    posterior's mode times ``scaling_factor``, noised by ``add_noise`` at fixed timesteps and seeded noise, the
+    per-example MSE of the noise prediction given the caption's text embeddings), averaged over ``draws``.
+
+    Args:
+        denoiser: ``forward(x_t, t, context) -> eps`` (``genprov.models.t2i.LatentDenoiser``).
+        examples: The queries' latents and contexts (``genprov.models.t2i.encode_examples`` with their prompts).
+        draws: Fixed (timestep, noise) pairs made for ``examples.latents`` (:meth:`EvalDraws.make`).
+        scheduler: The pipeline's scheduler (its ``alphas_cumprod`` noises the latents).
+        batch_size: Latents per forward pass (does not change the numbers beyond rounding).
+
+    Returns:
+        (n_q,) float64 mean losses; lower = the model fits the query better.
+
+    Raises:
+        DataError: ``draws`` were made for other latents than ``examples``'.
+    """
+    if draws.queries.shape != examples.latents.shape or not torch.equal(draws.queries, examples.latents):
+        raise DataError(
+            f"The draws were made for other latents ({tuple(draws.queries.shape)}) than the examples' "
+            f"({tuple(examples.latents.shape)}); make them with EvalDraws.make(examples.latents, ...)."
+        )
+    denoiser.eval()
+    abar = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
+
+    def predict(x0: Tensor, noise: Tensor, t: Tensor, query: Tensor) -> Tensor:
+        a = abar[t].reshape(-1, *([1] * (x0.ndim - 1)))
+        return denoiser(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, examples.context[query])
+
+    return _draw_losses(draws, batch_size, predict)
 
 
 def pixel_similarity(queries: Tensor, train: Tensor) -> np.ndarray:

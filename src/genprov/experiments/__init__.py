@@ -8,7 +8,7 @@ Importing this package registers every experiment in :data:`EXPERIMENTS` and eve
 from the result) and ``demo.py`` (its demo section, registered with ``@DEMO_SECTIONS.register``).
 """
 
-from genprov.experiments import dtrak, flipad, gnime, keyed, quickstart, similarity
+from genprov.experiments import dtrak, dtrak_t2i, flipad, gnime, keyed, quickstart, similarity
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, ExperimentResult, run_experiment
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentResult",
     "dtrak",
+    "dtrak_t2i",
     "flipad",
     "gnime",
     "keyed",

@@ -49,7 +49,7 @@ SectionBuilder = Callable[["DemoContext"], Section]
 DEMO_SECTIONS: Registry[Section] = Registry("demo section")
 
 #: Display order of the demo's sections; sections not listed here follow, sorted by name.
-DEMO_ORDER: tuple[str, ...] = ("data", "models", "flipad", "keyed", "trak", "similarity", "privacy")
+DEMO_ORDER: tuple[str, ...] = ("data", "models", "flipad", "keyed", "trak", "t2i", "similarity", "privacy")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

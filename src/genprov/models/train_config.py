@@ -11,7 +11,15 @@ import math
 
 from genprov.config import Config, is_int, require
 
-__all__ = ["COMMAND_STEPS", "LR_SCHEDULES", "TrainConfig", "lr_factor", "warmup_steps"]
+__all__ = [
+    "COMMAND_STEPS",
+    "LR_SCHEDULES",
+    "TrainConfig",
+    "lr_factor",
+    "schedule_factor",
+    "schedule_warmup",
+    "warmup_steps",
+]
 
 #: Training steps of ``genprov train gan`` and ``genprov train ddpm`` when ``--steps`` is not given: enough
 #: for a usable model on 8-16 px digits on a CPU (a DDPM needs more steps than a GAN). ``TrainConfig.n_steps``
@@ -94,7 +102,12 @@ class TrainConfig(Config):
 
 def warmup_steps(cfg: TrainConfig) -> int:
     """Steps of linear warm-up: ``ceil(warmup_fraction * n_steps)`` (D-TRAK's ``train_unconditional.py:568``)."""
-    return math.ceil(cfg.warmup_fraction * cfg.n_steps) if cfg.lr_schedule == "cosine" else 0
+    return schedule_warmup(cfg.lr_schedule, cfg.n_steps, cfg.warmup_fraction)
+
+
+def schedule_warmup(schedule: str, n_steps: int, warmup_fraction: float) -> int:
+    """Warm-up steps of a schedule of ``n_steps``: ``ceil(warmup_fraction * n_steps)`` under ``cosine``, else 0."""
+    return math.ceil(warmup_fraction * n_steps) if schedule == "cosine" else 0
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -104,10 +117,16 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     ``0.5 (1 + cos(pi p))`` with ``p = (step - w) / (n_steps - w)``, as diffusers'
     ``get_cosine_schedule_with_warmup`` (which D-TRAK's ``train_unconditional.py:574`` uses).
     """
-    if cfg.lr_schedule == "constant":
+    return schedule_factor(step, cfg.lr_schedule, cfg.n_steps, cfg.warmup_fraction)
+
+
+def schedule_factor(step: int, schedule: str, n_steps: int, warmup_fraction: float) -> float:
+    """:func:`lr_factor` of any trainer: the multiple of the learning rate at ``step`` of a ``schedule`` (one of
+    :data:`LR_SCHEDULES`) over ``n_steps`` with ``warmup_fraction`` of linear warm-up."""
+    if schedule == "constant":
         return 1.0
-    warm = warmup_steps(cfg)
+    warm = schedule_warmup(schedule, n_steps, warmup_fraction)
     if step < warm:
         return step / max(1, warm)
-    progress = (step - warm) / max(1, cfg.n_steps - warm)
+    progress = (step - warm) / max(1, n_steps - warm)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -17,14 +17,17 @@ from genprov.experiments.quickstart import grid_image
 from genprov.report import Figure, Gallery, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import metric_bars, training_curves
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "fmt_ci", "lds_rows", "sweep_figure"]
 
 
-def _fmt(ci: MeanCI | None) -> str:
+def fmt_ci(ci: MeanCI | None) -> str:
+    """``mean [low, high]`` to 3 decimals, or ``n/a``."""
     return "n/a" if ci is None else ci.format(".3f")
 
 
-def _lds_rows(lds: LDSResult) -> list[dict[str, Any]]:
+def lds_rows(lds: LDSResult) -> list[dict[str, Any]]:
+    """The LDS table: one row per method (LDS per query kind with both intervals and the chosen lambda), then
+    the noise ceiling."""
     kinds = list(lds.methods)
     methods = list(next(iter(lds.methods.values()))) if kinds else []
     rows = []
@@ -32,7 +35,7 @@ def _lds_rows(lds: LDSResult) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"method": method}
         for kind in kinds:
             r = lds.methods[kind][method]
-            row[f"LDS {kind} [95% CI queries]"] = _fmt(r.lds)
+            row[f"LDS {kind} [95% CI queries]"] = fmt_ci(r.lds)
             lo, hi = r.ci_over_subsets
             row[f"{kind}: CI over subsets"] = f"[{lo:.3f}, {hi:.3f}]"
             if r.relative_damping is not None:
@@ -41,13 +44,14 @@ def _lds_rows(lds: LDSResult) -> list[dict[str, Any]]:
     rows.append(
         {
             "method": "noise ceiling (seed vs seed)",
-            **{f"LDS {k} [95% CI queries]": _fmt(lds.noise_ceiling[k]) for k in kinds},
+            **{f"LDS {k} [95% CI queries]": fmt_ci(lds.noise_ceiling[k]) for k in kinds},
         }
     )
     return rows
 
 
-def _sweep_figure(lds: LDSResult) -> MplFigure:
+def sweep_figure(lds: LDSResult) -> MplFigure:
+    """Validation (solid) and test (dashed) LDS over the lambda grid, one panel per query kind."""
     fig = MplFigure(figsize=(4.2 * max(1, len(lds.sweep)), 4.2))
     kinds = list(lds.sweep)
     axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
@@ -126,9 +130,9 @@ def build_report(
         "bootstrap intervals over queries and over subsets. The noise ceiling is the LDS that one training "
         "seed's measured losses reach against another seed's.",
     )
-    lds_section.add(Table(_lds_rows(lds), caption="LDS (test queries, lambda chosen on validation queries)."))
+    lds_section.add(Table(lds_rows(lds), caption="LDS (test queries, lambda chosen on validation queries)."))
     paired_rows = [
-        {"query kind": kind, "difference": name, "mean [95% CI]": _fmt(ci)}
+        {"query kind": kind, "difference": name, "mean [95% CI]": fmt_ci(ci)}
         for kind, pairs in lds.paired.items()
         for name, ci in pairs.items()
     ]
@@ -141,7 +145,7 @@ def build_report(
         lds_section.add(
             Figure(metric_bars(bars, ylabel="LDS", title=f"{kind} queries"), caption=f"LDS, {kind} queries.")
         )
-    lds_section.add(Figure(_sweep_figure(lds), caption="lambda sweeps: validation (solid) and test (dashed) LDS."))
+    lds_section.add(Figure(sweep_figure(lds), caption="lambda sweeps: validation (solid) and test (dashed) LDS."))
     report.add(lds_section)
     report.add(_study_section(result))
     report.add(_gallery_section(cfg, queries, kinds, val, train, method_scores, lds))
@@ -175,10 +179,10 @@ def _study_section(result: DTRAKResult) -> Section:
         rows = []
         for row in result.variant_study:
             if isinstance(row, VariantLDSRow):
-                rows.append({k: (_fmt(v) if isinstance(v, MeanCI) else v) for k, v in row.to_dict().items()})
+                rows.append({k: (fmt_ci(v) if isinstance(v, MeanCI) else v) for k, v in row.to_dict().items()})
             else:
                 rows.append(
-                    {"setting": row.setting, "method": row.method, "paired difference": _fmt(row.paired_difference)}
+                    {"setting": row.setting, "method": row.method, "paired difference": fmt_ci(row.paired_difference)}
                 )
         section.add(
             Table(
@@ -190,7 +194,7 @@ def _study_section(result: DTRAKResult) -> Section:
             )
         )
     chosen_rows = [
-        {"query kind": kind, "method": method, "setting": c.setting, "val LDS": c.val_lds, "test LDS": _fmt(c.lds)}
+        {"query kind": kind, "method": method, "setting": c.setting, "val LDS": c.val_lds, "test LDS": fmt_ci(c.lds)}
         for kind, per_method in result.chosen_on_validation.items()
         for method, c in per_method.items()
     ]
@@ -235,8 +239,8 @@ def _counterfactual_section(cf: CounterfactualResult, images: Tensor) -> Section
     rows = [
         {
             "removed": method,
-            "pixel l2 [95% CI]": _fmt(m.pixel_l2),
-            "feature cosine [95% CI]": _fmt(m.feature_cosine),
+            "pixel l2 [95% CI]": fmt_ci(m.pixel_l2),
+            "feature cosine [95% CI]": fmt_ci(m.feature_cosine),
         }
         for method, m in cf.methods.items()
     ]

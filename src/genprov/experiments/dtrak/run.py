@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig, unrelated_feature_cosine
-from genprov.data import ImageDataset, load_train_test, random_subsets
+from genprov.data import ConditionedExamples, ImageDataset, load_train_test, random_subsets
 from genprov.eval.lds import (
     EvalDraws,
     LDSBenchmark,
@@ -56,12 +56,21 @@ from genprov.utils.io import atomic_save_npz
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
 
-__all__ = ["BENCHMARK_FILE", "run_dtrak"]
+__all__ = [
+    "BENCHMARK_FILE",
+    "METHODS",
+    "FittedScores",
+    "claim",
+    "featurize_and_score",
+    "run_dtrak",
+    "store_name",
+    "variant_study",
+]
 
 log = logging.getLogger(__name__)
 
 #: The two methods compared, with their output functions.
-_METHODS = (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm"))
+METHODS = (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm"))
 #: The LDS benchmark a run writes (masks, losses and queries, readable by ``genprov trak lds``).
 BENCHMARK_FILE = "lds_benchmark.npz"
 _LOSS_CACHE = "query_losses.npz"
@@ -237,9 +246,14 @@ def run_dtrak(
     base = TRAKConfig(n_timesteps=cfg.n_timesteps, proj_dim=cfg.proj_dim, projector=cfg.projector, seed=cfg.seed)
     method_scores: dict[str, np.ndarray] = {}
     feature_seconds, unrelated = {}, {}
-    for label, output_function in _METHODS:
-        fitted = _featurize(
-            model, base.replace(output_function=output_function), train, queries, cfg, stores, show_progress
+    for label, output_function in METHODS:
+        fitted = featurize_and_score(
+            TRAKAttributor(model, config=base.replace(output_function=output_function)),
+            train,
+            queries,
+            cfg.relative_dampings,
+            stores,
+            show_progress,
         )
         attributor, phi_q, dampings = fitted.attributor, fitted.query_features, fitted.dampings
         feature_seconds[label], unrelated[label] = fitted.seconds, fitted.unrelated_cosine
@@ -285,8 +299,19 @@ def run_dtrak(
     )
     size_curve = lds_vs_benchmark_size(method_scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed)
     lap("LDS evaluation")
-    study, study_lds = _variant_study(
-        cfg, model, base, train, queries, bench, method_scores["pixel similarity"], stores, show_progress
+    study, study_lds = variant_study(
+        lambda config: TRAKAttributor(model, config=config),
+        base,
+        cfg.study,
+        train,
+        queries,
+        bench,
+        method_scores["pixel similarity"],
+        relative_dampings=cfg.relative_dampings,
+        seed=cfg.seed,
+        n_boot=cfg.n_boot,
+        stores=stores,
+        show=show_progress,
     )
     lap("variant study")
 
@@ -308,7 +333,7 @@ def run_dtrak(
         training=curve,
         unrelated_feature_cosine=unrelated,
         chosen_on_validation=_choose_on_validation({"base": lds, **study_lds}),
-        claim=_claim(lds),
+        claim=claim(lds),
         lds_vs_benchmark_size=tuple(
             BenchmarkSizeRow(
                 subsets=row["subsets"],
@@ -335,7 +360,7 @@ def run_dtrak(
     return result
 
 
-def _store_name(config: TRAKConfig) -> str:
+def store_name(config: TRAKConfig) -> str:
     """Folder name of a feature store: output function, projector, k, K and noise (one store per feature
     setting)."""
     k = "all" if config.projector == "identity" else str(config.proj_dim)
@@ -345,7 +370,7 @@ def _store_name(config: TRAKConfig) -> str:
 
 
 @dataclasses.dataclass
-class _Fitted:
+class FittedScores:
     """One feature setting, featurized and scored over the lambda grid."""
 
     attributor: TRAKAttributor
@@ -356,24 +381,23 @@ class _Fitted:
     unrelated_cosine: float
 
 
-def _featurize(
-    model: DDPM,
-    config: TRAKConfig,
-    train: ImageDataset,
-    queries: Tensor,
-    cfg: DTRAKExperimentConfig,
+def featurize_and_score(
+    attributor: TRAKAttributor,
+    train: ImageDataset | ConditionedExamples,
+    queries: Tensor | ConditionedExamples,
+    relative_dampings: Sequence[float],
     stores: Path,
     show: bool | None,
-) -> _Fitted:
-    """Featurize the training set (cached store) and the queries; score them at every relative lambda."""
+) -> FittedScores:
+    """Featurize the training set (cached in the store ``stores / store_name(config)``) and the queries; score
+    them at every relative lambda (shared by ``reproduce dtrak`` and ``reproduce dtrak-t2i``)."""
     start = time.perf_counter()
-    attributor = TRAKAttributor(model, config=config)
-    attributor.fit(train, store=stores / _store_name(config), show_progress=show)
+    attributor.fit(train, store=stores / store_name(attributor.config), show_progress=show)
     phi_q = attributor.featurize_queries(queries)
     seconds = round(time.perf_counter() - start, 2)
     assert attributor.train_features_ is not None
-    dampings = [attributor.absolute_damping(r) for r in cfg.relative_dampings]
-    return _Fitted(
+    dampings = [attributor.absolute_damping(r) for r in relative_dampings]
+    return FittedScores(
         attributor=attributor,
         query_features=phi_q,
         dampings=dampings,
@@ -383,33 +407,45 @@ def _featurize(
     )
 
 
-def _variant_study(
-    cfg: DTRAKExperimentConfig,
-    model: DDPM,
+def variant_study(
+    make_attributor: Callable[[TRAKConfig], TRAKAttributor],
     base: TRAKConfig,
-    train: ImageDataset,
-    queries: Tensor,
+    study: Sequence[Mapping[str, Any]],
+    train: ImageDataset | ConditionedExamples,
+    queries: Tensor | ConditionedExamples,
     bench: LDSBenchmark,
     pixel: np.ndarray,
+    *,
+    relative_dampings: Sequence[float],
+    seed: int,
+    n_boot: int,
     stores: Path,
     show: bool | None,
 ) -> tuple[tuple[VariantLDSRow | VariantPairedRow, ...], dict[str, LDSResult]]:
-    """TRAK and D-TRAK with each ``cfg.study`` change, on the same benchmark (lambda chosen on validation),
-    with paired differences against each other and against pixel similarity.
+    """TRAK and D-TRAK (attributors from ``make_attributor``) with each ``study`` change of ``base``, on the
+    same benchmark (lambda chosen on validation), with paired differences against each other and against pixel
+    similarity.
 
     Returns the rows and each setting's evaluation (for :func:`_choose_on_validation`)."""
     rows: list[VariantLDSRow | VariantPairedRow] = []
     evaluations: dict[str, LDSResult] = {}
-    for change in cfg.study:
+    for change in study:
         setting = ", ".join(f"{k}={v}" for k, v in change.items())
         scores: dict[str, np.ndarray] = {"pixel similarity": pixel}
         fitted = {
-            label: _featurize(model, base.replace(output_function=f, **change), train, queries, cfg, stores, show)
-            for label, f in _METHODS
+            label: featurize_and_score(
+                make_attributor(base.replace(output_function=f, **change)),
+                train,
+                queries,
+                relative_dampings,
+                stores,
+                show,
+            )
+            for label, f in METHODS
         }
         scores.update({label: f.scores for label, f in fitted.items()})
         ev = LDSResult.from_evaluation(
-            evaluate_lds(scores, bench, dampings=cfg.relative_dampings, seed=cfg.seed, n_boot=cfg.n_boot)
+            evaluate_lds(scores, bench, dampings=relative_dampings, seed=seed, n_boot=n_boot)
         )
         evaluations[setting] = ev
         for label, f in fitted.items():
@@ -526,6 +562,6 @@ def _counterfactual(
     return result, images
 
 
-def _claim(lds: LDSResult) -> dict[str, dict[str, bool]]:
+def claim(lds: LDSResult) -> dict[str, dict[str, bool]]:
     """Whether D-TRAK beats TRAK and pixel similarity (paired 95% intervals above 0), per query kind."""
     return {kind: {name: bool(ci.low > 0) for name, ci in pairs.items()} for kind, pairs in lds.paired.items()}

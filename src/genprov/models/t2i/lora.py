@@ -71,6 +71,7 @@ from genprov.models.checkpoints import (
 )
 from genprov.models.t2i.pipeline import quiet_hub, require_t2i
 from genprov.models.t2i.tokenizer import check_prompts, token_ids
+from genprov.models.train_config import LR_SCHEDULES, schedule_factor
 from genprov.models.training import batch_indices
 from genprov.utils.artifacts import INCOMPLETE_CHECKPOINT, check_output_folder, refuse_pickle
 from genprov.utils.checksums import sign_safetensors
@@ -146,7 +147,11 @@ class LoRAConfig(Config):
             (the diffusers scripts' ``lora_alpha=args.rank``).
         dropout: Dropout on the LoRA branch's input during training.
         target_modules: Module names (suffixes) that get an adapter: the UNet's attention projections.
-        lr: AdamW learning rate (constant).
+        lr: AdamW learning rate (its peak under ``lr_schedule="cosine"``).
+        lr_schedule: ``"constant"`` (the diffusers scripts' default) or ``"cosine"`` (linear warm-up over
+            ``warmup_fraction`` of the steps, then a half cosine to 0: ``--lr_scheduler cosine``, which D-TRAK's
+            ``ArtBench2/scripts/run_train.sh`` uses). Under ``cosine`` the step count cannot grow on resume.
+        warmup_fraction: Fraction of ``steps`` of linear warm-up (``cosine`` only).
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradients' global norm is clipped to this before each update (``None``: no clipping).
         steps: Optimiser updates.
@@ -166,6 +171,8 @@ class LoRAConfig(Config):
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     lr: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
     steps: int = 500
@@ -192,6 +199,8 @@ class LoRAConfig(Config):
         )
         require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
         require(self.lr > 0, "lr", "a positive number", self.lr)
+        require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
+        require(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)", self.warmup_fraction)
         require(self.weight_decay >= 0, "weight_decay", "a non-negative number", self.weight_decay)
         require(
             self.max_grad_norm is None or self.max_grad_norm > 0,
@@ -632,6 +641,8 @@ class _Trainer:
         if cfg.max_grad_norm is not None:
             trained = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm)
+        for group in self.optimizer.param_groups:  # set before each update: resuming needs only the step
+            group["lr"] = cfg.lr * schedule_factor(step, cfg.lr_schedule, cfg.steps, cfg.warmup_fraction)
         self.optimizer.step()
         losses["total"] = float(loss.detach())
         return losses
@@ -719,7 +730,8 @@ class _Run:
         if not resume:
             return None
         saved = LoRAConfig.from_dict(meta["config"])
-        diffs = {k: v for k, v in saved.diff(self.config).items() if k not in _RESUMABLE_FIELDS}
+        resumable = _RESUMABLE_FIELDS - ({"steps"} if self.config.lr_schedule == "cosine" else set())
+        diffs = {k: v for k, v in saved.diff(self.config).items() if k not in resumable}
         if meta.get("data") != self.fingerprint:
             diffs["data or base pipeline (fingerprint)"] = (meta.get("data"), self.fingerprint)
         if diffs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,20 @@ def test_bad_captions_refused_before_writing(tmp_path: Path) -> None:
         train_lora(pipe, _images(), long, CONFIG, out)
     assert not out.exists() or not any(out.iterdir())
     assert not (out / LORA_RECORD).exists()
+
+
+def test_a_cosine_schedule_warms_up_then_decays_and_cannot_grow_on_resume(tmp_path: Path) -> None:
+    from genprov.models.train_config import schedule_factor
+
+    factors = [schedule_factor(s, "cosine", 10, 0.2) for s in range(10)]
+    assert factors[:3] == [0.0, 0.5, 1.0] and all(a >= b for a, b in itertools.pairwise(factors[2:]))
+    assert schedule_factor(5, "constant", 10, 0.2) == 1.0
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        LoRAConfig(lr_schedule="linear")
+    cosine = CONFIG.replace(steps=2, lr_schedule="cosine", warmup_fraction=0.5)
+    constant = train_lora(tiny_pipeline(tmp_path / "a"), _images(), CAPTIONS, CONFIG.replace(steps=2), tmp_path / "k")
+    warmed = train_lora(tiny_pipeline(tmp_path / "b"), _images(), CAPTIONS, cosine, tmp_path / "c")
+    a, b = load_file(constant.folder / LORA_WEIGHTS), load_file(warmed.folder / LORA_WEIGHTS)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # step 0 of the warm-up updates nothing
+    with pytest.raises(StoreMismatchError, match="steps: saved 2, now 3"):
+        train_lora(tiny_pipeline(tmp_path / "d"), _images(), CAPTIONS, cosine.replace(steps=3), tmp_path / "c")
