@@ -50,6 +50,7 @@ import fnmatch
 import hashlib
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -84,6 +85,7 @@ __all__ = [
     "PER_EXAMPLE",
     "SCHEDULES",
     "SCORINGS",
+    "VMAP_MAX_LATENT_PIXELS",
     "Examples",
     "TRAKAttributor",
     "TRAKConfig",
@@ -112,6 +114,10 @@ NOISE_MODES = ("per-example", "batch-position")
 PER_EXAMPLE = ("auto", "vmap", "loop")
 #: Selected parameters from which ``per_example="auto"`` loops over examples instead of vmapping.
 LOOP_FROM_PARAMETERS = 300_000
+#: Latent pixels (h x w) above which ``per_example="auto"`` loops for a conditional (text-to-image) model: vmap
+#: was faster for LoRA gradients on 8x8 latents and slower on 16x16 ones (``benchmarks/bench_trak_t2i.py``), and its
+#: memory grows with the latents (every example's activations at once).
+VMAP_MAX_LATENT_PIXELS = 64
 #: Relative dampings ``{1, 2, 5} x 10^j`` of the lambda sweep (multiples of ``trace(Phi^T Phi) / k``).
 DAMPING_GRID: tuple[float, ...] = tuple(m * 10.0**j for j in range(-5, 3) for m in (1, 2, 5))
 #: Rows of the training features read at once when scoring (bounds memory for large stores).
@@ -151,7 +157,8 @@ class TRAKConfig(Config):
         per_example: How per-example gradients are taken: ``"vmap"`` (``vmap`` over ``torch.func.grad``,
             fastest for small models), ``"loop"`` (plain autograd one example at a time: its K timesteps
             still form one batch; faster and far leaner for models of about 300k parameters and more on a
-            CPU, see ``benchmarks/bench_trak.py``) or ``"auto"`` (``"loop"`` from 300k selected parameters).
+            CPU, see ``benchmarks/bench_trak.py``) or ``"auto"`` (``"loop"`` from 300k selected parameters, and
+            for a text-to-image model also above 8x8 latents, :data:`VMAP_MAX_LATENT_PIXELS`).
         shard_size: Examples per store shard (the unit of resumption).
         dtype: Storage dtype of the features, ``"float32"`` or ``"float64"``.
     """
@@ -476,7 +483,11 @@ class TRAKAttributor(DataAttributor, Pretrained):
         """Whether per-example gradients are vmapped (else taken one example at a time)."""
         self._setup()
         if self.config.per_example == "auto":
-            return sum(self._sizes.values()) < LOOP_FROM_PARAMETERS
+            small = sum(self._sizes.values()) < LOOP_FROM_PARAMETERS
+            if self.requires_context:
+                side = getattr(getattr(self.model, "config", None), "image_size", None)
+                small = small and side is not None and side * side <= VMAP_MAX_LATENT_PIXELS
+            return small
         return self.config.per_example == "vmap"
 
     def gradients(self, batch: Examples, keys: Sequence[int | str]) -> dict[str, Tensor]:
@@ -506,7 +517,10 @@ class TRAKAttributor(DataAttributor, Pretrained):
         try:
             if self.uses_vmap:
                 fn = vmap(grad(self._example_output), in_dims=(None, 0, 0) if ctx is None else (None, 0, 0, 0))
-                with torch.no_grad():  # torch.func.grad ignores it; it stops autograd recording the frozen weights
+                with torch.no_grad(), warnings.catch_warnings():  # grad ignores no_grad; it stops autograd recording
+                    # SDPA attention has no vmap batching rule: torch's per-example fallback is expected (and on a
+                    # CPU no slower than the plain processor, see models.t2i.denoiser.LatentDenoiser)
+                    warnings.filterwarnings("ignore", message="There is a performance drop")
                     return dict(fn(params, x0, noise) if ctx is None else fn(params, x0, noise, ctx))
             return self._loop_gradients(params, x0, noise, ctx)
         finally:

@@ -17,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import math
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,10 +30,20 @@ from genprov.data.conditioned import ConditionedExamples
 from genprov.exceptions import ConfigError, DataError
 from genprov.models.t2i.tokenizer import token_ids
 
-__all__ = ["ENCODE_CHUNK", "LatentDenoiser", "encode_examples", "encode_prompts"]
+__all__ = [
+    "ATTENTION_MODES",
+    "ENCODE_CHUNK",
+    "LatentDenoiser",
+    "encode_examples",
+    "encode_prompts",
+    "plain_attention",
+]
 
 #: Images encoded per VAE / text-encoder call.
 ENCODE_CHUNK = 64
+#: How :class:`LatentDenoiser` runs the U-Net's attention: ``"native"`` (the U-Net's own processors) or
+#: ``"plain"`` (diffusers' ``AttnProcessor``, D-TRAK's under vmap; see :func:`plain_attention`).
+ATTENTION_MODES = ("native", "plain")
 
 
 class LatentDenoiser(nn.Module):
@@ -44,17 +56,27 @@ class LatentDenoiser(nn.Module):
     Args:
         unet: A diffusers ``UNet2DConditionModel`` (with or without a LoRA adapter).
         scheduler: The pipeline's scheduler (its ``prediction_type`` must be ``"epsilon"``).
+        attention: One of :data:`ATTENTION_MODES`. ``"native"`` (default) keeps the U-Net's processors: under
+            vmap diffusers' SDPA attention then takes torch's per-example fallback (its "performance drop"
+            warning), which on a CPU was as fast as the plain processor on 8x8 latents with less memory (LoRA
+            gradients, ``benchmarks/bench_trak_t2i.py``: 0.085 vs 0.093 s per example, peak 1.3 vs 1.7 GB) and
+            faster on 16x16 latents (0.63 vs 0.74 s, one measurement on a busy machine). ``"plain"`` runs the
+            U-Net's attention through diffusers' plain ``AttnProcessor`` (:func:`plain_attention`), as D-TRAK's
+            original does for its vmapped gradients. Both compute the same numbers up to float rounding.
 
     Raises:
         ConfigError: The scheduler predicts something other than the noise (``v_prediction`` is not supported:
-            the output functions are defined on the predicted noise).
+            the output functions are defined on the predicted noise), or an unknown ``attention``.
     """
 
     #: Tells the attributor that every example comes with its context.
     requires_context = True
 
-    def __init__(self, unet: nn.Module, scheduler: Any) -> None:
+    def __init__(self, unet: nn.Module, scheduler: Any, *, attention: str = "native") -> None:
         super().__init__()
+        if attention not in ATTENTION_MODES:
+            raise ConfigError(f"attention={attention!r} is not one of {ATTENTION_MODES}; use 'native' or 'plain'.")
+        self.attention = attention
         prediction = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
         if prediction != "epsilon":
             raise ConfigError(
@@ -68,8 +90,56 @@ class LatentDenoiser(nn.Module):
         )
 
     def forward(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        """Predicted noise (b, C, h, w) of latents ``x_t`` at timesteps ``t`` (b,) given ``context`` (b, L, D)."""
-        return self.unet(x_t, t, encoder_hidden_states=context, return_dict=False)[0]
+        """Predicted noise (b, C, h, w) of latents ``x_t`` at timesteps ``t`` (b,) given ``context`` (b, L, D).
+
+        With ``attention="plain"`` the U-Net's attention runs with diffusers' plain ``AttnProcessor``
+        (:func:`plain_attention`) during the call; otherwise with the U-Net's own processors.
+        """
+        plain = self.attention == "plain"
+        with plain_attention(self.unet) if plain else contextlib.nullcontext():
+            return self.unet(x_t, t, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def _sdpa_attention_modules(unet: nn.Module) -> list[Any]:
+    """The attention modules of ``unet`` whose processor is diffusers' ``AttnProcessor2_0`` and computes exactly
+    what the plain ``AttnProcessor`` computes: no query / key norm, the default ``1 / sqrt(head_dim)`` scale
+    (``AttnProcessor2_0`` ignores ``attn.scale``). Other processors (trained Custom Diffusion or IP-Adapter
+    ones, xformers, ...) are never touched."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    modules: list[Any] = [m for m in unet.modules() if type(getattr(m, "processor", None)) is AttnProcessor2_0]
+    return [
+        m
+        for m in modules
+        if m.norm_q is None and m.norm_k is None and math.isclose(float(m.scale), (m.inner_dim // m.heads) ** -0.5)
+    ]
+
+
+@contextlib.contextmanager
+def plain_attention(unet: nn.Module) -> Iterator[None]:
+    """Run ``unet``'s SDPA attention with diffusers' plain ``AttnProcessor`` while inside; restore it after.
+
+    ``F.scaled_dot_product_attention`` has no vmap batching rule: vmap falls back to a per-example loop (with a
+    "performance drop" warning). The plain processor (``baddbmm`` + softmax + ``bmm``) computes the same
+    attention with batchable operations, holding every example's attention matrix at once; D-TRAK's original
+    forces it by deleting ``F.scaled_dot_product_attention`` before its vmapped gradients
+    (``ArtBench2/grad_text_to_image_lora.py:745-747``). On a CPU it was no faster than the fallback (see
+    :class:`LatentDenoiser`'s ``attention``). Only ``AttnProcessor2_0`` modules that compute exactly what
+    ``AttnProcessor`` does are switched, for the duration of the call (a plain autograd loop then runs the
+    plain processor too: the same numbers up to float rounding). The switch mutates the modules while the call runs: do not run the
+    same U-Net from another thread meanwhile.
+    """
+    from diffusers.models.attention_processor import AttnProcessor
+
+    switched = [(m, m.processor) for m in _sdpa_attention_modules(unet)]
+    plain = AttnProcessor()
+    try:
+        for module, _ in switched:
+            module.set_processor(plain)
+        yield
+    finally:
+        for module, original in switched:
+            module.set_processor(original)
 
 
 @torch.no_grad()

@@ -146,3 +146,10 @@ def test_v_prediction_pipelines_are_refused(t2i_pipeline) -> None:
     scheduler = type(t2i_pipeline.scheduler).from_config(t2i_pipeline.scheduler.config, prediction_type="v_prediction")
     with pytest.raises(ConfigError, match="v_prediction"):
         LatentDenoiser(t2i_pipeline.unet, scheduler)
+
+
+def test_auto_vmaps_lora_gradients_on_small_latents_only(lora_pipeline) -> None:
+    lora = TRAKAttributor.for_pipeline(lora_pipeline, TRAKConfig(include=LORA_PARAMETER_GLOBS))
+    assert lora.uses_vmap  # 4x4 latents, a few thousand LoRA values
+    lora.model.config.image_size = 16  # 16x16 latents: the loop (benchmarks/bench_trak_t2i.py)
+    assert not lora.uses_vmap
