@@ -33,32 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.memory import reset_peak, status_mb
+
 DIM = 512
 K = 10
 N_CLUSTERS = 2000
 SHARD = 65536
 N_LISTS = 1024
-
-
-def _status_mb(field: str) -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the peak-RSS mark and return the current RSS in MiB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:  # pragma: no cover - not Linux: the peak then includes earlier work
-        pass
-    return _status_mb("VmRSS")
 
 
 def _centres(seed: int) -> np.ndarray:
@@ -83,13 +64,13 @@ def _rows(start: int, stop: int, centres: np.ndarray, seed: int) -> np.ndarray:
 def _timed(fn: Callable[[int], Any], n_q: int) -> tuple[list[Any], float, float]:
     """Run ``fn(q)`` for each query; returns (outputs, median seconds, peak RSS increase in MiB)."""
     fn(0)  # warm-up (page cache, allocator, FAISS index load)
-    base = _reset_peak()
+    base = reset_peak()
     outputs, seconds = [], []
     for q in range(n_q):
         t0 = time.perf_counter()
         outputs.append(fn(q))
         seconds.append(time.perf_counter() - t0)
-    return outputs, float(np.median(seconds)), max(0.0, _status_mb("VmHWM") - base)
+    return outputs, float(np.median(seconds)), max(0.0, status_mb("VmHWM") - base)
 
 
 def _recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
@@ -139,9 +120,9 @@ def _run(quick: bool) -> str:
         rows.append({"method": "genprov exact (chunked memmap)", "median ms": 1e3 * exact_s, "peak MiB": exact_mb})
 
         # the original: every feature in memory, one full matmul + full argsort per query
-        before = _status_mb("VmRSS")
+        before = status_mb("VmRSS")
         held = {"features": index.features().numpy()}
-        resident = _status_mb("VmRSS") - before
+        resident = status_mb("VmRSS") - before
 
         def original(i: int) -> np.ndarray:
             scores = held["features"] @ q[i]

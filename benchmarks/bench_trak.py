@@ -33,6 +33,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.memory import reset_peak, status_mb
+from benchmarks.peers import traker_run
+
 N_TIMESTEPS = 10
 BATCH = 16
 
@@ -48,24 +51,6 @@ def _setup(n_train: int, n_queries: int) -> tuple[Any, torch.Tensor, torch.Tenso
     train = load_dataset("digits", split="train", resize=16, n=n_train, seed=0).images
     queries = load_dataset("digits", split="test", resize=16, n=n_queries, seed=0).images
     return model, train, queries
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the peak-RSS mark (Linux ``clear_refs``) and return the current RSS in MiB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:  # pragma: no cover - not Linux: the peak then includes set-up
-        pass
-    return _status_mb("VmRSS")
 
 
 def _warm_up(model: Any, train: torch.Tensor) -> None:
@@ -159,9 +144,7 @@ def _loop(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, dampin
 
 
 def _traker(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damping: float) -> dict[str, Any]:
-    import tempfile
 
-    from trak import TRAKer
     from trak.modelout_functions import AbstractModelOutput
 
     class DiffusionLoss(AbstractModelOutput):
@@ -174,32 +157,15 @@ def _traker(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damp
         def get_out_to_loss_grad(self, model: Any, weights: Any, buffers: Any, batch: Any) -> Any:  # type: ignore[override]
             return torch.ones(batch[0].shape[0], 1)
 
-    n_params = sum(p.numel() for p in model.parameters())
     noise, query_noise = _noise(model, train, queries)
-    with tempfile.TemporaryDirectory() as folder:
-        traker = TRAKer(
-            model=model,
-            task=DiffusionLoss(),
-            train_set_size=len(train),
-            save_dir=folder,
-            device="cpu",
-            proj_dim=k,
-            use_half_precision=False,
-            lambda_reg=damping / n_params,  # traker divides features by sqrt(n_params)
-            logging_level=40,
-        )
-        start = time.perf_counter()
-        traker.load_checkpoint(model.state_dict(), model_id=0)
-        for s in range(0, len(train), BATCH):
-            batch = (train[s : s + BATCH], noise[s : s + BATCH])
-            traker.featurize(batch=batch, num_samples=len(batch[0]))
-        traker.finalize_features()
-        seconds = time.perf_counter() - start
-        traker.start_scoring_checkpoint("q", model.state_dict(), model_id=0, num_targets=len(queries))
-        for s in range(0, len(queries), BATCH):
-            batch = (queries[s : s + BATCH], query_noise[s : s + BATCH])
-            traker.score(batch=batch, num_samples=len(batch[0]))
-        scores = np.asarray(traker.finalize_scores(exp_name="q"), dtype=np.float64).T
+    seconds, scores = traker_run(
+        model,
+        DiffusionLoss(),
+        [(train[s : s + BATCH], noise[s : s + BATCH]) for s in range(0, len(train), BATCH)],
+        [(queries[s : s + BATCH], query_noise[s : s + BATCH]) for s in range(0, len(queries), BATCH)],
+        k=k,
+        damping=damping,
+    )
     return {"seconds_per_example": seconds / len(train), "scores": scores}
 
 
@@ -251,12 +217,12 @@ def _measure(method: str, n_train: int, n_queries: int, k: int, damping: float) 
     else:
         args = (model, train, queries, k, damping)
     _warm_up(model, train)
-    base = _reset_peak()
+    base = reset_peak()
     try:
         out = _METHODS[method](*args)
     except ImportError as err:
         return {"error": f"not installed ({err.name})"}
-    out["peak_mb"] = max(0.0, _status_mb("VmHWM") - base)
+    out["peak_mb"] = max(0.0, status_mb("VmHWM") - base)
     return out
 
 

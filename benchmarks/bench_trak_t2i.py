@@ -46,6 +46,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks.memory import reset_peak, status_mb
+from benchmarks.peers import traker_run
+
 N_TIMESTEPS = 10
 BATCH = 16
 
@@ -85,24 +88,6 @@ def _setup(n_train: int, n_queries: int) -> tuple[Any, Any, Any]:
         encode_examples(pipe, s.images.repeat(1, config.channels, 1, 1), c) for s, c in zip(sets, captions, strict=True)
     )
     return pipe, train, queries
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the peak-RSS mark (Linux ``clear_refs``) and return the current RSS in MiB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:  # pragma: no cover - not Linux: the peak then includes set-up
-        pass
-    return _status_mb("VmRSS")
 
 
 def _attributor(
@@ -186,10 +171,8 @@ class _LoRAModel(torch.nn.Module):
 
 
 def _traker(pipe: Any, train: Any, queries: Any, k: int, damping: float) -> dict[str, Any]:
-    import tempfile
 
     from torch.func import functional_call
-    from trak import TRAKer
     from trak.modelout_functions import AbstractModelOutput
 
     from genprov.attribution.data.trak import query_key
@@ -217,36 +200,30 @@ def _traker(pipe: Any, train: Any, queries: Any, k: int, damping: float) -> dict
         def get_out_to_loss_grad(self, model: Any, weights: Any, buffers: Any, batch: Any) -> Any:
             return torch.ones(batch[0].shape[0], 1)
 
-    n_params = sum(p.numel() for p in model.parameters())
-    with tempfile.TemporaryDirectory() as folder:
-        traker = TRAKer(
-            model=model,
-            task=ConditionalSquaredNorm(),
-            train_set_size=len(train),
-            save_dir=folder,
-            device="cpu",
-            proj_dim=k,
-            use_half_precision=False,
-            lambda_reg=damping / n_params,  # traker divides features by sqrt(n_params)
-            logging_level=40,
-        )
-        traker.load_checkpoint(model.state_dict(), model_id=0)
-        check = (train.latents[:BATCH], train.context[:BATCH], noise[:BATCH])
-        theirs = traker.gradient_computer.compute_per_sample_grad(batch=check)  # also the warm-up (not timed)
+    gaps: list[float] = []
+
+    def check(traker: Any) -> None:  # gradients before projection equal genprov's (and warms traker up)
+        batch = (train.latents[:BATCH], train.context[:BATCH], noise[:BATCH])
+        theirs = traker.gradient_computer.compute_per_sample_grad(batch=batch)
         ours = genprov.gradients(train[:BATCH], list(range(BATCH)))
         scale = max(float(g.abs().max()) for g in ours.values())
-        gap = max(float((theirs[f"lora.{i}"] - ours[n]).abs().max()) for i, n in enumerate(model.names)) / scale
-        start = time.perf_counter()
-        for s in range(0, len(train), BATCH):
-            batch = (train.latents[s : s + BATCH], train.context[s : s + BATCH], noise[s : s + BATCH])
-            traker.featurize(batch=batch, num_samples=len(batch[0]))
-        traker.finalize_features()
-        seconds = time.perf_counter() - start
-        traker.start_scoring_checkpoint("q", model.state_dict(), model_id=0, num_targets=len(queries))
-        for s in range(0, len(queries), BATCH):
-            batch = (queries.latents[s : s + BATCH], queries.context[s : s + BATCH], query_noise[s : s + BATCH])
-            traker.score(batch=batch, num_samples=len(batch[0]))
-        scores = np.asarray(traker.finalize_scores(exp_name="q"), dtype=np.float64).T
+        gaps.append(max(float((theirs[f"lora.{i}"] - ours[n]).abs().max()) for i, n in enumerate(model.names)) / scale)
+
+    def batches(ex: Any, eps: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        return [
+            (ex.latents[s : s + BATCH], ex.context[s : s + BATCH], eps[s : s + BATCH]) for s in range(0, len(ex), BATCH)
+        ]
+
+    seconds, scores = traker_run(
+        model,
+        ConditionalSquaredNorm(),
+        batches(train, noise),
+        batches(queries, query_noise),
+        k=k,
+        damping=damping,
+        before=check,
+    )
+    gap = gaps[0]
     return {"seconds_per_example": seconds / len(train), "scores": scores, "gradient_gap": gap, "mode": "vmap"}
 
 
@@ -270,12 +247,12 @@ def _measure(method: str, n_train: int, n_queries: int, k: int, damping: float) 
     x_t, t, context = _noisy_batch(pipe, train)
     with torch.no_grad():  # warm-up: allocator and oneDNN kernels
         pipe.unet(x_t, t, encoder_hidden_states=context)
-    base = _reset_peak()
+    base = reset_peak()
     try:
         out = function(pipe, train, queries, k, damping, **kwargs)
     except ImportError as err:
         return {"error": f"not installed ({err.name})"}
-    out["peak_mb"] = max(0.0, _status_mb("VmHWM") - base)
+    out["peak_mb"] = max(0.0, status_mb("VmHWM") - base)
     return out
 
 
