@@ -19,9 +19,11 @@ __all__ = ["DEMO_SAMPLES_PER_PROMPT", "t2i_section"]
 
 #: Samples per class prompt in the grid; the first of each prompt is explained.
 DEMO_SAMPLES_PER_PROMPT = 6
-#: Base-pipeline steps and LoRA epochs of the demo (``genprov demo --quick``: the quick reproduction's).
+#: Base-pipeline steps and LoRA settings of the demo (``genprov demo --quick``: the quick reproduction's). The
+#: LoRA trains 500 steps at 10x the reproduction's learning rate, so that its samples visibly turn into the new
+#: classes within the demo's minute (at the reproduction's 3e-4 the tiny LoRA barely moves the base).
 _DEMO_BASE_STEPS = {"vae_steps": 200, "unet_steps": 600}
-_DEMO_LORA_EPOCHS = 10
+_DEMO_LORA = {"lora_epochs": 100, "lora_lr": 3e-3, "lora_rank": 8}
 
 
 @DEMO_SECTIONS.register("t2i")
@@ -33,7 +35,7 @@ def t2i_section(ctx: DemoContext) -> Section:
     root = None if ctx.data_root is None else str(ctx.data_root)
     cfg = DTRAKT2IExperimentConfig.preset_for(ctx.config.data, seed=ctx.config.seed, quick=True, data_root=root)
     if not ctx.config.quick:  # the quick reproduction's sizes, with a base and a LoRA trained longer
-        cfg = cfg.replace(base={**cfg.base, **_DEMO_BASE_STEPS}, lora_epochs=_DEMO_LORA_EPOCHS)
+        cfg = cfg.replace(base={**cfg.base, **_DEMO_BASE_STEPS}, **_DEMO_LORA)
     data = load_t2i_data(cfg)
     folder = ctx.models_dir / "t2i"
     base_dir, _ = base_pipeline(cfg, data, folder, ctx.show_progress)
@@ -65,7 +67,7 @@ def t2i_section(ctx: DemoContext) -> Section:
         "A LoRA of a text-to-image model: which training images shaped its samples?",
         intro=f"A tiny latent diffusion pipeline (VAE, text encoder and U-Net, diffusers' StableDiffusionPipeline) "
         f"trained on {len(data.base)} {data.name} images of the other classes, then a LoRA on {len(data.train)} "
-        f"images of {data.names[0]} and {data.names[1]}. Each prompt's first sample is shown beside its most "
+        f"images of {data.names[0]} and {data.names[1]} ({lora.step} steps, learning rate {cfg.lora_lr:g}). Each prompt's first sample is shown beside its most "
         "positive and negative D-TRAK influencers among the LoRA's training images (gradients of the LoRA "
         "parameters only). `genprov reproduce dtrak-t2i` measures TRAK vs D-TRAK by retraining the LoRA (LDS).",
     )
