@@ -266,6 +266,26 @@ def gnime_across_runs(data: Results) -> str:
     return markdown_table(header, rows)
 
 
+def dtrak_t2i_paper(data: Results) -> str:
+    """The paper's ArtBench-2 LDS beside ours at the same K (test queries, 95% intervals; K = 100 where the
+    study ran it), then the paired differences at the base setting."""
+    kinds = ("real", "generated")
+    study = {(r["setting"], r["method"]): r for r in data["variant_study"] if "paired difference" not in r}
+    rows = []
+    for row in data["paper"]:
+        if row["lds_real"] is not None:
+            ours = [_ci(data["lds"]["methods"][k][row["method"]]["lds"], 3) for k in kinds]
+        else:
+            entry = study.get((f"n_timesteps={row['timesteps']}", row["method"]))
+            ours = [_ci(entry[f"LDS {k}"], 3) if entry else "(not run)" for k in kinds]
+        rows.append([f"{row['method']}, K = {row['timesteps']}", fmt(row["paper_lds"]), *ours])
+    for kind in kinds:
+        for pair, ci in data["lds"]["paired"][kind].items():
+            rows.append([f"{pair} ({kind}, K = {data['config']['n_timesteps']})", "", *(
+                [_ci(ci, 3, signed=True), ""] if kind == "real" else ["", _ci(ci, 3, signed=True)])])  # fmt: skip
+    return markdown_table(["method", "paper (ArtBench-2, validation)", "ours real", "ours generated"], rows)
+
+
 #: Table kind -> its renderer from a results file (the dict of ``results.json``).
 README_TABLES: dict[str, Callable[[Results], str]] = {
     "similarity-retrieval": similarity_retrieval,
@@ -274,6 +294,7 @@ README_TABLES: dict[str, Callable[[Results], str]] = {
     "flipad-study": flipad_study,
     "dtrak-lds": dtrak_lds,
     "dtrak-chosen": dtrak_chosen,
+    "dtrak-t2i-paper": dtrak_t2i_paper,
     "gnime-main": gnime_main,
     "gnime-sweep": gnime_sweep,
     "gnime-ablation": gnime_ablation,

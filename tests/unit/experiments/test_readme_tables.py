@@ -77,3 +77,29 @@ def test_publish_thins_curves_only_and_records_it(tmp_path: Path) -> None:
     (tmp_path / "bare.json").write_text(json.dumps({"sweep": []}))
     with pytest.raises(DataError, match="no provenance"):
         publish(tmp_path / "bare.json", tmp_path / "x.json")
+
+
+def test_dtrak_t2i_table_puts_the_paper_beside_ours_and_takes_k100_from_the_study() -> None:
+    lds = {"lds": _ci(0.2)}
+    data = {
+        "config": {"n_timesteps": 10},
+        "paper": [
+            {"timesteps": 10, "method": "TRAK", "paper_lds": 0.124, "lds_real": 0.2, "lds_generated": 0.2},
+            {"timesteps": 100, "method": "D-TRAK", "paper_lds": 0.327, "lds_real": None, "lds_generated": None},
+            {"timesteps": 100, "method": "TRAK", "paper_lds": 0.276, "lds_real": None, "lds_generated": None},
+        ],
+        "lds": {
+            "methods": {k: {"TRAK": lds} for k in ("real", "generated")},
+            "paired": {k: {"D-TRAK - TRAK": _ci(-0.05)} for k in ("real", "generated")},
+        },
+        "variant_study": [
+            {"setting": "n_timesteps=100", "method": "D-TRAK", "LDS real": _ci(0.3), "LDS generated": _ci(0.4)},
+            {"setting": "n_timesteps=100", "method": "D-TRAK - TRAK (real)", "paired difference": _ci(0.1)},
+        ],
+    }
+    lines = README_TABLES["dtrak-t2i-paper"](data).splitlines()[2:]
+    assert lines[0] == "| TRAK, K = 10 | 0.124 | .200 [.199, .201] | .200 [.199, .201] |"
+    assert lines[1] == "| D-TRAK, K = 100 | 0.327 | .300 [.299, .301] | .400 [.399, .401] |"
+    assert lines[2] == "| TRAK, K = 100 | 0.276 | (not run) | (not run) |"
+    assert lines[3] == "| D-TRAK - TRAK (real, K = 10) |  | -.050 [-.051, -.049] |  |"
+    assert lines[4].endswith("|  | -.050 [-.051, -.049] |")
