@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from contract_models import tiny_autoencoder
 from torch import Tensor, nn
 
 from genprov.attribution.model import DETECTORS, MODEL_ATTRIBUTORS, DeepSADConfig, ModelAttributor
@@ -33,7 +34,12 @@ SETTINGS: dict[str, dict[str, object]] = {
     "dct": {"detector": DETECTOR},
     "prnu": {},
     "latent-inversion": {"n_restarts": 2, "n_steps": 3},
+    "aeroblade": {},
 }
+
+
+#: Methods that study another kind of model than the DCGAN: their model (a new method adds it here if needed).
+MODELS = {"aeroblade": tiny_autoencoder}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +64,8 @@ def _attributor(name: str, generator: nn.Module, **overrides: object) -> ModelAt
     config_type = MODEL_ATTRIBUTORS.config_type(name)
     assert config_type is not None
     config = config_type.from_dict({**SETTINGS[name], "holdout_fraction": 0.25, **overrides})
-    return MODEL_ATTRIBUTORS.create(name, generator, config=config)
+    model = MODELS[name]() if name in MODELS else generator
+    return MODEL_ATTRIBUTORS.create(name, model, config=config)
 
 
 def _fitted(name: str, generator: nn.Module, own: Tensor, **overrides: object) -> ModelAttributor:

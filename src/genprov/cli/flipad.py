@@ -1,13 +1,17 @@
 """``genprov flipad``: "was this image made by my generator?" (FLIPAD single-model attribution).
 
-``fit`` samples the owner's GAN checkpoint, fits an attributor (FLIPAD or a baseline) against real images
-(and optional images known to come from elsewhere) and saves it; ``score`` loads it and gives a verdict,
-a score and the threshold for every image. The method's parameters come from its config class
+``fit`` samples the owner's GAN checkpoint (or text-to-image pipeline folder, from ``--prompt``), fits an
+attributor (FLIPAD or a baseline) against real images (and optional images known to come from elsewhere) and
+saves it; ``score`` loads it and gives a verdict, a score and the threshold for every image. For a pipeline the
+generator is its VAE (FLIPAD inverts ``decoder.conv_out``; ``--method aeroblade`` is the training-free
+reconstruction error); its detector records the VAE's fingerprint, so ``score`` takes the pipeline again with
+``--generator``. The method's parameters come from its config class
 (``genprov.attribution.model``): set any of them with ``--set KEY=VALUE``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,14 @@ from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from genprov.models.gans import GANConfig
 from genprov.models.sampling import sample
+from genprov.models.t2i import is_pipeline_folder, load_pipeline, sample_pipeline
 from genprov.utils.artifacts import check_output_folder, identify_artifact
 from genprov.utils.io import read_json
 
 app = typer.Typer(
-    help="Single-model attribution with FLIPAD: fit a detector for your GAN, then ask whether images came from "
-    "it.\n\nExample: genprov flipad fit --generator runs/dcgan --real digits --out runs/dcgan-flipad && "
-    "genprov flipad score --detector runs/dcgan-flipad suspect/*.png",
+    help="Single-model attribution with FLIPAD: fit a detector for your GAN or text-to-image pipeline, then ask "
+    "whether images came from it.\n\nExample: genprov flipad fit --generator runs/dcgan --real digits --out "
+    "runs/dcgan-flipad && genprov flipad score --detector runs/dcgan-flipad suspect/*.png",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -64,6 +69,45 @@ def _method_config(method: str, seed: int, sets: list[str]) -> Config | None:
     return config_type.from_dict(merge_dicts(base, parse_sets(sets)))
 
 
+#: DDIM steps of the pipeline samples ``fit`` draws (``genprov sample``'s default for pipelines).
+PIPELINE_SAMPLE_STEPS = 50
+
+
+class _Owner:
+    """The owner's model as the command opened it: a GAN checkpoint or a pipeline (whose VAE is the generator)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pipeline: Any = load_pipeline(path) if is_pipeline_folder(path) else None
+        if self.pipeline is not None:
+            vae = self.pipeline.vae
+            self.model: torch.nn.Module = vae
+            self.size, self.channels = int(vae.config.sample_size), int(vae.config.in_channels)
+        else:
+            ckpt = _image_generator(path)
+            assert isinstance(ckpt.model_config, GANConfig)
+            self.model, self.size, self.channels = ckpt.model, ckpt.model_config.image_size, ckpt.model_config.channels
+
+    def samples(self, n: int, seed: int, prompts: list[str], steps: int) -> torch.Tensor:
+        """``n`` 8-bit quantised samples (a pipeline's from ``prompts``, in turn)."""
+        if self.pipeline is None:
+            return png_roundtrip(sample(self.model, n, seed=seed))
+        per_prompt = math.ceil(n / len(prompts))
+        return png_roundtrip(sample_pipeline(self.pipeline, prompts, per_prompt, seed=seed, steps=steps)[:n])
+
+
+def _check_prompts(generator: Path, prompts: list[str], is_pipeline: bool) -> None:
+    if is_pipeline and not prompts:
+        raise ConfigError(
+            f"{generator} is a text-to-image pipeline; give the prompts its owner generates from with --prompt TEXT "
+            "(repeatable)."
+        )
+    if prompts and not is_pipeline:
+        raise ConfigError(
+            f"--prompt needs a text-to-image pipeline folder; {generator} is not one (no model_index.json)."
+        )
+
+
 def _image_generator(path: Path) -> LoadedCheckpoint:
     ckpt = load_checkpoint(path)
     if ckpt.kind != "gan" or not isinstance(ckpt.model_config, GANConfig):
@@ -78,7 +122,12 @@ def _image_generator(path: Path) -> LoadedCheckpoint:
 @app.command("fit")
 @handle_errors
 def fit_cmd(
-    generator: Path = typer.Option(..., "--generator", help="The owner's GAN checkpoint folder (genprov train gan)."),
+    generator: Path = typer.Option(
+        ...,
+        "--generator",
+        help="The owner's GAN checkpoint folder (genprov train gan) or text-to-image pipeline folder (genprov train "
+        "t2i; its VAE is the generator).",
+    ),
     real: str = typer.Option(
         ...,
         "--real",
@@ -88,8 +137,16 @@ def fit_cmd(
     negatives: list[Path] = typer.Option(
         [], "--negatives", help="Folder(s) of images known to come from elsewhere (other generators); repeatable."
     ),
-    method: str = typer.Option("flipad", "--method", help="flipad, raw-pixels, dct, prnu or latent-inversion."),
+    method: str = typer.Option(
+        "flipad", "--method", help="flipad, raw-pixels, dct, prnu, latent-inversion (GANs) or aeroblade (pipelines)."
+    ),
     n_samples: int = typer.Option(1000, "--n-samples", help="Generator samples to fit on (20% set the threshold)."),
+    prompts: list[str] = typer.Option(
+        [], "--prompt", help="Pipelines: a prompt the owner generates from (repeatable; samples cycle through them)."
+    ),
+    pipeline_steps: int = typer.Option(
+        PIPELINE_SAMPLE_STEPS, "--sample-steps", min=1, help="Pipelines: DDIM steps of every sample."
+    ),
     n_real: int = typer.Option(1000, "--n-real", min=1, help="Real images to fit on (at most)."),
     sets: list[str] = typer.Option(
         [],
@@ -101,23 +158,24 @@ def fit_cmd(
     data_root: Path | None = DATA_ROOT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Fit a single-model attributor for a GAN checkpoint and save it.
+    """Fit a single-model attributor for a GAN checkpoint or a text-to-image pipeline and save it.
 
     The generator's samples (8-bit quantised, like saved images) are the positives; the real images (and
     --negatives) the negatives. The threshold keeps 99.5% of held-out generator samples (--set fnr=...).
+    For a pipeline (drawn from --prompt), the generator is its VAE: FLIPAD inverts decoder.conv_out.
 
     Example: genprov flipad fit --generator runs/dcgan --real digits --negatives runs/other-gan-samples --out runs/det
+    Example: genprov flipad fit --generator runs/t2i --prompt "a photo of a horse" --real cifar2 --out runs/t2i-det
     """
     if n_samples < 10:
         raise ConfigError(f"--n-samples must be at least 10; got {n_samples}.")
     check_output_folder(out)
-    ckpt = _image_generator(generator)
-    model_config = ckpt.model_config
-    assert isinstance(model_config, GANConfig)
-    size, channels = model_config.image_size, model_config.channels
+    _check_prompts(generator, prompts, is_pipeline_folder(generator))
+    owner = _Owner(generator)
+    size, channels = owner.size, owner.channels
     config = _method_config(method, seed, sets)
-    attributor = MODEL_ATTRIBUTORS.create(method, ckpt.model, config=config)
-    own = png_roundtrip(sample(ckpt.model, n_samples, seed=seed))
+    attributor = MODEL_ATTRIBUTORS.create(method, owner.model, config=config)
+    own = owner.samples(n_samples, seed, prompts, pipeline_steps)
     parts = [load_dataset(real, data_root=data_root, resize=size, n=None, seed=seed).images]
     parts += [load_dataset(str(folder), resize=size).images for folder in negatives]
     for part, name in zip(parts, [real, *map(str, negatives)], strict=True):
@@ -145,14 +203,24 @@ def fit_cmd(
     emit(summary, as_json=as_json, title="fitted attributor")
 
 
-def _load_detector(detector: Path) -> tuple[ModelAttributor, dict[str, Any]]:
-    """The detector (its generator reopened from the checkpoint its config.json records) and its image size."""
+def _load_detector(detector: Path, given: Path | None = None) -> tuple[ModelAttributor, dict[str, Any]]:
+    """The detector (its generator reopened from the checkpoint its config.json records, or ``given``: a GAN
+    checkpoint or pipeline folder) and its image size."""
     if not (detector / "config.json").is_file():  # an unreadable one is reported by the reader as such
         found = identify_artifact(detector)
         holds = f"it holds {found.describe()}" if found else "no detector config.json in it"
         raise CheckpointError(f"{detector} is not a detector ({holds}). Fit one first: 'genprov flipad fit'.")
     legacy = detector / LEGACY_CLI_FILE
-    generator = _image_generator(Path(read_json(legacy)["generator"])).model if legacy.is_file() else None
+    generator = _Owner(given).model if given is not None else None
+    if generator is None and legacy.is_file():
+        generator = _image_generator(Path(read_json(legacy)["generator"])).model
+    if generator is None:
+        ref = (read_json(detector / "config.json").get("wraps") or {}).get("generator") or {}
+        if ref and not ref.get("checkpoint"):
+            raise CheckpointError(
+                f"{detector} was fitted on a generator that is not a genprov checkpoint (a text-to-image pipeline's "
+                "VAE); give that pipeline folder with --generator PIPELINE (its weights are checked)."
+            )
     attributor = ModelAttributor.from_pretrained(detector, generator)
     channels, size = attributor.input_shape_[0], attributor.input_shape_[-1]
     return attributor, {"method": attributor.name, "image_size": size, "channels": channels}
@@ -163,6 +231,12 @@ def _load_detector(detector: Path) -> tuple[ModelAttributor, dict[str, Any]]:
 def score_cmd(
     images: list[Path] = typer.Argument(..., help="Image files or folders of images to check."),
     detector: Path = typer.Option(..., "--detector", help="Folder written by 'genprov flipad fit'."),
+    generator: Path | None = typer.Option(
+        None,
+        "--generator",
+        help="The pipeline folder a detector of a text-to-image pipeline was fitted on (or a GAN checkpoint, "
+        "overriding the recorded one); its weights must be those the detector was fitted on.",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Say for every image whether the detector's generator made it (verdict, score, threshold).
@@ -170,8 +244,9 @@ def score_cmd(
     Images are resized to the generator's size; a score at or above the threshold means "made by it".
 
     Example: genprov flipad score --detector runs/det suspect/*.png --json
+    Example: genprov flipad score --detector runs/t2i-det --generator runs/t2i suspect/*.png
     """
-    attributor, info = _load_detector(detector)
+    attributor, info = _load_detector(detector, generator)
     files = expand_image_paths(images)
     x = load_images(files, size=int(info["image_size"]), channels=int(info["channels"]))
     result = attributor.attribute(x)

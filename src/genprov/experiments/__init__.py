@@ -8,7 +8,16 @@ Importing this package registers every experiment in :data:`EXPERIMENTS` and eve
 from the result) and ``demo.py`` (its demo section, registered with ``@DEMO_SECTIONS.register``).
 """
 
-from genprov.experiments import dtrak, dtrak_t2i, flipad, gnime, keyed, quickstart, similarity
+from genprov.experiments import (
+    dtrak,
+    dtrak_t2i,
+    flipad,
+    flipad_t2i,
+    gnime,
+    keyed,
+    quickstart,
+    similarity,
+)
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, ExperimentResult, run_experiment
 
 __all__ = [
@@ -18,6 +27,7 @@ __all__ = [
     "dtrak",
     "dtrak_t2i",
     "flipad",
+    "flipad_t2i",
     "gnime",
     "keyed",
     "quickstart",

@@ -6,6 +6,8 @@
   model; :meth:`KeyedGenerators.attribute` names the user model that made an image, ``NONE`` or ``AMBIGUOUS``.
   Robust training against post-processes (:data:`POST_PROCESSES`) via :class:`PostProcessConfig`.
 * Baselines on the same detector and protocol: ``"raw-pixels"``, ``"dct"``, ``"prnu"``, ``"latent-inversion"``.
+* :class:`AerobladeAttributor` (``"aeroblade"``): AEROBLADE (Ricker et al., CVPR 2024) -- training-free,
+  the reconstruction error of an image under a latent diffusion model's VAE.
 * Building blocks: :mod:`~genprov.attribution.model.inversion` (linear operators, FISTA lasso solver),
   :mod:`~genprov.attribution.model.detectors` (Deep SAD).
 
@@ -19,6 +21,7 @@ Example:
     >>> flipad.fit(own_images, negatives=real_images).predict(x)     # doctest: +SKIP
 """
 
+from genprov.attribution.model.aeroblade import AerobladeAttributor, AerobladeAttributorConfig
 from genprov.attribution.model.base import (
     MODEL_ATTRIBUTORS,
     AttributesSamples,
@@ -41,6 +44,7 @@ from genprov.attribution.model.feature_attributor import FeatureAttributor, Feat
 from genprov.attribution.model.flipad import (
     FinalLayerInversionAttributor,
     FinalLayerInversionAttributorConfig,
+    autoencoder_of,
     resolve_final_layer,
 )
 from genprov.attribution.model.inversion import fista_lasso, lasso_objective, operator_for
@@ -65,6 +69,8 @@ __all__ = [
     "MODEL_ATTRIBUTORS",
     "NONE",
     "POST_PROCESSES",
+    "AerobladeAttributor",
+    "AerobladeAttributorConfig",
     "AttributesSamples",
     "DCTAttributor",
     "DCTAttributorConfig",
@@ -91,6 +97,7 @@ __all__ = [
     "RawPixelAttributorConfig",
     "apply_post_process",
     "attribution_rule",
+    "autoencoder_of",
     "fista_lasso",
     "key_angles",
     "key_responses",

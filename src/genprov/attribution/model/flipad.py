@@ -43,9 +43,14 @@ missing):
   activation; the anchor comes from decoding the encoded own samples. With the weights of a Stable
   Diffusion model (Table 4 of the paper), fit on its generated images::
 
-      vae = AutoencoderKL.from_pretrained("<sd-model>", subfolder="vae")
-      flipad = FinalLayerInversionAttributor(vae, FinalLayerInversionAttributorConfig(pool_to=128))
+      pipe = genprov.models.t2i.load_pipeline("<stable-diffusion folder>")     # or any genprov pipeline
+      flipad = FinalLayerInversionAttributor(pipe, FinalLayerInversionAttributorConfig(pool_to=128))
       flipad.fit(sd_images, negatives=real_images)        # (n, 3, 512, 512) in [-1, 1]
+
+  A pipeline stands for its ``vae``. ``genprov reproduce flipad-t2i`` runs this on pipelines trained here
+  (own samples vs real images vs another pipeline's), and shows the case it cannot separate by
+  construction: another pipeline that shares the VAE (only its U-Net differs) decodes through the same
+  ``decoder.conv_out``.
 
 * any ``nn.Module``: name the layer and the activation, e.g.
   ``FinalLayerInversionAttributor(decoder, final_layer="conv_out", activation="identity",
@@ -85,6 +90,7 @@ __all__ = [
     "FinalLayerInversionAttributor",
     "FinalLayerInversionAttributorConfig",
     "LatentSampler",
+    "autoencoder_of",
     "resolve_final_layer",
 ]
 
@@ -165,6 +171,31 @@ def _is_autoencoder_kl(module: nn.Module) -> bool:
     )
 
 
+def autoencoder_of(generator: Any, method: str | None = None) -> Any:
+    """The autoencoder a latent diffusion model's outputs come from.
+
+    Args:
+        generator: A text-to-image pipeline (an object whose ``vae`` is a diffusers ``AutoencoderKL``), an
+            ``AutoencoderKL``, or any other generator.
+        method: When given, anything that is not (or has no) ``AutoencoderKL`` is refused, naming the method.
+
+    Returns:
+        The pipeline's ``vae``, else ``generator`` itself.
+
+    Raises:
+        ConfigError: With ``method``, no ``AutoencoderKL`` (encode / decode and ``decoder.conv_out``).
+    """
+    vae = getattr(generator, "vae", None)
+    if not isinstance(generator, nn.Module) and isinstance(vae, nn.Module) and _is_autoencoder_kl(vae):
+        return vae
+    if method is not None and not (isinstance(generator, nn.Module) and _is_autoencoder_kl(generator)):
+        raise ConfigError(
+            f"{method} needs a latent diffusion model's autoencoder: a diffusers AutoencoderKL (encode, decode, "
+            f"decoder.conv_out) or a text-to-image pipeline whose vae is one; got {type(generator).__name__}."
+        )
+    return generator
+
+
 def _last_layers(module: nn.Module, k: int = 4) -> str:
     names = [name for name, _ in module.named_modules() if name]
     return ", ".join(repr(n) for n in names[-k:]) or "(none)"
@@ -242,7 +273,8 @@ class FinalLayerInversionAttributor(FeatureAttributor):
     """FLIPAD: Deep SAD on final-layer inversions (Laszkiewicz et al., ICML 2024, Sec. 3-4).
 
     Args:
-        generator: The owner's generator (see the module docstring for what is supported).
+        generator: The owner's generator (see the module docstring for what is supported); for a
+            text-to-image pipeline, its ``vae`` is taken.
         config: Settings (default: paper defaults, see :class:`FinalLayerInversionAttributorConfig`).
         final_layer: Shortcut for ``config.final_layer`` (must agree with it if both are given).
         activation: Shortcut for ``config.activation``.
@@ -270,14 +302,14 @@ class FinalLayerInversionAttributor(FeatureAttributor):
 
     def __init__(
         self,
-        generator: nn.Module | None,
+        generator: Any,
         config: FinalLayerInversionAttributorConfig | None = None,
         *,
         final_layer: str | None = None,
         activation: str | None = None,
         latent_sampler: LatentSampler | None = None,
     ) -> None:
-        super().__init__(generator, config)
+        super().__init__(autoencoder_of(generator), config)
         changes: dict[str, Any] = {}
         for field_name, value in (("final_layer", final_layer), ("activation", activation)):
             if value is None:

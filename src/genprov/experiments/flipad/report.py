@@ -14,7 +14,7 @@ from genprov.experiments.flipad.results import AucAcc, FlipadResult, Summary
 from genprov.report import Figure, KeyValue, Report, Section, Table, Text
 from genprov.report.figures import roc_curves, score_histograms
 
-__all__ = ["METHOD_LABELS", "build_report"]
+__all__ = ["METHOD_LABELS", "build_report", "owner_table"]
 
 #: Display names of the methods.
 METHOD_LABELS = {
@@ -26,7 +26,7 @@ METHOD_LABELS = {
 }
 
 
-def _owner_table(summary: Summary, caption: str) -> Table:
+def owner_table(summary: Summary, caption: str) -> Table:
     """One owner's results: a row per method, ``acc / AUC`` per source, then the means."""
     rows = []
     for method, s in summary.items():
@@ -103,7 +103,7 @@ def build_report(
     t1 = Section("table-1", "Table 1: other architectures and real data", intro=_TABLE1_TEXT)
     for arch, summary_ in result.table1.items():
         t1.add(
-            _owner_table(
+            owner_table(
                 summary_, f"Owner {arch}: accuracy at the 0.5% FNR threshold / AUC per source, mean over resamples."
             )
         )
@@ -134,7 +134,7 @@ def build_report(
     if result.table2:
         t2 = Section("table-2", "Table 2: same architecture, other seeds", intro=_TABLE2_TEXT)
         for arch, summary_ in result.table2.items():
-            t2.add(_owner_table(summary_, f"Owner {arch} vs its architecture trained with other seeds (acc / AUC)."))
+            t2.add(owner_table(summary_, f"Owner {arch} vs its architecture trained with other seeds (acc / AUC)."))
         report.add(t2)
     if result.table3:
         t3 = Section("table-3", "Table 3: perturbed data", intro=_TABLE3_TEXT.format(owner=arch0))
@@ -155,7 +155,7 @@ def build_report(
         t5 = Section("table-5", "Table 5: tabular generators", intro=_TABLE5_TEXT.format(alpha=cfg.tabular_alpha))
         for dataset, per_owner in result.table5.items():
             for arch, summary_ in per_owner.items():
-                t5.add(_owner_table(summary_, f"{dataset}, owner {arch}: accuracy at 0.5% FNR / AUC."))
+                t5.add(owner_table(summary_, f"{dataset}, owner {arch}: accuracy at 0.5% FNR / AUC."))
         report.add(t5)
     report.add(Section("table-4", "Table 4: Stable Diffusion (not run here)", intro=_TABLE4_TEXT))
     setup = Section("setup", "Set-up and reproduction")

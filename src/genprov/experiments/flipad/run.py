@@ -54,12 +54,15 @@ __all__ = [
     "SamplePools",
     "auc_acc",
     "draw_sample_pools",
+    "evaluate_methods",
     "fourier_gaussian_blur",
+    "method_configs",
     "own_pool",
     "perturb_images",
     "real_split",
     "reproduce_flipad",
     "run_flipad",
+    "summarise",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,7 +107,7 @@ def _subset(rng: np.random.Generator, n_pool: int, n: int) -> np.ndarray:
     return np.sort(rng.permutation(n_pool)[: min(n, n_pool)])
 
 
-def _evaluate(
+def evaluate_methods(
     generator: nn.Module,
     pools: Mapping[str, Tensor],
     sources: Sequence[str],
@@ -161,7 +164,7 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def _summarise(result: Mapping[str, Any]) -> dict[str, MethodSummary]:
+def summarise(result: Mapping[str, Any]) -> dict[str, MethodSummary]:
     """Per method: mean and standard deviation over resamples per source, and the mean over sources."""
     summary: dict[str, MethodSummary] = {}
     for method, res in result.items():
@@ -306,7 +309,7 @@ def perturb_images(x: Tensor, name: str, *, seed: int) -> Tensor:
 # ------------------------------------------------------------------------------------------------- the run
 
 
-def _method_configs(cfg: FlipadExperimentConfig, flipad: FinalLayerInversionAttributorConfig) -> dict[str, Config]:
+def method_configs(cfg: FlipadExperimentConfig, flipad: FinalLayerInversionAttributorConfig) -> dict[str, Config]:
     """The config of every method: same seed, FNR and Deep SAD settings for all feature methods."""
     shared: dict[str, Any] = {"fnr": 0.005, "seed": cfg.seed}
     return {
@@ -400,15 +403,17 @@ def run_flipad(
         }
         val_sources = [s for s in pools if s not in ("own", "neg")]
         candidates = [(entry["label"], _apply_grid_entry(flipad_cfg, entry)) for entry in cfg.study_grid]
-        base_configs = _method_configs(cfg, flipad_cfg)
-        reference = _summarise(
-            _evaluate(gens[owner0], pools, val_sources, ["raw-pixels"], base_configs, cfg, "study", n_resamples=1)
+        base_configs = method_configs(cfg, flipad_cfg)
+        reference = summarise(
+            evaluate_methods(
+                gens[owner0], pools, val_sources, ["raw-pixels"], base_configs, cfg, "study", n_resamples=1
+            )
         )
         study_rows.append(_study_row("raw pixels (reference)", reference["raw-pixels"], val_sources))
         best_auc = -1.0
         for label, candidate in progress(candidates, desc="study", show=show_progress):
-            candidate_summary = _summarise(
-                _evaluate(
+            candidate_summary = summarise(
+                evaluate_methods(
                     gens[owner0], pools, val_sources, ["flipad"], {"flipad": candidate}, cfg, "study", n_resamples=1
                 )
             )
@@ -420,7 +425,7 @@ def run_flipad(
     t = lap("study", t)
     width_rows = _width_study(cfg, flipad_cfg, real_train, real_neg, real_val, val_arch, models, show_progress)
     t = lap("width_study", t)
-    configs = _method_configs(cfg, flipad_cfg)
+    configs = method_configs(cfg, flipad_cfg)
 
     # ---------------------------------------------------------------- Tables 1 and 2
     table1: dict[str, Summary] = {}
@@ -436,10 +441,10 @@ def run_flipad(
         pools = {"own": own_pools[owner], "neg": real_neg, "real": real_test}
         pools.update({a: src_pools[main[a]] for a in t1_sources[1:]})
         pools.update({s: src_pools[f"{arch}@{cfg.seed + 1 + k}"] for k, s in enumerate(t2_sources)})
-        res = _evaluate(
+        res = evaluate_methods(
             gens[owner], pools, t1_sources + t2_sources, cfg.methods, configs, cfg, f"t1:{arch}", keep_scores=True
         )
-        table1[arch] = _summarise(
+        table1[arch] = summarise(
             {m: {"per_source": {s: v["per_source"][s] for s in t1_sources}} for m, v in res.items()}
         )
         table1_per_resample[arch] = {
@@ -448,7 +453,7 @@ def run_flipad(
         }
         raw1[arch] = {m: v["scores"] for m, v in res.items()}
         if t2_sources:
-            table2[arch] = _summarise(
+            table2[arch] = summarise(
                 {m: {"per_source": {s: v["per_source"][s] for s in t2_sources}} for m, v in res.items()}
             )
     t = lap("tables_1_2", t)
@@ -470,8 +475,10 @@ def run_flipad(
             "real": pert(real_test, "real"),
         }
         pools.update({a: pert(src_pools[main[a]], a) for a in t1_sources0[1:]})
-        res = _evaluate(gens[main[arch0]], pools, t1_sources0, t3_methods, configs, cfg, f"t3:{name}", n_resamples=1)
-        table3[name] = _summarise(res)
+        res = evaluate_methods(
+            gens[main[arch0]], pools, t1_sources0, t3_methods, configs, cfg, f"t3:{name}", n_resamples=1
+        )
+        table3[name] = summarise(res)
     t = lap("table_3", t)
 
     # ---------------------------------------------------------------- Table 5 (tabular)
@@ -524,7 +531,7 @@ def _width_study(
     rows: list[WidthRow] = []
     if not cfg.study or "flipad" not in cfg.methods:
         return rows
-    configs = _method_configs(cfg, flipad_cfg)
+    configs = method_configs(cfg, flipad_cfg)
     n_pool = cfg.n_train + cfg.n_holdout + cfg.n_test
     for width in progress(cfg.study_widths, desc="width study", show=show):
         owner = _train_image_gan(cfg, cfg.archs[0], cfg.seed, real_train, models, show, width=width)
@@ -537,8 +544,10 @@ def _width_study(
             val_name: own_pool(val_gan, max(cfg.n_test, round(1.2 * cfg.n_test)), cfg.seed, f"width-val:{width}"),
         }
         sources = ["real (val)", val_name]
-        res = _summarise(
-            _evaluate(owner, pools, sources, ["flipad", "raw-pixels"], configs, cfg, f"width:{width}", n_resamples=1)
+        res = summarise(
+            evaluate_methods(
+                owner, pools, sources, ["flipad", "raw-pixels"], configs, cfg, f"width:{width}", n_resamples=1
+            )
         )
         channels = owner.config.channels if isinstance(owner, Generator) else 1
         for method in ("flipad", "raw-pixels"):
@@ -608,7 +617,7 @@ def _run_tabular(cfg: FlipadExperimentConfig, models: Path, show: bool | None) -
             gens[arch] = train_tabular_gan(model_cfg, train_cfg, rows_train, folder, show_progress=show).model.eval()
         n_test = min(cfg.n_test, n_test_real)
         sub = dataclasses.replace(cfg, n_test=n_test, n_train=min(cfg.n_train, len(rows_train)))
-        base = _method_configs(sub, cfg.flipad.replace(alpha=cfg.tabular_alpha, saturation="clip", pool_to=None))
+        base = method_configs(sub, cfg.flipad.replace(alpha=cfg.tabular_alpha, saturation="clip", pool_to=None))
         base["flipad"] = base["flipad"].replace(detector=cfg.detector.replace(widths=(32, 16), rep_dim=16))
         for name in ("raw-pixels",):
             base[name] = base[name].replace(detector=cfg.detector.replace(widths=(32, 16), rep_dim=16))
@@ -625,7 +634,7 @@ def _run_tabular(cfg: FlipadExperimentConfig, models: Path, show: bool | None) -
                 }
                 for other in sources[1:]:
                     pools[other] = sample(gens[other], n_test, seed=derive_seed(cfg.seed, "tab-src", dataset, other))
-            per_owner[arch] = _summarise(_evaluate(g, pools, sources, methods, base, sub, f"t5:{dataset}:{arch}"))
+            per_owner[arch] = summarise(evaluate_methods(g, pools, sources, methods, base, sub, f"t5:{dataset}:{arch}"))
         results[dataset] = per_owner
     return results
 
