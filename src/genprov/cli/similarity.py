@@ -6,7 +6,10 @@ its ``config.json`` (the artefact ``similarity-index``) everything needed to reb
 spec and fingerprint); ``tune`` trains a feature mapper on a
 customization benchmark (the folder ``genprov reproduce similarity`` writes under ``customizations/``) and
 calibrates the soft attribution; ``query`` attributes image files against an index: JSON, an ``.npz`` and
-HTML galleries in which each training image is drawn with an area proportional to its share of influence.
+HTML galleries in which each training image is drawn with an area proportional to its share of influence. ``query
+--pipeline DIR [--lora DIR] --prompt TEXT --n N`` first draws the queries from a text-to-image pipeline (e.g. a
+customization: its base and LoRA with the token's prompt) and records each one's prompt. ``index`` takes no pipeline:
+the index holds training images and their features, whatever model is later asked about.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from genprov.cli.common import (
     handle_errors,
     parse_sets,
 )
-from genprov.data import load_images
+from genprov.data import load_images, save_images
 from genprov.data.images import IMAGE_EXTENSIONS
 from genprov.eval.customization import N_VAL_CLASSES, TUNING_GRID, tune_on_customizations
-from genprov.exceptions import DataError
+from genprov.exceptions import ConfigError, DataError
+from genprov.models.t2i import open_pipeline, sample_pipeline
 from genprov.report import Gallery, GalleryRow, Report, Section, Text
 from genprov.report.figures import to_png_bytes
 from genprov.utils.artifacts import INCOMPLETE_INDEX, check_output_file, check_output_folder
@@ -50,6 +54,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+#: Denoising steps of the queries ``query --pipeline`` draws (the diffusers pipelines' default, as ``genprov flipad
+#: fit`` draws its pipeline samples).
+QUERY_SAMPLE_STEPS = 50
 
 SETS_OPTION = typer.Option(
     [],
@@ -274,10 +282,31 @@ def sized_gallery_html(
     return "".join(parts)
 
 
+def _generated_queries(
+    pipeline: Path,
+    lora: Path | None,
+    prompts: list[str],
+    n: int,
+    *,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    out: Path,
+) -> tuple[list[Path], list[str]]:
+    """Draw ``n`` images per prompt from ``pipeline`` (+ ``lora``) into ``out/queries/`` (PNG); their paths and
+    prompts."""
+    pipe = open_pipeline(pipeline, lora)
+    drawn = sample_pipeline(pipe, prompts, n, seed=seed, steps=steps, guidance_scale=guidance_scale)
+    paths = save_images(drawn, out / "queries", prefix="query")
+    return paths, [prompts[i // n] for i in range(len(paths))]
+
+
 @app.command("query")
 @handle_errors
 def query_cmd(
-    images: list[Path] = typer.Argument(..., help="Query image files (resized to the index's image size)."),
+    images: list[Path] = typer.Argument(
+        None, help="Query image files (resized to the index's image size); or generate them with --pipeline."
+    ),
     store: Path = typer.Option(..., "--store", help="Index folder written by 'genprov similarity index'."),
     out: Path = typer.Option(..., "--out", help="Folder for results.json, attribution.npz, gallery.html, report.html."),
     top_k: int = typer.Option(20, "--top-k", min=1, help="Training images listed per query."),
@@ -287,19 +316,59 @@ def query_cmd(
     search: str = config_option(
         SimilarityConfig, "search", "--search", help="exact or faiss (candidates re-ranked exactly)."
     ),
+    pipeline: Path | None = typer.Option(
+        None,
+        "--pipeline",
+        help="Generate the queries instead of reading files: a text-to-image pipeline folder (with --prompt), e.g. "
+        "the base of a customization; the images are saved under OUT/queries.",
+    ),
+    lora: Path | None = typer.Option(
+        None, "--lora", help="With --pipeline: a LoRA folder loaded into it (e.g. a customization with its token)."
+    ),
+    prompt: list[str] = typer.Option(
+        [], "--prompt", help="With --pipeline: a prompt to draw from (repeatable), e.g. 'a handwritten <v1> seven'."
+    ),
+    n: int = typer.Option(4, "--n", min=1, help="With --pipeline: images drawn per prompt."),
+    denoise_steps: int = typer.Option(
+        QUERY_SAMPLE_STEPS, "--steps", min=1, help="With --pipeline: denoising steps of every image."
+    ),
+    guidance: float = typer.Option(
+        7.5, "--guidance-scale", help="With --pipeline: classifier-free guidance weight (1 = none; 7.5 as diffusers)."
+    ),
+    seed: int = SEED_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Attribute generated images to an index's training images: top-k with soft shares of influence.
 
     Higher scores mean more similar, read as more influence; 'share' is the calibrated soft attribution (the
-    shares of all training images sum to 1; 'remaining' is the share outside the top-k).
+    shares of all training images sum to 1; 'remaining' is the share outside the top-k). With --pipeline (+
+    --lora) and --prompt, the queries are drawn from the pipeline first (image i of a prompt from --seed and i)
+    and each result row records its prompt.
 
     Example: genprov similarity query --store runs/sim samples/0001.png samples/0002.png --top-k 20 --out runs/why
+
+    Example: genprov similarity query --store runs/sim --pipeline runs/base --lora runs/v1 --prompt "a handwritten
+    <v1> seven" --n 8 --out runs/why-v1
     """
+    images = list(images or [])
+    if images and pipeline is not None:
+        raise ConfigError("Give query image files or --pipeline (to generate them), not both.")
+    if pipeline is None and (lora is not None or prompt):
+        raise ConfigError("--lora and --prompt need --pipeline (the pipeline to generate the queries with).")
+    if pipeline is not None and not prompt:
+        raise ConfigError("--pipeline needs what to draw: give --prompt TEXT (repeatable), e.g. the customization's.")
+    if pipeline is None and not images:
+        raise DataError("No query images given; pass one or more image files, or --pipeline with --prompt.")
     check_output_folder(out)
     attributor, train, record = open_similarity_index(store, similarity_config={"search": search})
     channels, image_size, _ = (int(v) for v in record.state["image_shape"])
-    x = _query_images(list(images), size=image_size, channels=channels, convert=convert)
+    prompts: list[str | None] = [None] * len(images)
+    if pipeline is not None:
+        images, generated_prompts = _generated_queries(
+            pipeline, lora, prompt, n, steps=denoise_steps, guidance_scale=guidance, seed=seed, out=out
+        )
+        prompts = list(generated_prompts)
+    x = _query_images(images, size=image_size, channels=channels, convert=convert or pipeline is not None)
     k = min(top_k, len(train))
     result = attributor.attribute(x, k=k)
     assert result.soft is not None
@@ -311,9 +380,8 @@ def query_cmd(
             {"index": int(i), "score": float(s), "share": float(p)}
             for i, s, p in zip(result.indices[q], result.scores[q], result.soft[q], strict=True)
         ]
-        rows.append(
-            {"query": str(path), "top": top, "remaining_influence": max(0.0, 1.0 - float(result.soft[q].sum()))}
-        )
+        row = {"query": str(path), "top": top, "remaining_influence": max(0.0, 1.0 - float(result.soft[q].sum()))}
+        rows.append(row if prompts[q] is None else {**row, "prompt": prompts[q]})
     calibration = attributor.calibration_
     summary = {
         "command": "similarity query",
@@ -323,6 +391,9 @@ def query_cmd(
         "image_size": image_size,
         "calibration": calibration.to_dict() if calibration is not None else None,
         "calibrated": bool(record.state.get("calibration")),
+        **(
+            {"pipeline": str(pipeline), "lora": str(lora) if lora is not None else None} if pipeline is not None else {}
+        ),
         "queries": rows,
     }
     atomic_write_json(out / "results.json", summary)

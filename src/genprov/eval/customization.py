@@ -45,6 +45,7 @@ __all__ = [
     "Customization",
     "CustomizationBench",
     "case_roles",
+    "exemplar_nn_rates",
     "load_customizations",
     "protocol_b_scores",
     "similarity_scores",
@@ -82,6 +83,9 @@ class Customization:
         exemplars: Exemplar PNG paths, relative to the benchmark folder.
         samples: Sample PNG paths, relative to the benchmark folder.
         source_indices: Index of each exemplar in the held-out split it came from.
+        prompt: The prompt the samples were generated from (a text-to-image customization; ``None``: an
+            unconditional model).
+        lora: The customization's LoRA folder, relative to the benchmark folder (``None``: none).
     """
 
     id: str
@@ -92,10 +96,13 @@ class Customization:
     exemplars: tuple[str, ...]
     samples: tuple[str, ...]
     source_indices: tuple[int, ...]
+    prompt: str | None = None
+    lora: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest entry (JSON-ready)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The manifest entry (JSON-ready; ``prompt`` and ``lora`` only when set)."""
+        entry = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: v for k, v in entry.items() if v is not None or k not in ("prompt", "lora")}
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> Customization:
@@ -110,6 +117,8 @@ class Customization:
                 exemplars=tuple(entry["exemplars"]),
                 samples=tuple(entry["samples"]),
                 source_indices=tuple(int(i) for i in entry["source_indices"]),
+                prompt=entry.get("prompt"),
+                lora=entry.get("lora"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"Malformed customization entry {entry!r}: {err}. Rebuild the benchmark.") from err
@@ -188,10 +197,12 @@ class CustomizationBench:
         cases: Sequence[Customization],
         roles: Sequence[str],
         control: Tensor | None = None,
+        control_case: Sequence[int] | None = None,
     ) -> CustomizationBench:
         """Read the cases' exemplars and samples from the benchmark ``folder``.
 
-        Control queries (``control``) are assigned to the unseen cases in turn.
+        Control queries (``control``) are assigned to the cases ``control_case`` names (one unseen case index per
+        control query), by default to the unseen cases in turn.
         """
         folder = Path(folder)
         ex_list, ex_rows, first = [], [], 0
@@ -202,7 +213,12 @@ class CustomizationBench:
             first += len(ex)
         control = pool[:0] if control is None else control
         unseen = [i for i, r in enumerate(roles) if r == "unseen"]
-        control_case = np.array([unseen[j % len(unseen)] for j in range(len(control))], dtype=np.int64)
+        if control_case is None:
+            control_case = [unseen[j % len(unseen)] for j in range(len(control))]
+        if len(control_case) != len(control) or any(roles[int(i)] != "unseen" for i in control_case):
+            raise DataError(
+                f"control_case must name one unseen case per control query ({len(control)}); got {list(control_case)}."
+            )
         return cls(
             pool=pool,
             cases=list(cases),
@@ -211,7 +227,7 @@ class CustomizationBench:
             ex_rows=ex_rows,
             samples=[c.sample_images(folder) for c in cases],
             control=control,
-            control_case=control_case,
+            control_case=np.asarray(control_case, dtype=np.int64),
         )
 
     def role_cases(self, role: str) -> list[int]:
@@ -266,6 +282,16 @@ def protocol_b_scores(
     n_pool = len(feats.pool)
     positives = [n_pool + bench.ex_rows[i] for i in idx for _ in range(len(feats.samples[i]))]
     return similarity_scores(q, torch.cat([feats.pool, feats.exemplars])), positives
+
+
+def exemplar_nn_rates(feats: BenchFeatures, bench: CustomizationBench) -> list[float]:
+    """Per case, the share of its samples whose most similar candidate among the pool and its own exemplars
+    (protocol A) is an exemplar: the customization's influence strength in a feature space."""
+    rates = []
+    for i, rows in enumerate(bench.ex_rows):
+        scores = similarity_scores(feats.samples[i], torch.cat([feats.pool, feats.exemplars[torch.as_tensor(rows)]]))
+        rates.append(float((scores.argmax(axis=1) >= len(feats.pool)).mean()))
+    return rates
 
 
 def tune_mapper(

@@ -17,6 +17,7 @@ from genprov.experiments import (
     keyed,
     quickstart,
     similarity,
+    similarity_t2i,
 )
 from genprov.experiments.base import EXPERIMENTS, ExperimentConfig, ExperimentResult, run_experiment
 
@@ -33,4 +34,5 @@ __all__ = [
     "quickstart",
     "run_experiment",
     "similarity",
+    "similarity_t2i",
 ]

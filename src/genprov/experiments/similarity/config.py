@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from genprov.attribution.data import FEATURE_EXTRACTORS, TuningConfig
 from genprov.config import is_int, require, require_choices, require_ints
@@ -13,10 +13,67 @@ from genprov.experiments.base import ExperimentConfig
 from genprov.experiments.similarity.customization import CustomizationConfig
 from genprov.models.diffusion import DDPM_PRESETS
 
-__all__ = ["EXTRACTOR_NAMES", "SimilarityExperimentConfig"]
+__all__ = [
+    "EXTRACTOR_NAMES",
+    "ExtractorSettings",
+    "SimilarityExperimentConfig",
+    "check_extractor_settings",
+    "mapper_tuning_config",
+]
 
 #: Extractors a run evaluates by default (``efficientnet-lite0`` is skipped when its packages are missing).
 EXTRACTOR_NAMES = ("pixels", "classifier", "simclr", "random-cnn", "efficientnet-lite0")
+
+
+class ExtractorSettings(Protocol):
+    """The fields an experiment on a customization benchmark shares for its extractors and their tuning
+    (``reproduce similarity`` and ``reproduce similarity-t2i``; see :class:`SimilarityExperimentConfig`)."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def extractors(self) -> tuple[str, ...]: ...
+    @property
+    def classifier_steps(self) -> int: ...
+    @property
+    def simclr_steps(self) -> int: ...
+    @property
+    def effnet_image_size(self) -> int: ...
+    @property
+    def tuning(self) -> dict[str, Any]: ...
+    @property
+    def tuning_grid(self) -> tuple[dict[str, Any], ...]: ...
+    @property
+    def soft_top_n(self) -> int: ...
+
+    def tuning_config(self, change: Mapping[str, Any] | None = None) -> TuningConfig:
+        """The mappers' :class:`TuningConfig` (with one ``tuning_grid`` ``change``)."""
+        ...
+
+
+def check_extractor_settings(cfg: ExtractorSettings) -> None:
+    """Validate ``extractors``, ``tuning`` and ``tuning_grid`` (a :class:`ConfigError` naming the field)."""
+    require(len(cfg.extractors) >= 1, "extractors", "at least one extractor name", cfg.extractors)
+    for name in cfg.extractors:
+        require(
+            name in FEATURE_EXTRACTORS and name != "local-weights",
+            "extractors",
+            f"names among {[n for n in FEATURE_EXTRACTORS.names() if n != 'local-weights']}",
+            name,
+        )
+    require(isinstance(cfg.tuning, dict), "tuning", "a dict of TuningConfig changes", cfg.tuning)
+    TuningConfig().replace(**cfg.tuning)  # unknown keys raise with a suggestion
+    for change in cfg.tuning_grid:
+        require(isinstance(change, Mapping), "tuning_grid", "dicts of TuningConfig changes", change)
+        TuningConfig().replace(**{**cfg.tuning, **change})
+
+
+def mapper_tuning_config(cfg: ExtractorSettings, change: Mapping[str, Any] | None = None) -> TuningConfig:
+    """``cfg``'s :class:`TuningConfig` (its seed is the run's) with one ``tuning_grid`` ``change``."""
+    return TuningConfig(seed=cfg.seed).replace(**{**cfg.tuning, **dict(change or {})})
+
 
 _DATA_PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"image_size": 8, "preset": "small"},
@@ -142,19 +199,7 @@ class SimilarityExperimentConfig(ExperimentConfig):
             f"an integer in [1, {len(self.seen_classes) - 1}] (fewer than the seen classes)",
             self.n_val_classes,
         )
-        require(len(self.extractors) >= 1, "extractors", "at least one extractor name", self.extractors)
-        for name in self.extractors:
-            require(
-                name in FEATURE_EXTRACTORS and name != "local-weights",
-                "extractors",
-                f"names among {[n for n in FEATURE_EXTRACTORS.names() if n != 'local-weights']}",
-                name,
-            )
-        require(isinstance(self.tuning, dict), "tuning", "a dict of TuningConfig changes", self.tuning)
-        TuningConfig().replace(**self.tuning)  # unknown keys raise with a suggestion
-        for change in self.tuning_grid:
-            require(isinstance(change, Mapping), "tuning_grid", "dicts of TuningConfig changes", change)
-            TuningConfig().replace(**{**self.tuning, **change})
+        check_extractor_settings(self)
         self.customization_config()  # checks the benchmark fields
 
     def customization_config(self) -> CustomizationConfig:
@@ -176,7 +221,7 @@ class SimilarityExperimentConfig(ExperimentConfig):
 
     def tuning_config(self, change: Mapping[str, Any] | None = None) -> TuningConfig:
         """The mappers' :class:`TuningConfig` (with one ``tuning_grid`` ``change``)."""
-        return TuningConfig(seed=self.seed).replace(**{**self.tuning, **dict(change or {})})
+        return mapper_tuning_config(self, change)
 
     @classmethod
     def preset_values(cls, data: str, quick: bool) -> dict[str, Any]:

@@ -46,7 +46,14 @@ from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
 
-__all__ = ["STYLES", "CustomizationConfig", "build_customizations", "influence_strength", "stylize"]
+__all__ = [
+    "STYLES",
+    "CustomizationConfig",
+    "build_customizations",
+    "influence_strength",
+    "pixel_nn_hits",
+    "stylize",
+]
 
 
 def _thick(x: Tensor) -> Tensor:
@@ -260,6 +267,22 @@ def build_customizations(
     return out
 
 
+def pixel_nn_hits(flat_pool: Tensor, exemplars: Tensor, samples: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample: whether its pixel nearest neighbour among pool + ``exemplars`` is an exemplar (1.0 / 0.0),
+    and its RMS distance to the nearest exemplar.
+
+    Args:
+        flat_pool: (n, D) the pool's pixels, flattened, float64.
+        exemplars: (e, C, H, W) the case's exemplars.
+        samples: (s, C, H, W) the case's samples.
+    """
+    ex = exemplars.flatten(1).double()
+    sa = samples.flatten(1).double()
+    d_pool = torch.cdist(sa, flat_pool).min(1).values
+    d_ex = torch.cdist(sa, ex).min(1).values
+    return (d_ex < d_pool).double(), d_ex / flat_pool.shape[1] ** 0.5
+
+
 def influence_strength(
     pool: Tensor, customizations: Sequence[Customization], folder: str | Path, heldout: Tensor
 ) -> dict[str, float]:
@@ -283,12 +306,9 @@ def influence_strength(
     reference = float(torch.cdist(heldout.flatten(1).double(), flat_pool).min(1).values.median() / d**0.5)
     nn_hits, to_exemplar = [], []
     for c in customizations:
-        ex = c.exemplar_images(folder).flatten(1).double()
-        sa = c.sample_images(folder).flatten(1).double()
-        d_pool = torch.cdist(sa, flat_pool).min(1).values
-        d_ex = torch.cdist(sa, ex).min(1).values
-        nn_hits.append((d_ex < d_pool).double())
-        to_exemplar.append(d_ex / d**0.5)
+        hit, dist_c = pixel_nn_hits(flat_pool, c.exemplar_images(folder), c.sample_images(folder))
+        nn_hits.append(hit)
+        to_exemplar.append(dist_c)
     hits = torch.cat(nn_hits)
     dist = torch.cat(to_exemplar)
     return {

@@ -40,7 +40,7 @@ from genprov.eval.customization import (
 from genprov.eval.retrieval import recall_per_query
 from genprov.exceptions import DataError, MissingDependencyError
 from genprov.experiments.base import EXPERIMENTS, Laps, start_run
-from genprov.experiments.similarity.config import SimilarityExperimentConfig
+from genprov.experiments.similarity.config import ExtractorSettings, SimilarityExperimentConfig
 from genprov.experiments.similarity.customization import build_customizations, influence_strength
 from genprov.experiments.similarity.report import build_report
 from genprov.experiments.similarity.results import (
@@ -66,7 +66,17 @@ from genprov.models.training import default_train_config, train_classifier, trai
 from genprov.utils.io import atomic_save_npz
 from genprov.utils.seeding import derive_seed, numpy_rng
 
-__all__ = ["PROTOCOLS", "RECALL_KS", "chance_level", "retrieval_metrics", "run_similarity"]
+__all__ = [
+    "PROTOCOLS",
+    "RECALL_KS",
+    "ExtractorRows",
+    "chance_level",
+    "chance_unseen",
+    "check_claims",
+    "evaluate_extractors",
+    "retrieval_metrics",
+    "run_similarity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +189,7 @@ def _bench(
 # ------------------------------------------------------------------------------------------ extractors
 
 
-def _classifier(cfg: SimilarityExperimentConfig, pool: ImageDataset, out: Path, show: bool | None) -> CNNClassifier:
+def _classifier(cfg: ExtractorSettings, pool: ImageDataset, out: Path, show: bool | None) -> CNNClassifier:
     assert pool.labels is not None
     clf_cfg = ClassifierConfig(
         image_size=cfg.image_size, channels=pool.n_channels, n_classes=int(pool.labels.max()) + 1
@@ -190,7 +200,7 @@ def _classifier(cfg: SimilarityExperimentConfig, pool: ImageDataset, out: Path, 
     return model.eval()
 
 
-def _simclr(cfg: SimilarityExperimentConfig, pool: ImageDataset, out: Path, show: bool | None) -> SimCLRExtractor:
+def _simclr(cfg: ExtractorSettings, pool: ImageDataset, out: Path, show: bool | None) -> SimCLRExtractor:
     file = out / "models" / "simclr"
     wanted = SimCLRConfig(steps=cfg.simclr_steps, seed=cfg.seed)
     if file.is_dir():
@@ -203,7 +213,7 @@ def _simclr(cfg: SimilarityExperimentConfig, pool: ImageDataset, out: Path, show
 
 
 def _build_extractor(
-    name: str, cfg: SimilarityExperimentConfig, pool: ImageDataset, out: Path, show: bool | None
+    name: str, cfg: ExtractorSettings, pool: ImageDataset, out: Path, show: bool | None
 ) -> FeatureExtractor:
     if name == "classifier":
         return ClassifierExtractor(_classifier(cfg, pool, out, show))
@@ -345,7 +355,7 @@ def _hubness(feats: BenchFeatures, bench: CustomizationBench) -> dict[str, float
     return hub_statistics(scores, 10, items=tuned_rows)
 
 
-def _chance(bench: CustomizationBench, seed: int) -> dict[str, RetrievalMetrics]:
+def chance_unseen(bench: CustomizationBench, seed: int) -> dict[str, RetrievalMetrics]:
     """Chance level of the unseen queries per protocol (query-weighted over cases)."""
     n_pool = len(bench.pool)
     out: dict[str, RetrievalMetrics] = {}
@@ -366,41 +376,43 @@ def _chance(bench: CustomizationBench, seed: int) -> dict[str, RetrievalMetrics]
     return out
 
 
-# ------------------------------------------------------------------------------------------ the run
+@dataclasses.dataclass(frozen=True)
+class ExtractorRows:
+    """What :func:`evaluate_extractors` measured, for every extractor that ran.
 
-
-@EXPERIMENTS.register("similarity", config=SimilarityExperimentConfig)
-def run_similarity(
-    config: SimilarityExperimentConfig,
-    out_dir: str | Path,
-    *,
-    data_root: str | Path | None = None,
-    show_progress: bool | None = None,
-) -> SimilarityResult:
-    """Run the feature-similarity attribution reproduction; write ``results.json`` and ``report.html``.
-
-    Registered as the ``"similarity"`` experiment (``genprov reproduce similarity``).
-
-    Args:
-        config: What to run (see :class:`SimilarityExperimentConfig`).
-        out_dir: Output folder (models, benchmark and features are cached there; a re-run resumes).
-        data_root: Folder of dataset files (overrides ``config.data_root``).
-        show_progress: Progress bars.
-
-    Returns:
-        The typed results (``to_dict()`` is ``results.json``).
+    Attributes:
+        retrieval: Retrieval rows (untuned and tuned, both protocols, every split and case kind).
+        control: Negative-control rows.
+        hubness: Hub statistics.
+        soft: Soft attribution before and after calibration.
+        tuning: Extractor -> its kept mapper.
+        skipped: Extractor -> why it was skipped (a missing optional package).
+        features: Extractor -> (untuned features, tuned features, its soft rows by variant).
     """
-    cfg, out = start_run(config, out_dir, data_root)
-    lap = Laps()
-    pool, heldout = _load_data(cfg)
-    base = _base_model(cfg, pool, out, show_progress)
-    lap("base model")
-    bench = _bench(cfg, pool, heldout, base, out, show_progress)
-    lap("customizations")
-    strength = influence_strength(bench.pool, bench.cases, out / "customizations", heldout.images)
-    chance = _chance(bench, cfg.seed)
-    lap("influence strength")
 
+    retrieval: tuple[RetrievalRow, ...]
+    control: tuple[ControlRow, ...]
+    hubness: tuple[HubRow, ...]
+    soft: tuple[SoftRow, ...]
+    tuning: dict[str, TuningRow]
+    skipped: dict[str, str]
+    features: dict[str, tuple[BenchFeatures, BenchFeatures, dict[str, SoftRow]]]
+
+    @property
+    def gallery_extractor(self) -> str:
+        """The extractor with the best tuned validation mAP (chosen without test data)."""
+        return max(self.tuning, key=lambda n: float(self.tuning[n].tuned_val_map or 0.0))
+
+
+def evaluate_extractors(
+    cfg: ExtractorSettings, pool: ImageDataset, bench: CustomizationBench, out: Path, lap: Laps, show: bool | None
+) -> ExtractorRows:
+    """Featurize ``bench`` with every extractor of ``cfg``, tune a mapper per extractor on the tuning cases
+    and measure retrieval, control, hubness and soft attribution untuned and tuned (one ``lap`` per extractor).
+
+    Raises:
+        DataError: No extractor could run.
+    """
     retrieval: list[RetrievalRow] = []
     controls: list[ControlRow] = []
     hubs: list[HubRow] = []
@@ -411,7 +423,7 @@ def run_similarity(
     for name in cfg.extractors:
         lap.restart()
         try:
-            extractor = _build_extractor(name, cfg, pool, out, show_progress)
+            extractor = _build_extractor(name, cfg, pool, out, show)
             raw = _featurize(extractor, bench, out)
         except MissingDependencyError as err:
             skipped[name] = str(err)
@@ -459,12 +471,59 @@ def run_similarity(
             soft.append(soft_by_variant[variant])
         gallery_feats[name] = (raw, raw.mapped(mapper), soft_by_variant)
         lap(f"extractor {name}")
+
     lap.restart()
     if not tuning:
         raise DataError(f"No extractor could run: {skipped}.")
+    return ExtractorRows(
+        retrieval=tuple(retrieval),
+        control=tuple(controls),
+        hubness=tuple(hubs),
+        soft=tuple(soft),
+        tuning=tuning,
+        skipped=skipped,
+        features=gallery_feats,
+    )
 
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@EXPERIMENTS.register("similarity", config=SimilarityExperimentConfig)
+def run_similarity(
+    config: SimilarityExperimentConfig,
+    out_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    show_progress: bool | None = None,
+) -> SimilarityResult:
+    """Run the feature-similarity attribution reproduction; write ``results.json`` and ``report.html``.
+
+    Registered as the ``"similarity"`` experiment (``genprov reproduce similarity``).
+
+    Args:
+        config: What to run (see :class:`SimilarityExperimentConfig`).
+        out_dir: Output folder (models, benchmark and features are cached there; a re-run resumes).
+        data_root: Folder of dataset files (overrides ``config.data_root``).
+        show_progress: Progress bars.
+
+    Returns:
+        The typed results (``to_dict()`` is ``results.json``).
+    """
+    cfg, out = start_run(config, out_dir, data_root)
+    lap = Laps()
+    pool, heldout = _load_data(cfg)
+    base = _base_model(cfg, pool, out, show_progress)
+    lap("base model")
+    bench = _bench(cfg, pool, heldout, base, out, show_progress)
+    lap("customizations")
+    strength = influence_strength(bench.pool, bench.cases, out / "customizations", heldout.images)
+    chance = chance_unseen(bench, cfg.seed)
+    lap("influence strength")
+
+    rows = evaluate_extractors(cfg, pool, bench, out, lap, show_progress)
     # the gallery shows the extractor with the best tuned validation mAP (chosen without test data)
-    shown = max(tuning, key=lambda n: float(tuning[n].tuned_val_map or 0.0))
+    shown = rows.gallery_extractor
     result = SimilarityResult(
         experiment="similarity",
         config=cfg.to_dict(),
@@ -488,17 +547,17 @@ def run_similarity(
         ),
         influence_strength=InfluenceStrength(**strength),
         chance_unseen=chance,
-        retrieval=tuple(retrieval),
-        control=tuple(controls),
-        hubness=tuple(hubs),
-        soft_attribution=tuple(soft),
-        tuning=tuning,
-        skipped_extractors=skipped,
+        retrieval=rows.retrieval,
+        control=rows.control,
+        hubness=rows.hubness,
+        soft_attribution=rows.soft,
+        tuning=rows.tuning,
+        skipped_extractors=rows.skipped,
         gallery_extractor=shown,
-        claims=_claims(retrieval, controls, soft, chance),
+        claims=check_claims(rows.retrieval, rows.control, rows.soft, chance),
         timings_seconds=dict(lap.timings),
     )
-    report = build_report(cfg, result, bench, gallery_feats[shown], out)
+    report = build_report(cfg, result, bench, rows.features[shown], out)
     lap("report")  # results.json holds the report's time too; the report's own table does not
     result = dataclasses.replace(result, timings_seconds=lap.timings)
     result.write_json(out / "results.json")
@@ -506,7 +565,7 @@ def run_similarity(
     return result
 
 
-def _claims(
+def check_claims(
     retrieval: Sequence[RetrievalRow],
     controls: Sequence[ControlRow],
     soft: Sequence[SoftRow],

@@ -1,0 +1,183 @@
+"""The runner of ``genprov reproduce similarity-t2i`` (registered in :data:`~genprov.experiments.base.EXPERIMENTS`):
+trains (or opens) the base pipeline, customizes it once per case with a DreamBooth LoRA, and measures feature
+similarity attribution of the customized samples with the code of ``reproduce similarity``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from genprov.data import ImageDataset, load_train_test
+from genprov.eval.customization import CustomizationBench, case_roles, exemplar_nn_rates
+from genprov.exceptions import ConfigError, DataError
+from genprov.experiments.base import EXPERIMENTS, Laps, start_run
+from genprov.experiments.similarity.customization import influence_strength
+from genprov.experiments.similarity.results import BenchmarkInfo, DataInfo, InfluenceStrength
+from genprov.experiments.similarity.run import chance_unseen, check_claims, evaluate_extractors
+from genprov.experiments.similarity_t2i.config import SimilarityT2IExperimentConfig
+from genprov.experiments.similarity_t2i.customization import (
+    build_t2i_customizations,
+    case_influence,
+    control_samples,
+    object_prompts,
+)
+from genprov.experiments.similarity_t2i.report import build_report
+from genprov.experiments.similarity_t2i.results import CaseRow, SimilarityT2IResult, T2IBenchModel
+from genprov.models.t2i import captions_for, captions_from_labels, load_pipeline, quick_configs, train_t2i
+
+__all__ = ["run_similarity_t2i"]
+
+
+def _load_data(cfg: SimilarityT2IExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
+    pool, heldout = load_train_test(
+        cfg.data,
+        data_root=cfg.data_root,
+        resize=cfg.image_size,
+        n_train=cfg.n_pool,
+        n_test=cfg.n_heldout,
+        seed=cfg.seed,
+    )
+    if pool.labels is None or heldout.labels is None:
+        raise DataError(f"{cfg.data} has no labels; the benchmark needs classes (seen / unseen splits, class nouns).")
+    return pool, heldout
+
+
+def _base_pipeline(
+    cfg: SimilarityT2IExperimentConfig, pool: ImageDataset, out: Path, show: bool | None
+) -> tuple[Path, bool]:
+    """The base pipeline's folder and whether this run trained it (on the pool, resumably)."""
+    if cfg.base_pipeline is not None:
+        folder = Path(cfg.base_pipeline)
+        size = int(load_pipeline(folder).vae.config.sample_size)
+        if size != cfg.image_size:
+            raise ConfigError(
+                f"base_pipeline {folder} takes {size}x{size} images but image_size={cfg.image_size}; "
+                f"set --set image_size={size}."
+            )
+        return folder, False
+    model_cfg, train_cfg = quick_configs(cfg.base, image_size=cfg.image_size, channels=pool.n_channels)
+    captions = captions_for(cfg.captions, pool)
+    return train_t2i(model_cfg, train_cfg, pool.images, captions, out / "base", show_progress=show).folder, True
+
+
+@EXPERIMENTS.register("similarity-t2i", config=SimilarityT2IExperimentConfig)
+def run_similarity_t2i(
+    config: SimilarityT2IExperimentConfig,
+    out_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    show_progress: bool | None = None,
+) -> SimilarityT2IResult:
+    """Run similarity attribution on real text-to-image customizations; write ``results.json`` and ``report.html``.
+
+    Registered as the ``"similarity-t2i"`` experiment (``genprov reproduce similarity-t2i``).
+
+    Args:
+        config: What to run (see :class:`SimilarityT2IExperimentConfig`).
+        out_dir: Output folder (``base/``, ``customizations/``, ``control/``, ``models/`` and ``features/`` are cached
+            there; a re-run resumes).
+        data_root: Folder of dataset files (overrides ``config.data_root``).
+        show_progress: Progress bars.
+
+    Returns:
+        The typed results (``to_dict()`` is ``results.json``).
+    """
+    cfg, out = start_run(config, out_dir, data_root)
+    lap = Laps()
+    pool, heldout = _load_data(cfg)
+    assert heldout.labels is not None
+    base_dir, trained = _base_pipeline(cfg, pool, out, show_progress)
+    lap("base pipeline")
+
+    folder = out / "customizations"
+    class_captions = captions_from_labels(heldout)
+    cases = build_t2i_customizations(
+        cfg, base_dir, heldout.images, heldout.labels.numpy(), class_captions, folder, show_progress=show_progress
+    )
+    lap("customizations")
+    control, owner = control_samples(cfg, base_dir, cases, class_captions, out)
+    lap("control samples")
+    roles = case_roles(cases, cfg.seen_classes, cfg.n_val_classes, cfg.seed)
+    if "unseen" not in roles or "tune" not in roles or "val" not in roles:
+        raise DataError(
+            f"The benchmark needs tuning, validation and unseen cases; got roles {sorted(set(roles))}. Use more "
+            "customizations (--set n_object=...)."
+        )
+    keep = [k for k, j in enumerate(owner) if roles[j] == "unseen"]
+    bench = CustomizationBench.from_folder(
+        folder, pool.images, cases, roles, control=control[keep], control_case=[owner[k] for k in keep]
+    )
+    strength = influence_strength(bench.pool, bench.cases, folder, heldout.images)
+    chance = chance_unseen(bench, cfg.seed)
+    lap("influence strength")
+
+    rows = evaluate_extractors(cfg, pool, bench, out, lap, show_progress)
+    feature_rates = {name: exemplar_nn_rates(feats[0], bench) for name, feats in rows.features.items()}
+    owner_arr = np.asarray(owner, dtype=np.int64)
+    case_rows = []
+    for j, case in enumerate(cases):
+        paired = control[np.flatnonzero(owner_arr == j)] if len(owner) else control
+        nn_rate, base_rate, to_ex, base_to_ex = case_influence(pool.images, case, folder, paired)
+        case_rows.append(
+            CaseRow(
+                id=case.id,
+                role=roles[j],
+                class_=case.classes[0],
+                prompt=case.prompt or "",
+                pixel_nn_rate=nn_rate,
+                base_pixel_nn_rate=base_rate,
+                to_exemplar=to_ex,
+                base_to_exemplar=base_to_ex,
+                feature_nn_rate={name: rates[j] for name, rates in feature_rates.items()},
+            )
+        )
+    result = SimilarityT2IResult(
+        experiment="similarity-t2i",
+        config=cfg.to_dict(),
+        data=DataInfo(
+            name=pool.name,
+            n_pool=len(pool),
+            n_heldout=len(heldout),
+            image_size=cfg.image_size,
+            pool_fingerprint=pool.fingerprint(),
+        ),
+        model=T2IBenchModel(
+            base_pipeline=str(base_dir),
+            trained_here=trained,
+            token=cfg.new_token,
+            example_prompt=object_prompts(cfg, class_captions[cases[0].source_indices[0]])[0],
+            lora_rank=cfg.lora_rank,
+            lora_steps=cfg.lora_steps,
+        ),
+        benchmark=BenchmarkInfo(
+            folder=str(folder),
+            cases=len(cases),
+            roles={r: roles.count(r) for r in ("tune", "val", "unseen")},
+            queries={
+                r: int(sum(len(s) for s, rr in zip(bench.samples, roles, strict=True) if rr == r))
+                for r in ("tune", "val", "unseen")
+            },
+            exemplars=len(bench.exemplars),
+            control_queries=len(bench.control),
+        ),
+        influence_strength=InfluenceStrength(**strength),
+        cases=tuple(case_rows),
+        chance_unseen=chance,
+        retrieval=rows.retrieval,
+        control=rows.control,
+        hubness=rows.hubness,
+        soft_attribution=rows.soft,
+        tuning=rows.tuning,
+        skipped_extractors=rows.skipped,
+        gallery_extractor=rows.gallery_extractor,
+        claims=check_claims(rows.retrieval, rows.control, rows.soft, chance),
+        timings_seconds=dict(lap.timings),
+    )
+    report = build_report(cfg, result, bench, rows.features[result.gallery_extractor], control, owner)
+    lap("report")
+    result = dataclasses.replace(result, timings_seconds=dict(lap.timings))
+    result.write_json(out / "results.json")
+    report.write(out, filename="report.html")
+    return result
