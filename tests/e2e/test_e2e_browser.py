@@ -6,6 +6,7 @@ Skips with the reason when Chromium or Playwright is missing (``make test`` inst
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.e2e
+
+PROMPT = "a photo of a horse"
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -42,14 +45,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def _serving(ws: Path) -> Iterator[str]:
+    """``genprov serve`` on ``ws`` in a thread, on a free port: its URL."""
     import uvicorn
 
     from genprov.app.server import create_app
 
-    ws = tmp_path_factory.mktemp("e2e") / "ws"
-    shutil.copytree(tiny_workspace, ws)
     port = _free_port()
     config = uvicorn.Config(create_app(ws), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
@@ -60,9 +62,55 @@ def server(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("the server did not start within 30 s")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ws = tmp_path_factory.mktemp("e2e") / "ws"
+    shutil.copytree(tiny_workspace, ws)
+    with _serving(ws) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pipeline_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A workspace with one pipeline entry: a FLIPAD detector of a tiny text-to-image pipeline's VAE (fitted in a
+    few seconds by ``genprov flipad fit``), the pipeline copied with it."""
+    import torch
+    from typer.testing import CliRunner
+
+    from genprov.cli.main import app
+    from genprov.data import save_images
+    from genprov.models.t2i import save_pipeline, tiny_pipeline
+
+    root = tmp_path_factory.mktemp("e2e-pipeline")
+    save_images(torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1, root / "real")
+    pipeline = save_pipeline(tiny_pipeline(0), root / "pipe")
+    fit = ["flipad", "fit", "--generator", str(pipeline), "--prompt", PROMPT, "--real", str(root / "real")]
+    fit += ["--out", str(root / "det"), "--n-samples", "12", "--n-real", "12", "--sample-steps", "2"]
+    fit += [
+        "--set",
+        "max_iter=10",
+        "--set",
+        "n_anchor=8",
+        "--set",
+        "detector.n_epochs=2",
+        "--set",
+        "detector.widths=[8]",
+    ]
+    add = ["workspace", "add", "flipad", "--workspace", str(root / "ws"), "--name", "sd"]
+    add += ["--detector", str(root / "det"), "--generator", str(pipeline)]
+    commands = [fit, add]
+    for args in commands:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    with _serving(root / "ws") as url:
+        yield url
 
 
 def test_upload_on_the_page_shows_verdicts_and_gallery(server: str, tiny_workspace: Path, tmp_path: Path) -> None:
@@ -99,5 +147,30 @@ def test_upload_on_the_page_shows_verdicts_and_gallery(server: str, tiny_workspa
             page.click("#submit")
             page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
             assert "use a PNG or JPEG file" in page.inner_text("#error")
+        finally:
+            browser.close()
+
+
+def test_a_pipeline_entry_answers_an_upload_with_its_prompt(pipeline_server: str, tmp_path: Path) -> None:
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    from PIL import Image
+
+    image = tmp_path / "query.png"
+    Image.new("RGB", (32, 32), (40, 120, 200)).save(image)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(pipeline_server + "/")
+            assert "Prompt (optional)" in page.inner_text("#upload")
+            page.set_input_files("#file", str(image))
+            page.fill("#prompt", PROMPT)
+            page.click("#submit")
+            page.wait_for_url("**/results/*", timeout=60_000)
+            assert page.locator("q").inner_text() == PROMPT
+            entry = page.locator('.entry[data-kind="flipad"][data-name="sd"]')
+            assert entry.locator(".verdict").inner_text() in {"made by sd", "not made by sd"}
+            assert "FLIPAD score" in entry.inner_text() and "resized from 32x32 to 16x16" in entry.inner_text()
         finally:
             browser.close()

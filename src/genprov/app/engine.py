@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -40,13 +40,15 @@ from genprov.data import image_to_tensor, min_image_size, png_roundtrip
 from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
-from genprov.models.t2i import check_prompts, encode_examples
+from genprov.models.t2i import check_prompts, encode_examples, load_pipeline
 from genprov.models.t2i.source import open_pipeline
 
 __all__ = [
     "ANALYZERS",
     "DEFAULT_QUEUE",
     "DEFAULT_WORKERS",
+    "PROMPT_OPTIONAL",
+    "PROMPT_REQUIRED",
     "AnalysisPool",
     "Analyzer",
     "BusyError",
@@ -86,10 +88,21 @@ class PromptRequiredError(DataError):
     """An entry attributes to a text-to-image model and the query came without its prompt."""
 
 
+#: What an entry does with each query's prompt (:attr:`Analyzer.prompt_use`): a text-to-image TRAK entry needs it;
+#: entries of a text-to-image pipeline's outputs (a FLIPAD detector of its VAE) and similarity entries accept it and
+#: record it in their answer; the others (GANs, keyed families, DDPMs) ignore it.
+PROMPT_REQUIRED, PROMPT_OPTIONAL = "required", "optional"
+
+
 class Analyzer(Protocol):
     """One loaded entry."""
 
     entry: Entry
+
+    @property
+    def prompt_use(self) -> str | None:
+        """:data:`PROMPT_REQUIRED`, :data:`PROMPT_OPTIONAL` (recorded in the answer when given) or ``None`` (ignored)."""
+        ...
 
     def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         """The entry's answer about ``image`` (JSON-ready); ``prompt`` is the query's prompt, which entries of a
@@ -97,28 +110,43 @@ class Analyzer(Protocol):
         ...
 
 
+def _with_prompt(answer: dict[str, Any], prompt: str | None) -> dict[str, Any]:
+    """``answer`` with the query's prompt recorded (an entry that accepts one, when given)."""
+    return {**answer, "prompt": prompt} if prompt else answer
+
+
 @dataclass
 class _FlipadAnalyzer:
+    """A FLIPAD (or baseline) detector of a GAN, or of a text-to-image pipeline's VAE (``pipeline``: its outputs
+    carry their prompt, which the answer records)."""
+
     entry: Entry
     attributor: ModelAttributor
+    pipeline: bool = False
+
+    @property
+    def prompt_use(self) -> str | None:
+        return PROMPT_OPTIONAL if self.pipeline else None
 
     def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
         result = self.attributor.attribute(x)
         made = bool(result.verdicts[0])
-        return {
+        answer = {
             "score": float(result.scores[0]),
             "threshold": float(result.threshold),
             "attributed": made,
             "verdict": f"made by {self.entry.name}" if made else f"not made by {self.entry.name}",
             "notes": notes,
         }
+        return _with_prompt(answer, prompt if self.pipeline else None)
 
 
 @dataclass
 class _KeyedAnalyzer:
     entry: Entry
     family: KeyedGenerators
+    prompt_use: ClassVar[str | None] = None
 
     def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
@@ -161,6 +189,10 @@ class _TRAKAnalyzer:
     k: int = 8
     negative: int = 4
 
+    @property
+    def prompt_use(self) -> str | None:
+        return PROMPT_REQUIRED if self.pipeline is not None else None
+
     def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
         if self.pipeline is None:
@@ -172,16 +204,18 @@ class _TRAKAnalyzer:
             scores = self.attributor.scores_from_features(self.attributor.featurize_queries(query))
         out = _influencers(scores[0].double().numpy(), self.k, self.negative, self.entry.name)
         out.update({"method": self.attributor.method, "notes": notes})
-        if self.pipeline is not None:
-            out["prompt"] = prompt
-        return out
+        return _with_prompt(out, prompt if self.pipeline is not None else None)
 
 
 @dataclass
 class _SimilarityAnalyzer:
+    """A similarity index over training images: it needs no model (the nearest training images of the query), and
+    records the query's prompt when given (e.g. a customized pipeline's output with its token)."""
+
     entry: Entry
     attributor: SimilarityAttributor
     k: int = 8
+    prompt_use: ClassVar[str | None] = PROMPT_OPTIONAL
 
     def analyze(self, image: Image.Image, prompt: str | None = None) -> dict[str, Any]:
         x, notes = prepare_image(image, int(self.entry.info["image_size"]), int(self.entry.info["channels"]))
@@ -196,7 +230,7 @@ class _SimilarityAnalyzer:
             }
             for i, s, p in zip(result.indices[0], result.scores[0], soft, strict=True)
         ]
-        return {
+        answer = {
             "method": self.attributor.method,
             "positive": positive,
             "negative": [],
@@ -204,10 +238,14 @@ class _SimilarityAnalyzer:
             "n_train": int(self.entry.info["n_train"]),
             "notes": notes,
         }
+        return _with_prompt(answer, prompt)
 
 
 def _load_flipad(ws: Workspace, entry: Entry) -> Analyzer:
     base = ws.entry_dir(entry.name)
+    if entry.info.get("pipeline"):  # a detector of a text-to-image pipeline's VAE (its fingerprint is checked)
+        vae = load_pipeline(base / "generator").vae
+        return _FlipadAnalyzer(entry, ModelAttributor.from_pretrained(base / "detector", vae), pipeline=True)
     generator = load_checkpoint(base / "generator").model
     return _FlipadAnalyzer(entry, ModelAttributor.from_pretrained(base / "detector", generator))
 
@@ -298,9 +336,15 @@ class ProvenanceEngine:
         return max((int(a.entry.info.get("image_size", 0)) for a in self.analyzers.values()), default=0)
 
     @property
+    def prompts(self) -> dict[str, str]:
+        """What each loaded entry that takes the query's prompt does with it (:data:`PROMPT_REQUIRED` or
+        :data:`PROMPT_OPTIONAL`), by name."""
+        return {n: a.prompt_use for n, a in self.analyzers.items() if a.prompt_use is not None}
+
+    @property
     def prompted(self) -> list[str]:
-        """The loaded entries that need each query's prompt (those of a text-to-image model)."""
-        return [n for n, a in self.analyzers.items() if isinstance(a, _TRAKAnalyzer) and a.pipeline is not None]
+        """The loaded entries that need each query's prompt (those attributing to a text-to-image model)."""
+        return [n for n, use in self.prompts.items() if use == PROMPT_REQUIRED]
 
     def check_prompt(self, prompt: str | None) -> None:
         """Refuse a query whose prompt an entry needs and is missing, or is longer than its tokenizer takes.
@@ -368,6 +412,8 @@ class LoadedWorkspace:
         loaded: Entries that loaded.
         errors: Entries that failed to load, with the reason.
         analysed_size: The largest image side any loaded entry analyses at.
+        prompts: The loaded entries that take the query's prompt, with what they do with it
+            (:attr:`ProvenanceEngine.prompts`).
         engines: The free engines (one per worker thread).
     """
 
@@ -376,6 +422,7 @@ class LoadedWorkspace:
     loaded: tuple[str, ...]
     errors: dict[str, str]
     analysed_size: int
+    prompts: dict[str, str]
     engines: queue.SimpleQueue[ProvenanceEngine] = field(repr=False)
 
 
@@ -439,7 +486,9 @@ class AnalysisPool:
         for engine in engines:
             free.put(engine)
         first = engines[0]
-        return LoadedWorkspace(workspace, token, tuple(first.analyzers), dict(first.errors), first.analysed_size, free)
+        return LoadedWorkspace(
+            workspace, token, tuple(first.analyzers), dict(first.errors), first.analysed_size, first.prompts, free
+        )
 
     # ------------------------------------------------------------------------------------ workspace
 

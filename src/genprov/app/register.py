@@ -20,9 +20,9 @@ from genprov.attribution.data.similarity import recorded_parts
 from genprov.attribution.model import KeyedGenerators, ModelAttributor
 from genprov.data import ImageDataset, load_dataset
 from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError
-from genprov.models.artifact import read_artifact
+from genprov.models.artifact import module_fingerprint, read_artifact
 from genprov.models.checkpoints import load_checkpoint
-from genprov.models.t2i import captions_for, is_pipeline_folder
+from genprov.models.t2i import captions_for, is_pipeline_folder, load_pipeline
 from genprov.storage import FeatureStore
 from genprov.utils.artifacts import identify_artifact
 from genprov.utils.io import read_json
@@ -41,13 +41,24 @@ def _verified(ws: Workspace, entry: Entry) -> Entry:
 
 
 def add_flipad(ws: Workspace, name: str, detector: str | Path, *, generator: str | Path | None = None) -> Entry:
-    """Register a detector written by ``genprov flipad fit`` (or ``save_pretrained``) and its GAN.
+    """Register a detector written by ``genprov flipad fit`` (or ``save_pretrained``) and its generator.
+
+    The generator is a GAN checkpoint, or, for a detector of a text-to-image pipeline (FLIPAD on its VAE's
+    decoder, AEROBLADE), the pipeline folder: the detector records only the VAE's fingerprint, so the pipeline
+    must be given, and its VAE must be the one the detector was fitted on (checked before anything is copied).
+    The whole pipeline folder is copied, as every entry is self-contained: for a real Stable Diffusion folder
+    that is several GB. A LoRA is not needed: it changes the U-Net, not the VAE the detector tests.
 
     Args:
         ws: The workspace.
         name: Entry name.
         detector: The detector folder.
-        generator: The GAN checkpoint folder (default: the one the detector's config.json records).
+        generator: The GAN checkpoint folder (default: the one the detector's config.json records) or the
+            pipeline folder (required for a detector of a pipeline).
+
+    Raises:
+        DataError: ``detector`` is not a detector, or a pipeline detector comes without its pipeline.
+        CheckpointError: The pipeline's VAE is not the one the detector was fitted on (nothing is written).
     """
     detector = Path(detector)
     found = identify_artifact(detector)
@@ -56,11 +67,28 @@ def add_flipad(ws: Workspace, name: str, detector: str | Path, *, generator: str
         raise DataError(f"{detector} is not a detector ({holds}); fit one with 'genprov flipad fit'.")
     if generator is None:
         generator = _recorded_generator(detector)
-    ckpt = load_checkpoint(generator)
-    cfg = ckpt.model_config
-    info = {"image_size": int(cfg.image_size), "channels": int(cfg.channels), "generator": str(generator)}  # type: ignore[attr-defined]
-    entry = ws.add(name, "flipad", {"detector": detector, "generator": Path(generator)}, info)
+    generator = Path(generator)
+    if is_pipeline_folder(generator):
+        info = _pipeline_detector_facts(name, detector, generator)
+    else:
+        cfg = load_checkpoint(generator).model_config
+        info = {"image_size": int(cfg.image_size), "channels": int(cfg.channels), "generator": str(generator)}  # type: ignore[attr-defined]
+    entry = ws.add(name, "flipad", {"detector": detector, "generator": generator}, info)
     return _verified(ws, entry)
+
+
+def _pipeline_detector_facts(name: str, detector: Path, pipeline: Path) -> dict[str, Any]:
+    """The entry facts of a detector of ``pipeline``'s VAE (its input shape: the VAE's image size and channels),
+    after checking that the detector was fitted on that VAE."""
+    record, _ = read_artifact(detector, ModelAttributor.artifact_kind, legacy=ModelAttributor.legacy_formats)
+    expected = (record.wraps.get("generator") or {}).get("fingerprint")
+    if expected is not None and module_fingerprint(load_pipeline(pipeline).vae) != expected:
+        raise CheckpointError(
+            f"Cannot add {name!r}: the detector {detector} was not fitted on the VAE of {pipeline} (its weights have "
+            "another fingerprint); pass the pipeline the detector was fitted on with --generator."
+        )
+    channels, size = (int(record.state["input_shape"][i]) for i in (0, -1))
+    return {"image_size": size, "channels": channels, "generator": str(pipeline), "pipeline": True}
 
 
 def _recorded_generator(detector: Path) -> Path:
@@ -71,7 +99,10 @@ def _recorded_generator(detector: Path) -> Path:
     record, _ = read_artifact(detector, ModelAttributor.artifact_kind, legacy=ModelAttributor.legacy_formats)
     checkpoint = (record.wraps.get("generator") or {}).get("checkpoint")
     if not checkpoint:
-        raise DataError(f"{detector} does not say which generator it is for; pass --generator.")
+        raise DataError(
+            f"{detector} does not say which generator it is for (no checkpoint recorded: it was fitted on a generator "
+            "in memory or on a text-to-image pipeline's VAE); pass its GAN checkpoint or pipeline folder with --generator."
+        )
     return (detector / str(checkpoint)).resolve()
 
 

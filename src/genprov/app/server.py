@@ -6,9 +6,10 @@ Endpoints (OpenAPI at ``/docs``; every ``GET`` also answers ``HEAD``):
   (linkable, printable);
 * ``GET /health`` (at once, even under load: entries loaded and unavailable with the reason, the queue, where
   answers are kept); ``GET /api/entries``; ``GET /api/examples``;
-* ``POST /api/attribute`` (multipart form field ``file``, and ``prompt``: the query's prompt, which entries of a
-  text-to-image model need: 422 without it) and ``POST /api/attribute/example/{name}`` (``?prompt=``): ask
-  every workspace entry about the image. Each request gets its own answer and a new random ``id``; the
+* ``POST /api/attribute`` (multipart form field ``file``, and ``prompt``: the query's prompt, which TRAK entries of
+  a text-to-image model need (422 without it), FLIPAD entries of a pipeline's VAE and similarity entries record in
+  their answer, and the others ignore; the answer and its page show it) and
+  ``POST /api/attribute/example/{name}`` (``?prompt=``): ask every workspace entry about the image. Each request gets its own answer and a new random ``id``; the
   answer says how long the request queued and how long the analysis took (``timing``);
 * ``GET /api/results/{id}``; ``GET /api/results/{id}/query.png``; ``GET /api/examples/{name}.png``;
   ``GET /api/entries/{name}/train/{index}.png`` (a training image of a data-attribution entry).
@@ -59,6 +60,7 @@ from genprov.app.engine import (
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_QUEUE,
     DEFAULT_WORKERS,
+    PROMPT_REQUIRED,
     AnalysisPool,
     BusyError,
     LoadedWorkspace,
@@ -516,7 +518,9 @@ def create_app(
 
     @app.get("/api/entries")
     def entries() -> list[dict[str, Any]]:
-        """The workspace entries: name, kind, facts, and whether they loaded (else the reason)."""
+        """The workspace entries: name, kind, facts, whether they loaded (else the reason), and what a loaded one
+        does with the query's prompt (``prompt``: ``"required"``, ``"optional"`` (recorded in its answer) or
+        ``null`` (ignored))."""
         state = reading()
         return [
             {
@@ -525,6 +529,7 @@ def create_app(
                 "info": e.info,
                 "loaded": e.name in state.loaded,
                 "error": state.errors.get(e.name),
+                "prompt": state.prompts.get(e.name),
             }
             for e in state.workspace.entries
         ]
@@ -597,7 +602,8 @@ def create_app(
             entries=listed,
             examples=examples(),
             max_upload_mb=max_upload_mb,
-            needs_prompt=any(e["info"].get("t2i") for e in listed),
+            prompt_field=any(e["prompt"] for e in listed),
+            prompt_required=[e["name"] for e in listed if e["prompt"] == PROMPT_REQUIRED],
         )
 
     @app.get("/results/{result_id}", response_class=HTMLResponse)

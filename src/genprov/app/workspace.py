@@ -9,7 +9,8 @@ Layout::
 
 Entry kinds (:data:`ENTRY_KINDS`):
 
-* ``flipad``: a fitted single-model attributor (``genprov flipad fit``) and the generator it is for;
+* ``flipad``: a fitted single-model attributor (``genprov flipad fit``) and the generator it is for (a GAN
+  checkpoint, or the text-to-image pipeline folder whose VAE it was fitted on);
 * ``keyed``: a keyed model family (``genprov keyed create``);
 * ``trak``: a TRAK / D-TRAK feature store (``genprov trak featurize``), its DDPM (or its text-to-image pipeline
   folder, LoRA folder and training captions) and its training images;

@@ -1,7 +1,8 @@
 """``genprov workspace``: register what ``genprov serve`` answers with.
 
-A workspace folder holds self-contained copies of fitted FLIPAD detectors, keyed families and TRAK /
-D-TRAK stores (see ``genprov.app.workspace``); ``add`` copies an item in and proves it loads, ``check``
+A workspace folder holds self-contained copies of fitted FLIPAD detectors (of a GAN or of a text-to-image
+pipeline's VAE), keyed families, TRAK / D-TRAK stores (of a DDPM or a pipeline + LoRA) and similarity indexes (see
+``genprov.app.workspace``); ``add`` copies an item in and proves it loads, ``check``
 verifies every file against its recorded SHA-256.
 """
 
@@ -60,12 +61,22 @@ def add_flipad_cmd(
     workspace: Path = WORKSPACE_OPTION,
     name: str = NAME_OPTION,
     detector: Path = typer.Option(..., "--detector", help="Folder written by 'genprov flipad fit'."),
-    generator: Path | None = typer.Option(None, "--generator", help="The GAN checkpoint (default: the recorded one)."),
+    generator: Path | None = typer.Option(
+        None,
+        "--generator",
+        help="The GAN checkpoint (default: the recorded one), or the text-to-image pipeline folder a detector of a "
+        "pipeline's VAE was fitted on (required for one; copied whole: several GB for Stable Diffusion).",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Add a fitted FLIPAD (or baseline) detector and its generator.
+    """Add a fitted FLIPAD (or baseline, or AEROBLADE) detector and its generator: a GAN, or a pipeline.
+
+    A detector fitted on a pipeline ('genprov flipad fit --generator PIPELINE --prompt ...') records only its
+    VAE's fingerprint: give the pipeline with --generator; its VAE is checked before anything is copied. The
+    service then answers with the score, threshold and verdict, and records an upload's prompt when given.
 
     Example: genprov workspace add flipad --workspace ws --name my-gan --detector runs/det
+    Example: genprov workspace add flipad --workspace ws --name my-sd --detector runs/t2i-det --generator runs/t2i
     """
     ws = _open_for(workspace, name, detector, generator)
     add_flipad(ws, name, detector, generator=generator)
@@ -123,6 +134,9 @@ def add_similarity_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Add a feature-similarity index with its extractor weights, mapper and training images.
+
+    No model is needed (the answer is the query's nearest training images), also for the outputs of a customized
+    text-to-image pipeline: upload them with their prompt, which the answer records.
 
     Example: genprov workspace add similarity --workspace ws --name sim --store runs/sim
     """

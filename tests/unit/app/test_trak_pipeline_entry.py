@@ -78,7 +78,9 @@ def test_registered_entry_holds_its_captions(workspace: Workspace) -> None:
 
 
 def test_analysis_with_a_prompt(client: TestClient) -> None:
-    assert 'id="prompt"' in client.get("/").text  # the page asks for the prompt
+    page = client.get("/").text
+    assert 'id="prompt"' in page and "needed by lora-dtrak" in page  # the page asks for the prompt, required
+    assert [e["prompt"] for e in client.get("/api/entries").json()] == ["required"]
     answer = client.post("/api/attribute", files={"file": ("q.png", _png())}, data={"prompt": "a photo of a horse"})
     assert answer.status_code == 200, answer.text
     body = answer.json()
