@@ -23,6 +23,7 @@ import torch
 import typer
 
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
+from genprov.attribution.data.trak_shards import ModelSource, featurize_sharded
 from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
@@ -45,8 +46,9 @@ from genprov.models.t2i.captions import read_captions_file
 from genprov.report import Figure, Gallery, Report, Section, Table
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
+from genprov.storage.shards import BACKENDS, make_backend
 from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder
-from genprov.utils.io import atomic_open, atomic_write_json
+from genprov.utils.io import atomic_write_json
 
 app = typer.Typer(
     help="Data attribution for diffusion models with TRAK and D-TRAK: featurize a training set, then ask which "
@@ -186,6 +188,19 @@ def featurize_cmd(
         TRAKConfig, "projector", "--projector", help="sjlt (fast on CPU), gaussian, rademacher, identity."
     ),
     proj_dim: int = config_option(TRAKConfig, "proj_dim", "--proj-dim", min=1, help="Feature dimension k."),
+    backend: str = typer.Option(
+        "inprocess",
+        "--backend",
+        help=f"Where the shards are computed: {' or '.join(BACKENDS)} (Ray tasks that reopen --model; needs "
+        "genprov's 'ray' extra). The features are the same either way.",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
+        "cluster's head; default: a local Ray with --workers CPUs.",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards computed at once."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -197,8 +212,11 @@ def featurize_cmd(
 
     Text-to-image: genprov trak featurize --model runs/t2i --lora runs/lora --data cifar2 --captions labels
     --store runs/dtrak-lora --output-function squared-l2-norm
+
+    On Ray: add --backend ray --workers 8 (a local Ray), or --address auto on a cluster's node.
     """
     check_output_folder(store, accept={"feature store", INCOMPLETE_STORE}, option="--store")
+    runner = make_backend(backend, address=address, workers=workers)
     pipe: Any = None
     if _is_pipeline(model, lora, captions):
         pipe = open_pipeline(model, lora)
@@ -229,12 +247,11 @@ def featurize_cmd(
     config = TRAKConfig.from_dict({**base, **parse_sets(sets)})
     facts: dict[str, Any] = {}
     if pipe is None:
-        attributor = TRAKAttributor(ddpm, config=config)
-        attributor.fit(train, store=store)
+        attributor = featurize_sharded(TRAKAttributor(ddpm, config=config), train, store, runner)
     else:
         examples = _encode_train(pipe, train, str(captions))
         attributor = TRAKAttributor.for_pipeline(pipe, config)
-        attributor.fit(examples, store=store)
+        featurize_sharded(attributor, examples, store, runner, source=ModelSource.pipeline(model, lora))
         source = captions if captions == "labels" else str(Path(str(captions)).resolve())
         facts["t2i"] = {"lora": None if lora is None else str(lora.resolve()), "captions": source}
     assert attributor.store_ is not None
@@ -325,7 +342,12 @@ def score_cmd(
         min=1,
         help="Seeded random subset of a named query dataset (folders and files are used whole).",
     ),
-    save_scores: bool = typer.Option(False, "--save-scores", help="Also write the full (n_queries, n_train) scores."),
+    save_scores: bool = typer.Option(
+        False,
+        "--save-scores",
+        help="Also write the full (n_queries, n_train) float32 scores to scores.npy in --out (written block by block "
+        "to disk; without it only each query's top-k and negatives are kept, so memory does not grow with the store).",
+    ),
     prompt: str | None = typer.Option(
         None,
         "--prompt",
@@ -367,16 +389,21 @@ def score_cmd(
     )
     texts: list[str] | None = None
     if opened.pipeline is None:
-        scores = attributor.scores(x)
+        phi_q = attributor.featurize_queries(x)
     else:
         texts = _query_prompts(prompt, prompts, queries, x)
         encoded = encode_examples(opened.pipeline, x, texts, option="--prompt" if prompt else "--prompts")
-        scores = attributor.scores_from_features(attributor.featurize_queries(encoded)).to(torch.float32)
-    result = attributor.result_from_scores(scores, k=min(top_k, len(train)))  # gradients computed once
+        phi_q = attributor.featurize_queries(encoded)
+    # block-wise over the store: the float32 scores 'scores' returns, ranked exactly (gradients computed once)
+    best = attributor.top_k_scores(
+        phi_q,
+        min(top_k, len(train)),
+        negative=min(negatives, len(train)),
+        dtype="float32",
+        out=out / "scores.npy" if save_scores else None,
+    )
+    result = attributor.result_from_top_k(best)
     result.save(out / "attribution.npz")
-    if save_scores:
-        with atomic_open(out / "scores.npy") as handle:
-            np.save(handle, scores.numpy())
     rows: list[dict[str, Any]] = []
     report = Report(
         f"{attributor.method}: top influencers",
@@ -392,14 +419,17 @@ def score_cmd(
         top = [{"index": int(i), "score": float(s)} for i, s in zip(result.indices[q], result.scores[q], strict=True)]
         rows.append({"query": name, **({"prompt": texts[q]} if texts is not None else {}), "top": top})
         section.add(
-            Gallery.influence(
+            Gallery.top_k(
                 x[q],
                 train.images,
-                scores[q],
-                k_positive=min(top_k, len(train)),
-                k_negative=negatives,
+                best.indices[q],
+                best.scores[q],
+                negative_indices=best.negative_indices[q] if best.negative_indices is not None else None,
+                negative_scores=best.negative_scores[q] if best.negative_scores is not None else None,
                 caption=name if texts is None else f"{name}: {texts[q]}",
                 query_caption=f"query {q}",
+                positive_label="Most positive (proponents)",  # as Gallery.influence labels a full row's
+                negative_label="Most negative (opponents)",
             )
         )
     report.add(section)

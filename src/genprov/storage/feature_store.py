@@ -5,6 +5,8 @@ A :class:`FeatureStore` is a folder::
     store/
       manifest.json      spec (config, seeds, projector, dims, dtype, fingerprints), shard status, info
       features.npy       (n_rows, dim) memmap, one file per named array (np.lib.format.open_memmap)
+      cache/NAME.safetensors   optional arrays derived from the features (e.g. TRAK's kernel), tagged with the
+                         store's fingerprint and what else they depend on; a stale one is never read
 
 Rows are written shard by shard (shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)``). A
 shard is recorded as done only after its rows are flushed to disk, so a featurization killed at any
@@ -37,6 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -45,9 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as st_save_numpy
 from torch import Tensor
 
-from genprov.exceptions import ConfigError, DataError, StoreMismatchError
+from genprov.exceptions import CheckpointError, ConfigError, DataError, StoreMismatchError
 from genprov.storage.manifest import (
     MANIFEST_FILE,
     Manifest,
@@ -56,15 +63,25 @@ from genprov.storage.manifest import (
     write_manifest,
 )
 from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder, ensure_free_space, storage_error
-from genprov.utils.checksums import sha256_hex
+from genprov.utils.checksums import sha256_hex, sign_safetensors, verify_safetensors
+from genprov.utils.io import atomic_write_bytes
 
-__all__ = ["STORE_DTYPES", "FeatureStore", "read_raw_features"]
+__all__ = ["STORE_DTYPES", "FeatureStore", "allocate_npy", "read_raw_features"]
 
 #: Storage dtypes a store accepts (never float16: features are computed and solved in float32/64).
 STORE_DTYPES = ("float32", "float64")
 _KIND = "features"
 _LOCK_FILE = ".lock"
 _ARRAY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+#: Sub-folder of derived arrays (:meth:`FeatureStore.write_cache`) and the metadata key recording what they were
+#: computed from.
+_CACHE_DIR = "cache"
+_CACHE_KEY = "genprov_cache"
+logger = logging.getLogger(__name__)
+
+
+def _cache_record(fingerprint: str, key: Mapping[str, Any]) -> str:
+    return json.dumps({"store": fingerprint, "key": dict(key)}, sort_keys=True, separators=(",", ":"))
 
 
 @contextlib.contextmanager
@@ -95,8 +112,11 @@ def _reserve(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
 
 
-def _allocate(file: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
-    """Create a zero-filled ``.npy`` file of ``shape`` with its blocks reserved; a full disk fails here."""
+def allocate_npy(
+    file: Path, shape: tuple[int, int], dtype: np.dtype, *, what: str = "the feature store's data file"
+) -> None:
+    """Create a zero-filled ``.npy`` file of ``shape`` with its blocks reserved; a full disk fails here (a
+    :class:`DataError` naming ``what``), not later as a ``SIGBUS`` of a memory map."""
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     try:
         with open(file, "wb") as handle:
@@ -104,7 +124,7 @@ def _allocate(file: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
             _reserve(handle.fileno(), handle.tell() + shape[0] * shape[1] * dtype.itemsize)
     except OSError as err:
         file.unlink(missing_ok=True)
-        raise storage_error(err, file, "the feature store's data file") from err
+        raise storage_error(err, file, what) from err
 
 
 def _allocated(file: Path) -> int:
@@ -224,7 +244,7 @@ class FeatureStore:
             # no manifest while the files are re-created: a failure midway leaves an incomplete store
             (store.path / MANIFEST_FILE).unlink(missing_ok=True)
             for name, dim in layout["arrays"].items():
-                _allocate(files[name], (int(n_rows), dim), np.dtype(dtype))
+                allocate_npy(files[name], (int(n_rows), dim), np.dtype(dtype))
             manifest = Manifest(
                 kind=_KIND,
                 spec=full_spec,
@@ -414,6 +434,65 @@ class FeatureStore:
             manifest.info.update(facts)
             write_manifest(self.path, manifest)
             self._manifest = manifest
+
+    # ------------------------------------------------------------------------------------ derived-array cache
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the spec, the layout and every shard's recorded checksum: equal for equal features,
+        whatever folder the store is in (a copy keeps its caches)."""
+        facts = {"spec": self.manifest.spec, "shards": self.manifest.shards, "checksums": self.manifest.checksums}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def _cache_file(self, name: str) -> Path:
+        if not _ARRAY_NAME.match(name):
+            raise ConfigError(f"cache name must match {_ARRAY_NAME.pattern}; got {name!r}.")
+        return self.path / _CACHE_DIR / f"{name}.safetensors"
+
+    def read_cache(self, name: str, key: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """Arrays derived from this store's features (e.g. TRAK's kernel) written by :meth:`write_cache`.
+
+        Args:
+            name: The cache's name (a file ``cache/NAME.safetensors`` in the store).
+            key: What else the arrays depend on (JSON values, e.g. a damping); compared exactly.
+
+        Returns:
+            The arrays, or ``None`` when there is no cache, or it is stale (other features, another key),
+            unreadable or corrupted: it is then never used.
+        """
+        file = self._cache_file(name)
+        try:
+            data = file.read_bytes()
+            verify_safetensors(data, file)
+            with safe_open(str(file), framework="numpy") as handle:
+                recorded = (handle.metadata() or {}).get(_CACHE_KEY)
+                if recorded != _cache_record(self.fingerprint, key):
+                    return None
+                return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, CheckpointError, SafetensorError) as err:
+            logger.warning("%s: ignoring an unreadable cache (%s); it is recomputed.", file, err)
+            return None
+
+    def write_cache(self, name: str, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bool:
+        """Write arrays derived from the features as ``cache/NAME.safetensors`` (atomically, signed), tagged
+        with :attr:`fingerprint` and ``key`` so a stale one is never read back.
+
+        A store on a read-only file system is left as it is (reading a store never requires write access).
+
+        Returns:
+            Whether the cache was written.
+        """
+        file = self._cache_file(name)
+        tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        data = st_save_numpy(tensors, metadata={_CACHE_KEY: _cache_record(self.fingerprint, key)})
+        try:
+            atomic_write_bytes(file, sign_safetensors(data))
+        except (OSError, DataError) as err:
+            logger.info("%s: cache not written (%s); it will be recomputed next time.", file, err)
+            return False
+        return True
 
     def _map(self, name: str) -> np.memmap:
         """The read-only memory map of array ``name`` (opened once; rows written later are visible in it)."""

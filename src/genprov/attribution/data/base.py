@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -30,7 +31,18 @@ from genprov.exceptions import ConfigError, DataError, NotFittedError
 from genprov.results import DataAttributionResult
 from genprov.storage import FeatureStore
 
-__all__ = ["DataAttributor", "EnsembleAttributor", "StoreLike", "TrainingSet", "top_k", "training_images"]
+__all__ = [
+    "DataAttributor",
+    "EnsembleAttributor",
+    "RunningTopK",
+    "StoreLike",
+    "TopK",
+    "TrainingSet",
+    "check_top_k",
+    "merge_top_k",
+    "top_k",
+    "training_images",
+]
 
 #: Where features go: a store object, a folder path, or ``None`` (in memory).
 StoreLike: TypeAlias = "FeatureStore | str | os.PathLike[str] | None"
@@ -65,10 +77,116 @@ def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Returns:
         ``(indices (n_queries, k) int64, values (n_queries, k))``.
     """
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= scores.shape[1]:
-        raise ConfigError(f"k must be an integer in [1, {scores.shape[1]}] (the training set size); got {k!r}.")
+    check_top_k(k, scores.shape[1])
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     return order, torch.gather(scores, 1, order)
+
+
+def check_top_k(k: int, n_train: int, name: str = "k") -> None:
+    """Refuse a ``k`` that is not an integer in ``[1, n_train]``.
+
+    Raises:
+        ConfigError: Naming ``name``, the range and the value.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_train:
+        raise ConfigError(f"{name} must be an integer in [1, {n_train}] (the training set size); got {k!r}.")
+
+
+def merge_top_k(
+    values: np.ndarray, indices: np.ndarray, k: int, *, lowest: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each row's candidates, exactly as :func:`top_k` orders a full row.
+
+    Merging a running top-k with each new block of columns (or the top-k of several workers' blocks) gives the
+    top-k of the whole row: the candidates' order never matters, only their values and indices.
+
+    Args:
+        values: (n_rows, m) candidate scores, m >= k.
+        indices: (n_rows, m) or (m,) their training indices (distinct within a row).
+        k: How many to keep.
+        lowest: Keep the ``k`` lowest (most negative) instead: value ascending, ties higher index first, i.e. the
+            reverse of :func:`top_k`'s full order, as ``report.Gallery.influence`` lists opponents.
+
+    Returns:
+        ``(values (n_rows, k), indices (n_rows, k) int64)``; highest first (ties: lower index first), or with
+        ``lowest`` lowest first.
+    """
+    n_rows, m = values.shape
+    if not 1 <= k <= m:
+        raise ConfigError(f"merge_top_k needs 1 <= k <= {m} candidates per row; got k={k}.")
+    idx = np.broadcast_to(np.asarray(indices, dtype=np.int64), values.shape)
+    key = -values if lowest else values  # larger key first
+    tie = -idx if lowest else idx  # then smaller tie first
+    # every candidate at least as good as the k-th best key of its row (ties at the boundary included) ...
+    kth = np.partition(key, m - k, axis=1)[:, m - k]
+    rows, cols = np.nonzero(key >= kth[:, None])
+    # ... sorted by row, key descending, tie ascending; the first k of each row are kept
+    order = np.lexsort((tie[rows, cols], -key[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    counts = np.bincount(rows, minlength=n_rows)
+    rank = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+    keep = cols[rank < k].reshape(n_rows, k)
+    return np.take_along_axis(values, keep, axis=1), np.take_along_axis(idx, keep, axis=1)
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The most positive (and optionally most negative) training examples of each query.
+
+    Attributes:
+        indices: (n_queries, k) int64 training indices, highest score first (ties: lower index first).
+        scores: (n_queries, k) float64 their scores.
+        negative_indices: (n_queries, k') the lowest-scored, lowest first (the reverse of the full order), or
+            ``None`` when not asked for.
+        negative_scores: (n_queries, k') their scores, or ``None``.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    negative_indices: np.ndarray | None = None
+    negative_scores: np.ndarray | None = None
+
+
+class RunningTopK:
+    """The top-k of each query's scores, updated block by block (any order of blocks; exact, see :func:`merge_top_k`).
+
+    Args:
+        n_queries: Rows.
+        k: Kept per row.
+        dtype: Precision of the values kept.
+        lowest: Keep the ``k`` lowest instead (see :func:`merge_top_k`).
+    """
+
+    def __init__(self, n_queries: int, k: int, *, dtype: str = "float64", lowest: bool = False) -> None:
+        self.k, self.lowest = k, lowest
+        self._values = np.empty((n_queries, k), dtype=dtype)
+        self._indices = np.empty((n_queries, k), dtype=np.int64)
+        self._seen = np.zeros(n_queries, dtype=np.int64)
+
+    def update(self, rows: slice, cols: slice, values: np.ndarray) -> None:
+        """Merge the scores ``values`` of queries ``rows`` (a block of consecutive queries that have seen the same
+        number of columns so far) on training columns ``cols``."""
+        have = min(int(self._seen[rows.start]), self.k) if rows.stop > rows.start else 0
+        candidates = np.concatenate([self._values[rows, :have], values], axis=1)
+        block_indices = np.broadcast_to(np.arange(cols.start, cols.stop, dtype=np.int64), values.shape)
+        indices = np.concatenate([self._indices[rows, :have], block_indices], axis=1)
+        keep = min(self.k, candidates.shape[1])
+        if keep:
+            top_values, top_indices = merge_top_k(candidates, indices, keep, lowest=self.lowest)
+            self._values[rows, :keep], self._indices[rows, :keep] = top_values, top_indices
+        self._seen[rows] += values.shape[1]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices (n_queries, k) int64, values (n_queries, k) float64)``.
+
+        Raises:
+            DataError: If a query has seen fewer than ``k`` columns.
+        """
+        if len(self._seen) and int(self._seen.min()) < self.k:
+            raise DataError(
+                f"RunningTopK saw {int(self._seen.min())} columns for a query; it needs at least k={self.k}."
+            )
+        return self._indices, self._values.astype(np.float64)
 
 
 class DataAttributor(ABC):
@@ -152,12 +270,16 @@ class DataAttributor(ABC):
         """The :meth:`attribute` result of queries whose (n_queries, n_train) :meth:`scores` are given."""
         self._check_fitted()
         indices, values = top_k(scores, k)
+        return self.result_from_top_k(TopK(indices.numpy(), values.to(torch.float64).numpy()))
+
+    def result_from_top_k(self, top: TopK) -> DataAttributionResult:
+        """The :meth:`attribute` result of a :class:`TopK` computed without the full scores (e.g. block-wise)."""
         config = self.config.to_dict() if self.config is not None else {}
         return DataAttributionResult(
             method=self.method,
             config=config,
-            indices=indices.numpy().astype(np.int64),
-            scores=values.to(torch.float64).numpy(),
+            indices=np.asarray(top.indices).astype(np.int64),
+            scores=np.asarray(top.scores, dtype=np.float64),
         )
 
 

@@ -22,7 +22,11 @@ paper's code does):
    dual form ``S = Phi_q Phi^T (Phi Phi^T + lambda I)^-1`` when ``k > n`` (the same scores, far
    cheaper). ``lambda`` is ``damping`` if given, else ``relative_damping * trace(Phi^T Phi) / k`` (scale
    free: scaling the features leaves the scores unchanged). :meth:`TRAKAttributor.scores_sweep` gives the
-   scores for many lambdas from one eigendecomposition, for choosing lambda on held-out data.
+   scores for many lambdas from one eigendecomposition, for choosing lambda on held-out data. The kernel is
+   accumulated block by block over the store's rows, and it and its factor are cached in the store
+   (``cache/``, keyed by the features' fingerprint and lambda). :meth:`TRAKAttributor.top_k_scores` (used by
+   :meth:`~TRAKAttributor.attribute` and ``genprov trak score``) streams training rows and queries in blocks
+   and keeps an exact running top-k, so no n_queries x n_train matrix is held unless written to disk.
 
 Higher scores mean more positive influence: for the ``loss`` output, training on the example lowers the
 query's loss. Scoring variants (``scoring``): ``trak`` (above), ``grad-dot`` (TracIn at one checkpoint,
@@ -45,13 +49,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
+import json
 import logging
 import math
+import os
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,7 +69,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from genprov.attribution.data.base import DataAttributor, StoreLike, TrainingSet, training_images
+from genprov.attribution.data.base import (
+    DataAttributor,
+    RunningTopK,
+    StoreLike,
+    TopK,
+    TrainingSet,
+    check_top_k,
+    training_images,
+)
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import PROJECTORS, Projector
 from genprov.config import Config, is_int, require
@@ -71,7 +87,10 @@ from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
 from genprov.models.diffusion import build_scheduler
 from genprov.models.t2i.source import pipeline_record, reopen_pipeline
+from genprov.results import DataAttributionResult
 from genprov.storage import FeatureStore, fingerprint_state
+from genprov.storage.feature_store import allocate_npy
+from genprov.utils.artifacts import ensure_free_space, storage_error
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
 
@@ -83,6 +102,7 @@ __all__ = [
     "LOOP_FROM_PARAMETERS",
     "NOISE_MODES",
     "PER_EXAMPLE",
+    "QUERY_BLOCK",
     "SCHEDULES",
     "SCORINGS",
     "VMAP_MAX_LATENT_PIXELS",
@@ -122,6 +142,10 @@ VMAP_MAX_LATENT_PIXELS = 64
 DAMPING_GRID: tuple[float, ...] = tuple(m * 10.0**j for j in range(-5, 3) for m in (1, 2, 5))
 #: Rows of the training features read at once when scoring (bounds memory for large stores).
 _ROW_CHUNK = 16384
+#: Queries scored at once by :meth:`TRAKAttributor.top_k_scores` (with ``_ROW_CHUNK``: blocks of 128 MiB in float64).
+QUERY_BLOCK = 1024
+#: Scorings that solve with the damped kernel (the others need only the features and their norms).
+_KERNEL_SCORINGS = ("trak", "relative-if", "renormalized-if")
 _FEATURE_FORMAT = 1
 #: What TRAK featurizes: images (N, C, H, W) for an unconditional model, or latents with their text
 #: embeddings (:class:`~genprov.data.ConditionedExamples`) for a text-to-image model.
@@ -332,6 +356,55 @@ def query_key(image: Tensor, context: Tensor | None = None) -> str:
         array = np.ascontiguousarray(part.detach().to("cpu", torch.float32).numpy())
         digest.update(array.tobytes() + str(array.shape).encode())
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _score_file(
+    path: str | os.PathLike[str] | None, shape: tuple[int, int], dtype: np.dtype
+) -> Iterator[Callable[[slice, slice, np.ndarray], None] | None]:
+    """A writer of blocks ``(rows, columns, values)`` into a ``.npy`` file of ``shape`` at ``path``; ``None`` when
+    ``path`` is ``None``.
+
+    The file is a temporary one beside ``path`` with every block reserved (as a feature store's data files, so a
+    full disk is a one-line error, never a ``SIGBUS``), written with ordinary file writes and renamed to ``path``
+    when the ``with`` block succeeds; it is removed when the block fails.
+    """
+    if path is None:
+        yield None
+        return
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    row_bytes = shape[1] * dtype.itemsize
+    ensure_free_space(dest.parent, shape[0] * row_bytes, f"The score matrix {dest}")
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        allocate_npy(tmp, shape, dtype, what=f"the score matrix {dest}")
+        with open(tmp, "rb") as header:
+            np.lib.format.read_magic(header)
+            np.lib.format.read_array_header_1_0(header)
+            offset = header.tell()
+        with open(tmp, "r+b") as handle:
+
+            def write(rows: slice, cols: slice, values: np.ndarray) -> None:
+                data = np.ascontiguousarray(values, dtype=dtype)
+                start = offset + cols.start * dtype.itemsize
+                try:
+                    if cols.stop - cols.start == shape[1]:  # whole rows: one write
+                        os.pwrite(handle.fileno(), data.data.cast("B"), start + rows.start * row_bytes)
+                        return
+                    for i, row in enumerate(range(rows.start, rows.stop)):
+                        os.pwrite(handle.fileno(), data[i].data.cast("B"), start + row * row_bytes)
+                except OSError as err:
+                    raise storage_error(err, dest, "the score matrix") from err
+
+            yield write
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class TRAKAttributor(DataAttributor, Pretrained):
@@ -663,16 +736,7 @@ class TRAKAttributor(DataAttributor, Pretrained):
                 features[start:stop] = self.featurize(images[start:stop], torch.arange(start, stop)).numpy()
             self.store_ = None
         else:
-            path = store.path if isinstance(store, FeatureStore) else store
-            fs = FeatureStore.create(
-                path,
-                n_rows=n,
-                arrays={"features": k},
-                spec=spec,
-                dtype=cfg.dtype,
-                shard_size=cfg.shard_size,
-                info={"method": self.method, "n_train": n},
-            )
+            fs = self.create_store(store, images, spec)
             missing = fs.missing_shards()
             if len(missing) < fs.n_shards:
                 logger.info("%s: resuming, %d of %d shards left", fs.path, len(missing), fs.n_shards)
@@ -681,14 +745,36 @@ class TRAKAttributor(DataAttributor, Pretrained):
                 fs.write_shard(shard, {"features": self.featurize(images[start:stop], torch.arange(start, stop))})
             features = fs.read("features")
             self.store_ = fs
-        return self.fit_features(features)
+        return self.fit_features(features, write_cache=self.store_ is not None)
 
-    def fit_features(self, features: np.ndarray | Tensor) -> TRAKAttributor:
+    def create_store(
+        self, store: FeatureStore | str | os.PathLike[str], images: Examples, spec: dict[str, Any]
+    ) -> FeatureStore:
+        """The feature store of ``images`` at ``store`` (created, or an unfinished one with ``spec`` resumed): the
+        one :meth:`fit` fills, also filled shard by shard on a backend by ``trak_shards.featurize_sharded``.
+
+        Raises:
+            StoreMismatchError: ``store`` holds features of another config, model or data (names the fields).
+        """
+        path = store.path if isinstance(store, FeatureStore) else store
+        return FeatureStore.create(
+            path,
+            n_rows=len(images),
+            arrays={"features": self.feature_dim},
+            spec=spec,
+            dtype=self.config.dtype,
+            shard_size=self.config.shard_size,
+            info={"method": self.method, "n_train": len(images)},
+        )
+
+    def fit_features(self, features: np.ndarray | Tensor, *, write_cache: bool = False) -> TRAKAttributor:
         """Use precomputed training features (e.g. a store, or D-TRAK's raw memmap via
         :func:`genprov.storage.read_raw_features`) and factor the kernel.
 
         Args:
             features: (n_train, k) features.
+            write_cache: When the features are :attr:`store_`'s, cache the kernel and its factor in the store
+                (what :meth:`fit` does; a reopened attributor only reads the cache, so a read-only store works).
 
         Returns:
             ``self``.
@@ -699,7 +785,7 @@ class TRAKAttributor(DataAttributor, Pretrained):
         self.train_features_ = phi
         self.n_train_ = int(phi.shape[0])
         self._kernel = {}
-        self._prepare()
+        self._prepare(write_cache)
         return self
 
     # ------------------------------------------------------------------------------------ save / load
@@ -764,19 +850,26 @@ class TRAKAttributor(DataAttributor, Pretrained):
 
     # ------------------------------------------------------------------------------------ kernels
 
-    def _chunks(self) -> Any:
+    def _chunks(self, size: int = _ROW_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, rows as float64)`` of the training features, ``size`` rows at a time (read from the memmap)."""
         assert self.train_features_ is not None
         phi = self.train_features_
-        for start in range(0, phi.shape[0], _ROW_CHUNK):
-            yield start, np.asarray(phi[start : start + _ROW_CHUNK], dtype=np.float64)
+        for start in range(0, phi.shape[0], size):
+            yield start, np.asarray(phi[start : start + size], dtype=np.float64)
 
-    def _prepare(self) -> None:
-        """Norms, trace, lambda, and (for kernel scorings) the Cholesky factor, all in float64."""
+    def _prepare(self, write: bool) -> None:
+        """Norms, trace, lambda, and (for kernel scorings) the Cholesky factor, all in float64.
+
+        When the features are a store's, each of these is read from the store's cache if it was computed for the
+        same features (and lambda), else computed, and cached (:meth:`FeatureStore.write_cache`) only by
+        :meth:`fit` (``write``), which writes the store anyway: a reopened attributor neither recomputes the kernel
+        ``Phi^T Phi`` (n k^2 operations) nor re-factors it, and reopening never writes (a read-only store works).
+        """
         assert self.train_features_ is not None
         n, k = self.train_features_.shape
-        sq_norms = np.empty(n)
-        for start, rows in self._chunks():
-            sq_norms[start : start + len(rows)] = np.einsum("ij,ij->i", rows, rows)
+        store = self._cache_store()
+        form = {"form": "dual" if k > n else "primal"}
+        sq_norms = self._cached(store, write, "trak-sq-norms", form, self._sq_norms)
         if not np.isfinite(sq_norms).all():
             raise DataError("training features contain NaN or infinite values; featurize again.")
         if not sq_norms.any():
@@ -795,12 +888,49 @@ class TRAKAttributor(DataAttributor, Pretrained):
             if self.config.damping is None
             else float(self.config.damping)
         )
-        if self.config.scoring in ("trak", "relative-if", "renormalized-if"):
-            gram = self._gram()
+        if self.config.scoring in _KERNEL_SCORINGS:
+            gram = self._cached(store, write, "trak-gram", form, self._gram)
             self._kernel["gram"] = gram
-            self._kernel["cho"] = self._cholesky(gram, self.damping_)
+            damping = float(self.damping_)
+            key = {**form, "damping": damping.hex()}  # exact
+            tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+            factor = self._cached(store, write, f"trak-factor-{tag}", key, lambda: self._cholesky(gram, damping)[0])
+            self._kernel["cho"] = (factor, True)
             if self.config.scoring == "relative-if":
-                self._kernel["self_influence"] = self._self_influence(self._kernel["cho"])
+                self._kernel["self_influence"] = self._cached(
+                    store, write, f"trak-self-influence-{tag}", key, lambda: self._self_influence(self._kernel["cho"])
+                )
+
+    def _sq_norms(self) -> np.ndarray:
+        """The training features' squared norms (n,), streaming the rows."""
+        assert self.train_features_ is not None
+        sq_norms = np.empty(self.train_features_.shape[0])
+        for start, rows in self._chunks():
+            sq_norms[start : start + len(rows)] = np.einsum("ij,ij->i", rows, rows)
+        return sq_norms
+
+    def _cache_store(self) -> FeatureStore | None:
+        """The store whose cache holds this attributor's kernel: :attr:`store_` when the features are its
+        ``features.npy`` (features passed to :meth:`fit_features` from elsewhere are never cached)."""
+        phi, store = self.train_features_, self.store_
+        if store is None or not isinstance(phi, np.memmap) or phi.filename is None:
+            return None
+        return store if Path(phi.filename).resolve() == (store.path / "features.npy").resolve() else None
+
+    @staticmethod
+    def _cached(
+        store: FeatureStore | None, write: bool, name: str, key: dict[str, Any], compute: Callable[[], np.ndarray]
+    ) -> np.ndarray:
+        """``compute()``, or its value cached in ``store`` under ``name`` for the same features and ``key``;
+        ``write``: cache a computed value."""
+        if store is not None:
+            hit = store.read_cache(name, key)
+            if hit is not None and "value" in hit:
+                return hit["value"]
+        value = compute()
+        if store is not None and write:
+            store.write_cache(name, key, {"value": value})
+        return value
 
     def absolute_damping(self, relative: float) -> float:
         """lambda for a relative damping: ``relative * trace(Phi^T Phi) / k``."""
@@ -812,7 +942,7 @@ class TRAKAttributor(DataAttributor, Pretrained):
         """``Phi^T Phi`` (k, k) in the primal form, ``Phi Phi^T`` (n, n) in the dual form."""
         assert self.train_features_ is not None
         k = self.train_features_.shape[1]
-        if self._kernel["dual"]:
+        if self._kernel["dual"]:  # n < k: the n x n kernel is smaller than one k x k block
             phi = np.asarray(self.train_features_, dtype=np.float64)
             return phi @ phi.T
         gram = np.zeros((k, k))
@@ -863,23 +993,125 @@ class TRAKAttributor(DataAttributor, Pretrained):
         return torch.from_numpy(self._scores_array(self._query_array(query_features)))
 
     def _scores_array(self, phi_q: np.ndarray) -> np.ndarray:
+        """The full (n_queries, n_train) float64 scores: every query at once, the training rows streamed."""
+        out = np.empty((len(phi_q), self.n_train_ or 0))
+        for rows, cols, block in self._score_blocks(phi_q, max(1, len(phi_q)), _ROW_CHUNK):
+            out[rows, cols] = block
+        return out
+
+    def _score_blocks(
+        self, phi_q: np.ndarray, query_block: int, train_block: int
+    ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+        """The scores of ``phi_q`` as ``(query rows, training columns, float64 block)``, each pair once.
+
+        Primal form (and ``grad-dot`` / ``grad-cos``, which need no kernel): the training features are read once,
+        ``train_block`` rows at a time, and each row block is scored against ``query_block`` queries at a time;
+        memory is one block of each plus the (n_queries, k) solved queries ``(Phi^T Phi + lambda I)^-1 phi_q``,
+        never n_queries x n_train. Dual form (a kernel scoring with k > n): a query's scores mix every training
+        column through the n x n solve, so a query block's (query_block, n) scores are computed at once (bounded
+        by query_block x k since n < k) and handed out in column blocks.
+        """
+        n, n_q = self.n_train_ or 0, len(phi_q)
+        kernel = self.config.scoring in _KERNEL_SCORINGS
+        if kernel and self._kernel["dual"]:
+            for q0 in range(0, n_q, query_block):
+                qs = slice(q0, min(n_q, q0 + query_block))
+                rows = scipy.linalg.cho_solve(self._kernel["cho"], self._train_product(phi_q[qs]).T, check_finite=False)
+                for t0 in range(0, n, train_block):
+                    ts = slice(t0, min(n, t0 + train_block))
+                    yield qs, ts, self._normalize(rows.T[:, ts], qs, ts, None)
+            return
+        left = scipy.linalg.cho_solve(self._kernel["cho"], phi_q.T, check_finite=False).T if kernel else phi_q
+        q_norm = np.linalg.norm(phi_q, axis=1) if self.config.scoring == "grad-cos" else None
+        for t0, rows in self._chunks(train_block):
+            ts = slice(t0, t0 + len(rows))
+            for q0 in range(0, n_q, query_block):
+                qs = slice(q0, min(n_q, q0 + query_block))
+                yield qs, ts, self._normalize(left[qs] @ rows.T, qs, ts, q_norm)
+
+    def _normalize(self, block: np.ndarray, qs: slice, ts: slice, q_norm: np.ndarray | None) -> np.ndarray:
+        """A block of ``Phi_q Phi^T`` (grad-dot) or kernel scores divided as the scoring says (the ``grad-cos``
+        norms, the ``relative-if`` self-influence, the ``renormalized-if`` feature norms)."""
         scoring = self.config.scoring
-        if scoring == "grad-dot":
-            return self._train_product(phi_q)
         if scoring == "grad-cos":
-            q_norm = np.linalg.norm(phi_q, axis=1, keepdims=True)
-            t_norm = np.sqrt(self._kernel["sq_norms"])[None, :]
-            return self._train_product(phi_q) / np.maximum(q_norm * t_norm, 1e-300)
-        cho = self._kernel["cho"]
-        if self._kernel["dual"]:
-            scores = scipy.linalg.cho_solve(cho, self._train_product(phi_q).T, check_finite=False).T
-        else:
-            scores = self._train_product(scipy.linalg.cho_solve(cho, phi_q.T, check_finite=False).T)
+            assert q_norm is not None
+            t_norm = np.sqrt(self._kernel["sq_norms"][ts])
+            return block / np.maximum(q_norm[qs, None] * t_norm[None, :], 1e-300)
         if scoring == "relative-if":
-            scores = scores / np.sqrt(np.maximum(self._kernel["self_influence"], 1e-300))[None, :]
-        elif scoring == "renormalized-if":
-            scores = scores / np.maximum(np.sqrt(self._kernel["sq_norms"]), 1e-300)[None, :]
-        return np.asarray(scores)
+            return block / np.sqrt(np.maximum(self._kernel["self_influence"][ts], 1e-300))[None, :]
+        if scoring == "renormalized-if":
+            return block / np.maximum(np.sqrt(self._kernel["sq_norms"][ts]), 1e-300)[None, :]
+        return np.asarray(block)
+
+    def top_k_scores(
+        self,
+        query_features: np.ndarray | Tensor,
+        k: int,
+        *,
+        negative: int = 0,
+        query_block: int = QUERY_BLOCK,
+        train_block: int = _ROW_CHUNK,
+        dtype: str = "float64",
+        out: str | os.PathLike[str] | None = None,
+    ) -> TopK:
+        """The ``k`` most positive (and ``negative`` most negative) training examples of each query, block-wise.
+
+        The training features are streamed from the store ``train_block`` rows at a time and the queries
+        ``query_block`` at a time; a running top-k per query is merged exactly with each block
+        (:class:`~genprov.attribution.data.base.RunningTopK`), so the result equals :func:`top_k` of
+        :meth:`scores_from_features` (ties: lower index first) while memory stays bounded by the blocks: no
+        n_queries x n_train array is held unless ``out`` asks for it on disk. The dual form (k > n) computes a
+        query block's n scores at once (see :meth:`_score_blocks`).
+
+        Args:
+            query_features: (n_queries, k) features (:meth:`featurize_queries`).
+            k: Most positive examples kept per query.
+            negative: Most negative examples kept per query (0: none).
+            query_block: Queries scored at once.
+            train_block: Training rows read at once.
+            dtype: Precision of the scores ranked, returned and written: ``"float64"`` (as
+                :meth:`scores_from_features`) or ``"float32"`` (as :meth:`scores`; what :meth:`attribute` ranks).
+            out: Also write the full (n_queries, n_train) scores as a ``.npy`` memmap at this path (atomically:
+                a temporary file beside it, renamed when complete).
+
+        Returns:
+            :class:`~genprov.attribution.data.base.TopK` (scores as float64).
+
+        Raises:
+            ConfigError: On a ``k`` / ``negative`` outside [1, n_train] (0 allowed for ``negative``), a block size
+                below 1 or another dtype.
+        """
+        self._check_fitted()
+        n = self.n_train_ or 0
+        check_top_k(k, n)
+        if negative:
+            check_top_k(negative, n, "negative")
+        for name, size in (("query_block", query_block), ("train_block", train_block)):
+            require(is_int(size) and size >= 1, name, "a positive integer", size)
+        require(dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'", dtype)
+        phi_q = self._query_array(query_features)
+        best = RunningTopK(len(phi_q), k, dtype=dtype)
+        worst = RunningTopK(len(phi_q), negative, dtype=dtype, lowest=True) if negative else None
+        with _score_file(out, (len(phi_q), n), np.dtype(dtype)) as write:
+            for qs, ts, block in self._score_blocks(phi_q, query_block, train_block):
+                values = block.astype(dtype, copy=False)
+                if write is not None:
+                    write(qs, ts, values)
+                best.update(qs, ts, values)
+                if worst is not None:
+                    worst.update(qs, ts, values)
+        indices, scores = best.result()
+        if worst is None:
+            return TopK(indices, scores)
+        return TopK(indices, scores, *worst.result())
+
+    def attribute(self, queries: Examples, *, k: int = 10) -> DataAttributionResult:
+        """The ``k`` most positively influential training examples of each query, scored block-wise
+        (:meth:`top_k_scores` on the float32 scores :meth:`scores` returns: the same result as
+        ``result_from_scores(scores(queries), k)`` without the n_queries x n_train matrix)."""
+        self._check_fitted()
+        check_top_k(k, self.n_train_ or 0)
+        return self.result_from_top_k(self.top_k_scores(self.featurize_queries(queries), k, dtype="float32"))
 
     def _query_array(self, query_features: np.ndarray | Tensor) -> np.ndarray:
         assert self.train_features_ is not None
