@@ -40,6 +40,7 @@ from genprov.models.t2i import (
     captions_from_labels,
     encode_examples,
     load_pipeline,
+    load_sized_pipeline,
     lora_parameter_names,
     quick_configs,
     sample_pipeline,
@@ -217,12 +218,7 @@ def base_pipeline(
     """The base pipeline's folder: ``cfg.base_pipeline``, or one trained (resumably) on the other classes."""
     if cfg.base_pipeline is not None:
         folder = Path(cfg.base_pipeline)
-        size = int(load_pipeline(folder).vae.config.sample_size)
-        if size != cfg.image_size:
-            raise ConfigError(
-                f"base_pipeline {folder} takes {size}x{size} images but image_size={cfg.image_size}; "
-                f"set --set image_size={size}."
-            )
+        load_sized_pipeline(folder, cfg.image_size, option="base_pipeline")
         return folder, []
     model_cfg, train_cfg = quick_configs(cfg.base, image_size=cfg.image_size, channels=data.train.n_channels)
     result = train_t2i(model_cfg, train_cfg, data.base, data.base_captions, out / "base", show_progress=show)

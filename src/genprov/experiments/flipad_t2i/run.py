@@ -22,7 +22,7 @@ from genprov.experiments.flipad.run import evaluate_methods, method_configs, sum
 from genprov.experiments.flipad_t2i.config import FlipadT2IExperimentConfig
 from genprov.experiments.flipad_t2i.report import AEROBLADE_L2, build_report
 from genprov.experiments.flipad_t2i.results import FlipadT2IResult, PipelineInfo
-from genprov.models.t2i import captions_for, load_pipeline, quick_configs, sample_pipeline, train_t2i
+from genprov.models.t2i import captions_for, load_sized_pipeline, quick_configs, sample_pipeline, train_t2i
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
 
@@ -45,13 +45,7 @@ def _pipeline(
 ) -> tuple[Any, PipelineInfo]:
     """A given pipeline folder (its image size checked), or one trained (resumably, cached in ``out/pipelines``)."""
     if given is not None:
-        pipe = load_pipeline(given)
-        size = int(pipe.vae.config.sample_size)
-        if size != cfg.image_size:
-            raise ConfigError(
-                f"{role}_pipeline {given} makes {size}x{size} images but image_size={cfg.image_size}; set "
-                f"--set image_size={size}."
-            )
+        pipe = load_sized_pipeline(given, cfg.image_size, option=f"{role}_pipeline")
         return pipe, PipelineInfo(role=role, folder=str(given), seed=None, shares_own_vae=False, train_seconds=0.0)
     seed = cfg.seed + {"own": 0, "other": 1, "shared-vae": 2}[role]
     values = {**cfg.pipeline, "seed": seed}

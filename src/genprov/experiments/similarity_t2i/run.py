@@ -11,7 +11,7 @@ import numpy as np
 
 from genprov.data import ImageDataset, load_train_test
 from genprov.eval.customization import CustomizationBench, case_roles, exemplar_nn_rates
-from genprov.exceptions import ConfigError, DataError
+from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, Laps, start_run
 from genprov.experiments.similarity.customization import influence_strength
 from genprov.experiments.similarity.results import BenchmarkInfo, DataInfo, InfluenceStrength
@@ -25,7 +25,7 @@ from genprov.experiments.similarity_t2i.customization import (
 )
 from genprov.experiments.similarity_t2i.report import build_report
 from genprov.experiments.similarity_t2i.results import CaseRow, SimilarityT2IResult, T2IBenchModel
-from genprov.models.t2i import captions_for, captions_from_labels, load_pipeline, quick_configs, train_t2i
+from genprov.models.t2i import captions_for, captions_from_labels, load_sized_pipeline, quick_configs, train_t2i
 
 __all__ = ["run_similarity_t2i"]
 
@@ -50,12 +50,7 @@ def _base_pipeline(
     """The base pipeline's folder and whether this run trained it (on the pool, resumably)."""
     if cfg.base_pipeline is not None:
         folder = Path(cfg.base_pipeline)
-        size = int(load_pipeline(folder).vae.config.sample_size)
-        if size != cfg.image_size:
-            raise ConfigError(
-                f"base_pipeline {folder} takes {size}x{size} images but image_size={cfg.image_size}; "
-                f"set --set image_size={size}."
-            )
+        load_sized_pipeline(folder, cfg.image_size, option="base_pipeline")
         return folder, False
     model_cfg, train_cfg = quick_configs(cfg.base, image_size=cfg.image_size, channels=pool.n_channels)
     captions = captions_for(cfg.captions, pool)

@@ -541,6 +541,26 @@ def load_pipeline(folder: str | os.PathLike[str], *, device: str | torch.device 
     return pipe
 
 
+def load_sized_pipeline(folder: str | os.PathLike[str], image_size: int, *, option: str) -> SDPipeline:
+    """:func:`load_pipeline`, refusing a pipeline whose VAE takes another image size than ``image_size``.
+
+    Args:
+        folder: The pipeline folder.
+        image_size: The side the caller's images have.
+        option: The setting that named the folder (for the message, e.g. ``"base_pipeline"``).
+
+    Raises:
+        ConfigError: The pipeline's image size differs (the message gives the ``--set image_size`` to use).
+    """
+    pipe = load_pipeline(folder)
+    size = int(pipe.vae.config.sample_size)
+    if size != image_size:
+        raise ConfigError(
+            f"{option} {folder} makes {size}x{size} images but image_size={image_size}; set --set image_size={size}."
+        )
+    return pipe
+
+
 # ------------------------------------------------------------------------------------------- sampling
 
 

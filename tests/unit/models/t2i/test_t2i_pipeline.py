@@ -166,3 +166,14 @@ def test_config_validation_names_the_parameter() -> None:
         T2IConfig(attention_heads=7)
     with pytest.raises(GenprovError, match="image_size"):
         T2IConfig(image_size=30)
+
+
+def test_load_sized_pipeline_refuses_another_image_size(t2i_pipeline_dir) -> None:
+    from genprov.exceptions import ConfigError
+    from genprov.models.t2i import load_sized_pipeline
+
+    assert load_sized_pipeline(t2i_pipeline_dir, 16, option="base_pipeline").vae.config.sample_size == 16
+    with pytest.raises(
+        ConfigError, match=r"base_pipeline .* makes 16x16 images but image_size=32; set --set image_size=16"
+    ):
+        load_sized_pipeline(t2i_pipeline_dir, 32, option="base_pipeline")
