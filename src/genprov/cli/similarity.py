@@ -25,7 +25,7 @@ import typer
 
 from genprov.attribution.data.index_folder import build_similarity_index, open_similarity_index, read_index_info
 from genprov.attribution.data.mapper import TuningConfig
-from genprov.attribution.data.similarity import SimilarityConfig
+from genprov.attribution.data.similarity import SimilarityAttributor, SimilarityConfig
 from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
@@ -100,7 +100,19 @@ def index_cmd(
     mapper: Path | None = typer.Option(
         None, "--mapper", help="A tuned feature mapper from 'genprov similarity tune' (tuned index)."
     ),
-    faiss: bool = typer.Option(False, "--faiss", help="Also build a FAISS HNSW index (needs genprov[faiss])."),
+    faiss: bool = typer.Option(
+        False, "--faiss", help="Also build a FAISS index: of the --search kind, HNSW otherwise (needs genprov[faiss])."
+    ),
+    search: str | None = config_option(
+        SimilarityConfig,
+        "search",
+        "--search",
+        default=None,
+        help="Search recorded for the index: exact, faiss, hnsw or ivfpq; hnsw and ivfpq build and save that FAISS "
+        "index (ivfpq: compressed codes, k-means seeded by --seed; reused when rows and settings are unchanged). "
+        "Default: exact.",
+    ),
+    n_probe: int | None = config_option(SimilarityConfig, "n_probe", "--nprobe", default=None, min=1),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -112,6 +124,7 @@ def index_cmd(
     """
     check_output_folder(store, accept={"similarity index", "feature index", INCOMPLETE_INDEX}, option="--store")
     extractor_config, similarity_config = _split_sets(sets)
+    similarity_config.update(_set_fields(search=search, n_probe=n_probe))
     data_spec = {
         "name": data,
         "split": split,
@@ -139,8 +152,29 @@ def index_cmd(
         "channels": channels,
         "feature_dim": attributor.index_.dim if attributor.index_ is not None else None,
         "calibrated": record.state["calibration"] is not None,
+        **_faiss_summary(attributor),
     }
     emit(summary, as_json=as_json, title="similarity index")
+
+
+def _set_fields(**values: Any) -> dict[str, Any]:
+    """The options given (not None), as SimilarityConfig changes."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _faiss_summary(attributor: SimilarityAttributor) -> dict[str, Any]:
+    """The saved FAISS index's kind and size next to the float32 features' (nothing when none was built)."""
+    index = attributor.index_
+    saved = index.meta.get("faiss") if index is not None else None
+    if index is None or not saved or "bytes" not in saved:
+        return {}
+    features = int(saved["n_rows"]) * index.dim * 4
+    return {
+        "faiss_index": saved["kind"],
+        "faiss_index_mb": round(int(saved["bytes"]) / 2**20, 3),
+        "features_mb": round(features / 2**20, 3),
+        "faiss_fraction_of_features": round(int(saved["bytes"]) / max(features, 1), 4),
+    }
 
 
 @app.command("tune")
@@ -314,7 +348,20 @@ def query_cmd(
         False, "--convert", help="Convert images whose channel count differs from the index's (RGB <-> grey)."
     ),
     search: str = config_option(
-        SimilarityConfig, "search", "--search", help="exact or faiss (candidates re-ranked exactly)."
+        SimilarityConfig,
+        "search",
+        "--search",
+        help="exact, or FAISS candidates re-ranked exactly: faiss (the index's saved FAISS index, HNSW when none), "
+        "hnsw, or ivfpq (compressed; build it with 'similarity index --search ivfpq', else it is built in memory).",
+    ),
+    n_probe: int | None = config_option(SimilarityConfig, "n_probe", "--nprobe", min=1),
+    rerank: int | None = config_option(
+        SimilarityConfig,
+        "n_candidates",
+        "--rerank",
+        min=1,
+        help="FAISS candidates per query re-scored exactly from the stored features (more: higher recall, slower). "
+        "Default: max(4 x top-k, 64).",
     ),
     pipeline: Path | None = typer.Option(
         None,
@@ -360,7 +407,9 @@ def query_cmd(
     if pipeline is None and not images:
         raise DataError("No query images given; pass one or more image files, or --pipeline with --prompt.")
     check_output_folder(out)
-    attributor, train, record = open_similarity_index(store, similarity_config={"search": search})
+    attributor, train, record = open_similarity_index(
+        store, similarity_config={"search": search, "n_probe": n_probe, "n_candidates": rerank}
+    )
     channels, image_size, _ = (int(v) for v in record.state["image_shape"])
     prompts: list[str | None] = [None] * len(images)
     if pipeline is not None:

@@ -6,7 +6,7 @@ A :class:`FeatureIndex` is a folder::
       index.json              dim, metric, spec, the list of segments (atomic JSON)
       segments/000000/        a FeatureStore (manifest.json + features.npy memmap): rows 0..n0-1
       segments/000001/        rows added later by FeatureIndex.add (n0..n0+n1-1)
-      faiss-hnsw.index        optional FAISS index (rebuilt when rows were added since)
+      faiss-<kind>.index      optional FAISS index (faiss.write_index; rebuilt when rows were added since)
 
 Rows are only ever appended, one segment per :meth:`FeatureIndex.add` / :meth:`FeatureIndex.add_computed`
 call, so adding never rewrites existing data. A segment filled by :meth:`FeatureIndex.add_computed` is
@@ -25,6 +25,16 @@ feature similarity):
   ``n_candidates`` rows per query, which are then re-scored exactly from the memmap and re-ranked, so the
   returned scores are always exact (only recall can be lost). Without ``faiss-cpu`` installed this raises
   :class:`~genprov.exceptions.MissingDependencyError` with the pip command.
+* **Compressed** (``kind="ivfpq"``): an ``IndexIVFPQ`` (Jegou et al., TPAMI 2011, "Product quantization for
+  nearest neighbor search") keeps ``pq_m`` bytes of code + an 8-byte id per row (``dim / 8`` sub-quantizers
+  of 8 bits by default: 72 bytes per 512-d row instead of 2,048), so the index of a 10M-row store fits in
+  memory while the features stay on disk; its candidates are re-scored exactly from the memmap as above.
+  Coarse and PQ k-means are seeded (``seed``), so two builds are byte-identical.
+
+The saved FAISS index records its kind, row count and build settings in ``index.json``; :meth:`FeatureIndex.
+build_faiss` reuses a saved index with the same ones and rebuilds otherwise. A search never writes: a stale
+index (rows added since) is rebuilt in memory with the saved settings, and an unreadable file is refused
+with the fix. ``n_probe`` (IVF lists visited) and ``n_candidates`` (rows re-ranked) are search settings.
 
 Ties: scores are compared in float32 (``precision="float64"`` for float64); among equal scores the
 lower row index comes first within the candidates each chunk keeps.
@@ -50,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genprov.config import is_positive_int
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError, StoreMismatchError
 from genprov.storage.feature_store import FeatureStore
 from genprov.storage.manifest import spec_differences
@@ -73,8 +84,13 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 #: Similarity measures: ``"cosine"`` (rows and queries L2-normalised) or ``"inner-product"`` (raw dot products).
 METRICS = ("cosine", "inner-product")
-#: FAISS index kinds for candidate generation: ``"hnsw"`` (graph), ``"ivf"`` (inverted lists), ``"flat"``.
-FAISS_KINDS = ("hnsw", "ivf", "flat")
+#: FAISS index kinds for candidate generation: ``"hnsw"`` (graph), ``"ivf"`` (inverted lists), ``"ivfpq"``
+#: (inverted lists of product-quantized codes: compressed), ``"flat"``.
+FAISS_KINDS = ("hnsw", "ivf", "ivfpq", "flat")
+#: Bits per product-quantizer code of ``"ivfpq"`` (256 centroids per sub-quantizer).
+PQ_BITS = 8
+#: The IVF kinds (``n_probe`` applies to them).
+_IVF_KINDS = ("ivf", "ivfpq")
 _FORMAT = 1
 _KIND = "feature-index"
 _DEFAULT_CHUNK = 65536
@@ -523,6 +539,8 @@ class FeatureIndex:
         *,
         backend: str = "exact",
         n_candidates: int | None = None,
+        kind: str | None = None,
+        n_probe: int | None = None,
         chunk_rows: int = _DEFAULT_CHUNK,
         precision: str = "float32",
     ) -> tuple[Tensor, Tensor]:
@@ -532,8 +550,12 @@ class FeatureIndex:
             queries: (n_q, dim) query features (normalised here for cosine).
             k: Neighbours per query, at most :attr:`n_rows`.
             backend: ``"exact"`` (chunked matmul) or ``"faiss"`` (FAISS candidates, exact re-ranking; build
-                the FAISS index with :meth:`build_faiss` first, or one is built with defaults in memory).
+                the FAISS index with :meth:`build_faiss` first, or one is built in memory: with the saved
+                index's settings when it is stale, else with defaults).
             n_candidates: FAISS candidates per query before re-ranking (default ``max(4 k, 64)``).
+            kind: FAISS index kind (one of :data:`FAISS_KINDS`; ``None``: the saved one, else ``"hnsw"``).
+            n_probe: IVF lists visited per query (``"ivf"`` / ``"ivfpq"``; ``None``: the index's own, set at
+                build; at most the number of lists).
             chunk_rows: Rows multiplied at once by the exact backend.
             precision: ``"float32"`` or ``"float64"`` arithmetic for the exact scores.
 
@@ -549,10 +571,13 @@ class FeatureIndex:
             return exact_search(q, blocks, k, chunk_rows=chunk_rows, precision=precision)
         if backend != "faiss":
             raise ConfigError(f"backend must be 'exact' or 'faiss'; got {backend!r}.")
+        if n_candidates is not None and not is_positive_int(n_candidates):
+            raise ConfigError(f"n_candidates must be a positive integer or None; got {n_candidates!r}.")
         m = max(4 * k, 64) if n_candidates is None else int(n_candidates)
         m = min(max(m, k), self.n_rows)
-        faiss_index = self._faiss_index()
-        _, candidates = faiss_index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), m)
+        faiss_index, kind = self._faiss_index(kind)
+        params = self._search_params(faiss_index, kind, n_probe)
+        _, candidates = faiss_index.search(np.ascontiguousarray(q.numpy(), dtype=np.float32), m, params=params)
         cand = torch.from_numpy(candidates.astype(np.int64))
         valid = cand >= 0
         safe = torch.where(valid, cand, torch.zeros_like(cand))
@@ -590,70 +615,187 @@ class FeatureIndex:
         ef_search: int = 128,
         n_lists: int | None = None,
         n_probe: int = 16,
+        pq_m: int | None = None,
+        train_rows: int | None = None,
         seed: int = 0,
         save: bool = True,
+        rebuild: bool = False,
     ) -> Any:
         """Build (and by default save into the folder) a FAISS index over the stored rows.
 
         Args:
             kind: One of :data:`FAISS_KINDS`: ``"hnsw"`` (``IndexHNSWFlat``), ``"ivf"``
-                (``IndexIVFFlat``, k-means seeded by ``seed``), ``"flat"`` (exact brute force).
+                (``IndexIVFFlat``, k-means seeded by ``seed``), ``"ivfpq"`` (``IndexIVFPQ``: ``pq_m`` codes of
+                :data:`PQ_BITS` bits per row, coarse and PQ k-means seeded by ``seed``), ``"flat"`` (exact
+                brute force).
             hnsw_m: HNSW graph degree.
             ef_search: HNSW search breadth (higher = better recall, slower).
             n_lists: IVF lists (default ``4 sqrt(n_rows)``).
-            n_probe: IVF lists visited per query.
-            seed: Seed of the IVF k-means.
+            n_probe: IVF lists visited per query (the index's default; a search may set its own).
+            pq_m: ``"ivfpq"`` sub-quantizers, a divisor of ``dim`` (default: the largest divisor of ``dim``
+                up to ``dim / 8``, i.e. ``dim / 8`` bytes per row when 8 divides ``dim``).
+            train_rows: Rows (a seeded sample) the IVF k-means trains on (default ``"ivf"``: ``256 n_lists``;
+                ``"ivfpq"``: ``max(64 n_lists, 16384)``; at most ``n_rows``).
+            seed: Seed of the training sample and the k-means.
             save: Write ``faiss-<kind>.index`` next to ``index.json`` (reloaded by later searches while the
-                row count is unchanged).
+                row count is unchanged) and record its kind, row count, settings and size in ``index.json``.
+            rebuild: Build even when the saved index has this kind, row count and settings (by default it is
+                loaded instead; an unreadable one is rebuilt).
 
         Returns:
             The FAISS index object.
+
+        Raises:
+            ConfigError: An unknown kind, a ``pq_m`` that does not divide ``dim``, or an ``"ivfpq"`` index over
+                fewer rows than its codebooks need.
         """
         faiss = import_faiss()
         if kind not in FAISS_KINDS:
             raise ConfigError(f"kind must be one of {FAISS_KINDS}; got {kind!r}.")
-        blocks = list(self.blocks())
+        settings = _build_settings(kind, hnsw_m=hnsw_m, n_lists=n_lists, pq_m=pq_m, train_rows=train_rows, seed=seed)
         n = self.n_rows
-        ip = faiss.METRIC_INNER_PRODUCT
-        if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, int(hnsw_m), ip)
-            index.hnsw.efSearch = int(ef_search)
-        elif kind == "flat":
-            index = faiss.IndexFlatIP(self.dim)
-        else:
-            lists = int(n_lists) if n_lists is not None else max(1, min(n, int(4 * math.sqrt(n))))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, lists, ip)
-            index.cp.seed = int(seed)
-            sample = self.features(np.random.default_rng(seed).choice(n, size=min(n, 256 * lists), replace=False))
-            index.train(np.ascontiguousarray(sample.numpy(), dtype=np.float32))
-            index.nprobe = int(n_probe)
+        record = {"kind": kind, "n_rows": n, "settings": settings}
+        saved = self.meta.get("faiss")
+        if save and not rebuild and saved and {key: saved.get(key) for key in record} == record:
+            try:
+                index = self._read_faiss(saved)
+            except DataError as err:
+                logger.warning("%s; rebuilding it", err)
+            else:
+                _set_search_defaults(index, kind, ef_search=ef_search, n_probe=n_probe)
+                self._faiss, self._faiss_key = index, (kind, n)
+                return index
+        blocks = list(self.blocks())
+        index = self._new_faiss(faiss, kind, settings)
+        _set_search_defaults(index, kind, ef_search=ef_search, n_probe=n_probe)
         for _, array in blocks:
             for start in range(0, array.shape[0], _DEFAULT_CHUNK):
                 index.add(np.ascontiguousarray(array[start : start + _DEFAULT_CHUNK], dtype=np.float32))
-        info = {"kind": kind, "n_rows": n}
         if save:
-            faiss.write_index(index, str(self.path / f"faiss-{kind}.index"))
-            self.meta["faiss"] = info
+            file = self.path / f"faiss-{kind}.index"
+            faiss.write_index(index, str(file))
+            self.meta["faiss"] = {**record, "bytes": file.stat().st_size}
             self._save_meta()
         self._faiss, self._faiss_key = index, (kind, n)
         return index
 
-    def _faiss_index(self) -> Any:
+    def _new_faiss(self, faiss: Any, kind: str, settings: Mapping[str, Any]) -> Any:
+        """An empty (trained, for the IVF kinds) FAISS index of ``kind`` over inner products."""
+        ip = faiss.METRIC_INNER_PRODUCT
+        if kind == "hnsw":
+            return faiss.IndexHNSWFlat(self.dim, int(settings["hnsw_m"]), ip)
+        if kind == "flat":
+            return faiss.IndexFlatIP(self.dim)
         n = self.n_rows
-        if self._faiss is not None and self._faiss_key is not None and self._faiss_key[1] == n:
-            return self._faiss
-        saved = self.meta.get("faiss")
-        if saved and int(saved["n_rows"]) == n:
-            faiss = import_faiss()
-            file = self.path / f"faiss-{saved['kind']}.index"
-            if file.is_file():
-                self._faiss = faiss.read_index(str(file))
-                self._faiss_key = (saved["kind"], n)
-                return self._faiss
-        kind = saved["kind"] if saved else "hnsw"
+        lists = int(settings["n_lists"]) if settings["n_lists"] is not None else max(1, min(n, int(4 * math.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        seed = int(settings["seed"])
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, self.dim, lists, ip)
+            wanted = 256 * lists
+        else:
+            pq_m = int(settings["pq_m"]) if settings["pq_m"] is not None else _default_pq_m(self.dim)
+            if self.dim % pq_m:
+                raise ConfigError(f"pq_m must divide the feature dimension {self.dim}; got {pq_m}.")
+            if n < 2**PQ_BITS:
+                raise ConfigError(
+                    f"an 'ivfpq' index needs at least {2**PQ_BITS} rows to train its {PQ_BITS}-bit codebooks; "
+                    f"{self.path} holds {n}. Use kind 'hnsw' (or exact search) for so few rows."
+                )
+            index = faiss.IndexIVFPQ(quantizer, self.dim, lists, pq_m, PQ_BITS, ip)
+            index.pq.cp.seed = seed  # the product quantizer's k-means (faiss's default seed is fixed, 1234)
+            wanted = max(64 * lists, 16384)
+        index.cp.seed = seed
+        size = min(n, int(settings["train_rows"]) if settings.get("train_rows") is not None else wanted)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        index.train(np.ascontiguousarray(self.features(rows).numpy(), dtype=np.float32))
+        return index
+
+    def _read_faiss(self, saved: Mapping[str, Any]) -> Any:
+        """The saved FAISS index, checked against the rows it must cover.
+
+        Raises:
+            DataError: The file is missing, unreadable, or holds another number of rows or dimension.
+        """
+        faiss = import_faiss()
+        file = self.path / f"faiss-{saved['kind']}.index"
+        fix = (
+            f"delete it and rebuild it (FeatureIndex.build_faiss({saved['kind']!r}), or 'genprov similarity index "
+            f"--store {self.path} --search {saved['kind']}' with the index's other options)"
+        )
+        if not file.is_file():
+            raise DataError(f"{self.path / INDEX_FILE} records a FAISS index but {file} is missing; {fix}.")
+        try:
+            index = faiss.read_index(str(file))
+        except RuntimeError as err:  # faiss reports a truncated or foreign file as a C++ exception
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(f"{file} is not a readable FAISS index ({cause}); {fix}.") from None
+        if int(index.ntotal) != int(saved["n_rows"]) or int(index.d) != self.dim:
+            raise DataError(
+                f"{file} holds {index.ntotal} rows x {index.d} but {self.path / INDEX_FILE} records "
+                f"{saved['n_rows']} x {self.dim}; {fix}."
+            )
+        return index
+
+    def _faiss_index(self, kind: str | None = None) -> tuple[Any, str]:
+        """The FAISS index a search uses and its kind: cached, saved (when current) or built in memory."""
+        if kind is not None and kind not in FAISS_KINDS:
+            raise ConfigError(f"kind must be one of {FAISS_KINDS} or None; got {kind!r}.")
+        n = self.n_rows
+        saved: dict[str, Any] = self.meta.get("faiss") or {}
+        kind = kind or str(saved.get("kind", "hnsw"))
+        if self._faiss is not None and self._faiss_key == (kind, n):
+            return self._faiss, kind
+        same_kind = saved.get("kind") == kind
+        if same_kind and int(saved["n_rows"]) == n:
+            self._faiss, self._faiss_key = self._read_faiss(saved), (kind, n)
+            return self._faiss, kind
         # in memory only: a search is a read and never writes into the index folder (which may be read-only)
+        settings = dict(saved.get("settings") or {}) if same_kind else {}
         logger.info(
             "%s: building a FAISS %s index over %d rows in memory (save one with build_faiss)", self.path, kind, n
         )
-        return self.build_faiss(kind, save=False)
+        return self.build_faiss(kind, save=False, **settings), kind
+
+    @staticmethod
+    def _search_params(index: Any, kind: str, n_probe: int | None) -> Any:
+        """FAISS search parameters setting ``n_probe`` for this search only (``None``: the index's own)."""
+        if n_probe is None:
+            return None
+        if not is_positive_int(n_probe):
+            raise ConfigError(f"n_probe must be a positive integer or None; got {n_probe!r}.")
+        if kind not in _IVF_KINDS:
+            raise ConfigError(
+                f"n_probe applies to the IVF kinds {_IVF_KINDS}; the FAISS index searched is {kind!r}. "
+                "Drop n_probe or search with kind 'ivfpq'."
+            )
+        faiss = import_faiss()
+        return faiss.SearchParametersIVF(nprobe=min(int(n_probe), int(index.nlist)))
+
+
+def _default_pq_m(dim: int) -> int:
+    """The largest divisor of ``dim`` up to ``dim / 8`` (at least 1): ``dim / 8`` bytes per row when 8 divides it."""
+    return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+
+
+def _build_settings(kind: str, **values: Any) -> dict[str, Any]:
+    """The settings that shape a FAISS index of ``kind`` (recorded; a change rebuilds the saved index)."""
+    used = {
+        "hnsw": ("hnsw_m",),
+        "ivf": ("n_lists", "train_rows", "seed"),
+        "ivfpq": ("n_lists", "pq_m", "train_rows", "seed"),
+        "flat": (),
+    }[kind]
+    for name in used:
+        value = values[name]
+        if name != "seed" and value is not None and not is_positive_int(value):
+            raise ConfigError(f"{name} must be a positive integer; got {value!r}.")
+    return {name: (None if values[name] is None else int(values[name])) for name in used}
+
+
+def _set_search_defaults(index: Any, kind: str, *, ef_search: int, n_probe: int) -> None:
+    """Set the search breadth a FAISS index uses when a search does not set its own."""
+    if kind == "hnsw":
+        index.hnsw.efSearch = int(ef_search)
+    elif kind in _IVF_KINDS:
+        index.nprobe = int(n_probe)

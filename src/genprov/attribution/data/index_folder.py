@@ -33,6 +33,7 @@ from genprov.attribution.data.similarity import (
 from genprov.data import ImageDataset, load_dataset
 from genprov.exceptions import DataError
 from genprov.models.artifact import CONFIG_FILE, ArtifactRecord, read_artifact
+from genprov.storage import FAISS_KINDS
 
 __all__ = [
     "build_similarity_index",
@@ -104,7 +105,9 @@ def build_similarity_index(
             the format before), copied into ``store/mapper``; its ``.json`` sidecar's calibration, if any, is
             recorded.
         similarity_config: :class:`SimilarityConfig` changes.
-        faiss: Also build (and save) a FAISS HNSW index for interactive search.
+        faiss: Also build (and save) a FAISS index for interactive search: of the kind ``search`` names in
+            ``similarity_config`` (``"hnsw"`` or ``"ivfpq"``), HNSW otherwise. ``search`` ``"hnsw"`` or
+            ``"ivfpq"`` builds it without ``faiss`` (a saved one with the same settings and rows is reused).
         show_progress: Progress bars.
 
     Returns:
@@ -139,8 +142,10 @@ def build_similarity_index(
             calibration.get("nll"),
             int(calibration.get("n_queries") or 0),
         )
-    if faiss and attributor.index_ is not None:
-        attributor.index_.build_faiss("hnsw")
+    kind = sim_cfg.search if sim_cfg.search in FAISS_KINDS else "hnsw"
+    if (faiss or sim_cfg.search in FAISS_KINDS) and attributor.index_ is not None:
+        probe: dict[str, Any] = {} if sim_cfg.n_probe is None else {"n_probe": sim_cfg.n_probe}
+        attributor.index_.build_faiss(kind, seed=int(spec["seed"]), **probe)
     data_root = spec["data_root"]
     attributor.save_pretrained(folder, data={**spec, "data_root": str(data_root) if data_root is not None else None})
     return attributor, train, read_index_info(folder)

@@ -105,8 +105,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: How :meth:`SimilarityAttributor.attribute` finds the top-k.
-SEARCH_BACKENDS = ("exact", "faiss")
+#: How :meth:`SimilarityAttributor.attribute` finds the top-k: ``"exact"``, or FAISS candidates re-ranked exactly:
+#: ``"faiss"`` (the index's saved FAISS index, HNSW when none), ``"hnsw"`` or ``"ivfpq"`` (compressed).
+SEARCH_BACKENDS = ("exact", "faiss", "hnsw", "ivfpq")
 _FORMAT = 1
 #: Artefact kind of a saved :class:`SimilarityAttributor` (its folder is the similarity index).
 ARTIFACT_KIND = "similarity-index"
@@ -349,8 +350,11 @@ class SimilarityConfig(Config):
 
     Attributes:
         metric: ``"cosine"`` (default) or ``"inner-product"``.
-        search: ``"exact"`` (chunked matmul) or ``"faiss"`` (needs a store and ``genprov[faiss]``).
+        search: ``"exact"`` (chunked matmul), or FAISS candidates re-ranked exactly (needs a store and
+            ``genprov[faiss]``): ``"faiss"`` (the store's saved FAISS index, HNSW when none), ``"hnsw"``, or
+            ``"ivfpq"`` (compressed IVF-PQ codes: a small fraction of the features' memory).
         n_candidates: FAISS candidates re-ranked exactly per query (``None``: ``max(4 k, 64)``).
+        n_probe: IVF lists visited per query by ``"ivfpq"`` search (``None``: the saved index's, 16).
         chunk_rows: Training rows multiplied at once by exact search / scoring.
         shard_size: Training images per index shard (the unit of resumption).
         inv_tau: Soft-attribution inverse temperature until :meth:`SimilarityAttributor.calibrate` runs.
@@ -361,6 +365,7 @@ class SimilarityConfig(Config):
     metric: str = "cosine"
     search: str = "exact"
     n_candidates: int | None = None
+    n_probe: int | None = None
     chunk_rows: int = 65536
     shard_size: int = 1024
     inv_tau: float = 20.0
@@ -375,6 +380,9 @@ class SimilarityConfig(Config):
             "n_candidates",
             "a positive integer or None",
             self.n_candidates,
+        )
+        require(
+            self.n_probe is None or is_positive_int(self.n_probe), "n_probe", "a positive integer or None", self.n_probe
         )
         require(is_positive_int(self.chunk_rows), "chunk_rows", "a positive integer", self.chunk_rows)
         require(is_positive_int(self.shard_size), "shard_size", "a positive integer", self.shard_size)
@@ -546,8 +554,10 @@ class SimilarityAttributor(DataAttributor, Pretrained):
         shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
         if isinstance(store, FeatureStore):
             raise ConfigError("SimilarityAttributor.fit takes an index folder or a FeatureIndex, not a FeatureStore.")
-        if store is None and self.config.search == "faiss":
-            raise ConfigError("search='faiss' needs a store folder (the FAISS index is saved next to the features).")
+        if store is None and self.config.search != "exact":
+            raise ConfigError(
+                f"search={self.config.search!r} needs a store folder (the FAISS index is saved next to the features)."
+            )
         first = self.featurize(images[:1])
         dim = int(first.shape[1])
         key = fingerprint_arrays(images.detach().cpu().contiguous().numpy())
@@ -637,10 +647,22 @@ class SimilarityAttributor(DataAttributor, Pretrained):
         n = int(self.n_train_ or 0)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ConfigError(f"k must be an integer in [1, {n}] (the training set size); got {k!r}.")
-        if self.config.search == "faiss":
-            if self.index_ is None:
-                raise ConfigError("search='faiss' needs the attributor fitted with a store folder.")
-            return self.index_.search(q, k, backend="faiss", n_candidates=self.config.n_candidates)
+        if self.config.search != "exact" and self.index_ is None:
+            raise ConfigError(f"search={self.config.search!r} needs the attributor fitted with a store folder.")
+        return self._top_k(q, k)
+
+    def _top_k(self, q: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k rows of query features: FAISS + exact re-ranking when configured (and stored), else exact."""
+        search = self.config.search
+        if search != "exact" and self.index_ is not None:
+            return self.index_.search(
+                q,
+                k,
+                backend="faiss",
+                kind=None if search == "faiss" else search,
+                n_probe=self.config.n_probe,
+                n_candidates=self.config.n_candidates,
+            )
         return exact_search(q, self._blocks(), k, chunk_rows=self.config.chunk_rows)
 
     def _denominator(self, q: Tensor, top: Tensor, calibration: SoftCalibration) -> Tensor:
@@ -670,10 +692,7 @@ class SimilarityAttributor(DataAttributor, Pretrained):
         n = int(self.n_train_ or 0)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise ConfigError(f"k must be an integer in [1, {n}] (the training set size); got {k!r}.")
-        if self.config.search == "faiss" and self.index_ is not None:
-            indices, values = self.index_.search(q, k, backend="faiss", n_candidates=self.config.n_candidates)
-        else:
-            indices, values = exact_search(q, self._blocks(), k, chunk_rows=self.config.chunk_rows)
+        indices, values = self._top_k(q, k)
         # exact float64 scores of the listed items, so shares and denominators agree
         listed = self._rows(indices)
         exact = torch.einsum("qd,qkd->qk", self._normalise(q).to(torch.float64), listed.to(torch.float64))
