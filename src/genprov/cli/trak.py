@@ -185,7 +185,10 @@ def featurize_cmd(
         help="uniform (t = 0, T/K, ...) or cumulative (t = 0..K-1); a list: --set timesteps=[...]",
     ),
     projector: str = config_option(
-        TRAKConfig, "projector", "--projector", help="sjlt (fast on CPU), gaussian, rademacher, identity."
+        TRAKConfig,
+        "projector",
+        "--projector",
+        help="sjlt (fast on CPU), gaussian, rademacher, identity, kronecker (one batched pass; Linear / Conv2d layers only).",
     ),
     proj_dim: int = config_option(TRAKConfig, "proj_dim", "--proj-dim", min=1, help="Feature dimension k."),
     backend: str = typer.Option(

@@ -16,6 +16,8 @@ name          P                                                                 
 ``sjlt``      sparse JL / count-sketch: per input coordinate ``nnz`` entries +-1/sqrt(nnz), one in   O(d nnz)
               each of ``nnz`` column blocks (Kane & Nelson, 2014); the fast default on a CPU
 ``identity``  no projection (the exact gradient; for tests and tiny models)                         O(d)
+``kronecker``  per layer ``P_out G P_in^T`` with Gaussian factors (LoGra, Choe et al., 2024): see    O(d k)
+              :class:`KroneckerProjector`; TRAK computes it from one batched pass with hooks
 ============  ====================================================================================  =======
 
 The dense projectors generate each block's matrix once, from per-chunk generators, and keep it while
@@ -35,12 +37,12 @@ import dataclasses
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
-from genprov.config import Config, is_int, require
+from genprov.config import Config, is_int, require, require_ints
 from genprov.exceptions import DataError
 from genprov.registry import Registry
 from genprov.utils.seeding import torch_generator
@@ -51,6 +53,8 @@ __all__ = [
     "DenseProjectorConfig",
     "GaussianProjector",
     "IdentityProjector",
+    "KroneckerConfig",
+    "KroneckerProjector",
     "Projector",
     "ProjectorConfig",
     "RademacherProjector",
@@ -336,3 +340,147 @@ class IdentityProjector(Projector):
 
     def _accumulate(self, name: str, g: Tensor, out: Tensor, offset: int) -> None:
         out[:, offset : offset + g.shape[1]] = g
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KroneckerConfig(ProjectorConfig):
+    """Settings of the Kronecker-factored projector.
+
+    Attributes:
+        k_out: Rows of every layer's output factor ``P_out``; 0: ``ceil(sqrt(dim / n_layers))``.
+        k_in: Rows of every layer's input factor ``P_in``; 0: ``ceil(sqrt(dim / n_layers))``.
+    """
+
+    k_out: int = 0
+    k_in: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        require_ints(self, ("k_out", "k_in"), minimum=0)
+
+
+@PROJECTORS.register("kronecker", config=KroneckerConfig)
+class KroneckerProjector(Projector):
+    """Kronecker-factored projection, layer by layer (LoGra: Choe et al., 2024, "What is your data worth to
+    GPT?", sec. 3).
+
+    A *layer* is the prefix of a block's name (``"down.0.conv.weight"`` and ``"down.0.conv.bias"`` form layer
+    ``"down.0.conv"``). Each block is read as a matrix ``G`` of shape ``(d_out, d_in)``: its first dimension
+    against the rest (a convolution's ``(out, in / groups, kh, kw)`` weight as ``(out, in / groups * kh * kw)``,
+    a bias ``(d_out,)`` as a ``(d_out, 1)`` column). Layer ``l``'s features are ``sum over its blocks of
+    P_out G P_in^T``, a ``(k_out, k_in)`` matrix flattened row-major, with ``P_out`` ``(k_out, d_out)`` drawn
+    from ``(seed, layer, d_out)`` and shared by the layer's blocks and ``P_in`` ``(k_in, d_in)`` drawn from
+    ``(seed, block name, d_in)``, entries i.i.d. N(0, 1/k) as :class:`GaussianProjector`'s (so
+    ``E ||P_out G P_in^T||^2 = ||G||^2``). A weight with its bias is thus the Kronecker projection of the
+    augmented matrix ``[G_W, g_b]`` (the bias is the weight of a constant input 1, as dattri's LoGra appends a
+    column of ones to a Linear layer's input: ``dattri/algorithm/logra/utils/projector.py``,
+    ``_setup_linear_projector``; its factors are seeded per module, not per name). The features of the
+    layers are concatenated in sorted layer order: dimension ``n_layers * k_out * k_in``, with
+    ``k_out = k_in = ceil(sqrt(dim / n_layers))`` unless :class:`KroneckerConfig` fixes them (so at least
+    ``dim``).
+
+    ``project`` applies this to explicit per-example gradients (the reference, O(d k) per block).
+    ``TRAKAttributor`` never forms them: for ``nn.Linear`` and ``nn.Conv2d`` layers a per-example gradient is
+    ``sum over positions of g_out (x) x_in``, so ``P_out G P_in^T = sum_p (P_out g_p)(P_in x_p)^T`` comes from
+    one batched forward and backward pass with hooks (:mod:`genprov.attribution.data.kronecker`), which
+    equals ``project`` of the exact per-example gradients up to float rounding.
+    """
+
+    config: KroneckerConfig
+
+    def __init__(self, config: KroneckerConfig | None = None) -> None:
+        super().__init__(config if config is not None else KroneckerConfig())
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._factors: dict[tuple[str, str, int, int], Tensor] = {}
+
+    @staticmethod
+    def layer_of(name: str) -> str:
+        """The layer of block ``name``: its prefix before the last dot (``""`` for a top-level parameter)."""
+        return name.rpartition(".")[0]
+
+    def layout(self, names: Iterable[str]) -> tuple[list[str], int, int]:
+        """The sorted layers of blocks ``names`` and the factor rows ``(k_out, k_in)`` for them."""
+        layers = sorted({self.layer_of(n) for n in names})
+        default = math.ceil(math.sqrt(self.config.dim / max(1, len(layers))))
+        return layers, self.config.k_out or default, self.config.k_in or default
+
+    def output_dim(self, sizes: Mapping[str, int]) -> int:
+        """``n_layers * k_out * k_in`` for the layers of the blocks in ``sizes``."""
+        layers, k_out, k_in = self.layout(sizes)
+        return len(layers) * k_out * k_in
+
+    @staticmethod
+    def slot(out: Tensor, index: int, k_out: int, k_in: int) -> Tensor:
+        """Layer ``index``'s ``(b, k_out, k_in)`` view of the ``(b, n_layers * k_out * k_in)`` features ``out``."""
+        size = k_out * k_in
+        return out[:, index * size : (index + 1) * size].view(-1, k_out, k_in)
+
+    def out_factor(self, layer: str, d_out: int, k_out: int) -> Tensor:
+        """``P_out`` of ``layer``: (k_out, d_out) float32, from ``(seed, "kronecker-out", layer, d_out)``."""
+        return self._factor("kronecker-out", layer, d_out, k_out)
+
+    def in_factor(self, block: str, d_in: int, k_in: int) -> Tensor:
+        """``P_in`` of block ``block``: (k_in, d_in) float32, from ``(seed, "kronecker-in", block, d_in)``."""
+        return self._factor("kronecker-in", block, d_in, k_in)
+
+    def _factor(self, side: str, name: str, d: int, k: int) -> Tensor:
+        key = (side, name, d, k)
+        if key not in self._factors:
+            gen = torch_generator(self.config.seed, side, name, d)
+            self._factors[key] = torch.randn(k, d, generator=gen) / math.sqrt(k)
+        return self._factors[key]
+
+    def project(self, grads: Mapping[str, Tensor] | Tensor) -> Tensor:
+        """Project a batch of per-example gradients (see the class docstring); blocks keep their shapes.
+
+        Returns:
+            (b, n_layers * k_out * k_in) features in the gradients' dtype.
+        """
+        blocks = as_blocks(grads)
+        raw = {"": grads} if isinstance(grads, Tensor) else grads
+        self._check_shapes({name: tuple(int(s) for s in raw[name].shape[1:]) for name in blocks})
+        layers, k_out, k_in = self.layout(blocks)
+        first = next(iter(blocks.values()))
+        out = torch.zeros(first.shape[0], len(layers) * k_out * k_in, dtype=first.dtype, device=first.device)
+        for name, g in blocks.items():
+            self._accumulate(name, g, self.slot(out, layers.index(self.layer_of(name)), k_out, k_in), 0)
+        return out
+
+    def matrix(self, sizes: Mapping[str, int]) -> Tensor:
+        """The explicit ``(sum(sizes), n_layers * k_out * k_in)`` float32 matrix (blocks in sorted name order);
+        each block's shape must be known from an earlier :meth:`project`."""
+        names = sorted(sizes)
+        unknown = [n for n in names if n not in self._shapes]
+        if unknown:
+            raise DataError(
+                f"the kronecker projector reads each block as a matrix and has not seen block {unknown[0]!r}'s shape; "
+                "project a batch of its gradients first."
+            )
+        self._check_sizes({n: int(sizes[n]) for n in names})
+        layers, k_out, k_in = self.layout(names)
+        rows = []
+        for name in names:
+            block = torch.zeros(int(sizes[name]), len(layers) * k_out * k_in)
+            index = layers.index(self.layer_of(name))
+            self._accumulate(name, torch.eye(int(sizes[name])), self.slot(block, index, k_out, k_in), 0)
+            rows.append(block)
+        return torch.cat(rows)
+
+    def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self._check_sizes({name: math.prod(shape) for name, shape in shapes.items()})
+        for name, shape in shapes.items():
+            known = self._shapes.setdefault(name, shape)
+            if known != shape:
+                raise DataError(
+                    f"gradient block {name!r} has shape {shape} but this projector saw it with {known}; use one "
+                    "projector per model."
+                )
+
+    def _accumulate(self, name: str, g: Tensor, out: Tensor, offset: int) -> None:
+        """Add ``P_out G P_in^T`` of block ``name`` ((b, d) values) to its layer's ``out`` slot (b, k_out, k_in)
+        (``offset`` is unused: the blocks of a layer share their slot)."""
+        shape = self._shapes[name]
+        matrix = g.reshape(g.shape[0], shape[0] if shape else 1, -1)
+        p_out = self.out_factor(self.layer_of(name), matrix.shape[1], out.shape[1]).to(g)
+        p_in = self.in_factor(name, matrix.shape[2], out.shape[2]).to(g)
+        out.add_(p_out @ matrix @ p_in.T)

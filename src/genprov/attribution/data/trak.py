@@ -15,7 +15,11 @@ paper's code does):
    so the rest of the backward pass is never run. Each gradient is projected block by block to ``k``
    dimensions (:mod:`~genprov.attribution.data.projectors`) and stored shard by shard in a
    :class:`~genprov.storage.FeatureStore` (resumable; a different config raises
-   :class:`~genprov.exceptions.StoreMismatchError`).
+   :class:`~genprov.exceptions.StoreMismatchError`). Under ``projector="kronecker"`` no per-example gradient is
+   formed: the ``b x K`` rows of ``batch_size`` examples run through one forward and one backward pass whose
+   hooks project each ``nn.Linear`` / ``nn.Conv2d`` layer's inputs and output gradients
+   (:mod:`~genprov.attribution.data.kronecker`, LoGra); the other selected parameters are left out, and the
+   covered fraction is :attr:`TRAKAttributor.parameter_coverage` (recorded in the store spec).
 2. Scores (:meth:`TRAKAttributor.scores`). With training features ``Phi`` (n, k) and query features
    ``Phi_q``: ``S = Phi_q (Phi^T Phi + lambda I)^-1 Phi^T`` (n_queries, n_train), computed in float64
    with a Cholesky factor of the k x k kernel, or of the n x n kernel ``Phi Phi^T + lambda I`` in the
@@ -78,8 +82,9 @@ from genprov.attribution.data.base import (
     check_top_k,
     training_images,
 )
+from genprov.attribution.data.kronecker import KroneckerLayer, kronecker_features, kronecker_layers
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
-from genprov.attribution.data.projectors import PROJECTORS, Projector
+from genprov.attribution.data.projectors import PROJECTORS, KroneckerProjector, Projector
 from genprov.config import Config, is_int, require
 from genprov.data.conditioned import ConditionedExamples
 from genprov.data.dataset import fingerprint_arrays
@@ -162,7 +167,10 @@ class TRAKConfig(Config):
         n_timesteps: K, timesteps per example (ignored when ``timesteps`` is given).
         schedule: ``"uniform"`` (t = 0, T/K, ...) or ``"cumulative"`` (t = 0..K-1).
         timesteps: An explicit list of timesteps (overrides ``schedule`` and ``n_timesteps``).
-        projector: Name in :data:`~genprov.attribution.data.projectors.PROJECTORS`; ``"sjlt"`` is fastest on a CPU.
+        projector: Name in :data:`~genprov.attribution.data.projectors.PROJECTORS`; ``"sjlt"`` is fastest on a CPU
+            among the per-example paths; ``"kronecker"`` takes a whole batch from one pass with hooks (its features
+            cover ``nn.Linear`` / ``nn.Conv2d`` weights and biases only; ``proj_dim`` sets its per-layer factors,
+            ``projector_options`` ``k_out`` / ``k_in`` fix them).
         proj_dim: Feature dimension k (ignored by ``"identity"``).
         projector_options: Extra projector settings, e.g. ``{"nnz": 2}`` for sjlt, ``{"cache_mb": 4096}``.
         include: Glob patterns of parameter names to differentiate (empty: all), e.g. ``("*lora*",)``.
@@ -176,8 +184,9 @@ class TRAKConfig(Config):
         noise: One of :data:`NOISE_MODES` (``"per-example"``; ``"batch-position"`` is the original's).
         noise_batch: The batch whose positions share noise under ``"batch-position"`` (52, the original's
             ``CIFAR2/scripts/run_grad.sh`` ``--train_batch_size``).
-        batch_size: Examples per vmapped gradient call (memory vs. speed; the numbers are equal up to float
-            rounding); a loop takes one example at a time.
+        batch_size: Examples per vmapped gradient call, or per forward / backward pass under the ``kronecker``
+            projector (memory vs. speed; the numbers are equal up to float rounding); a loop takes one example at a
+            time.
         per_example: How per-example gradients are taken: ``"vmap"`` (``vmap`` over ``torch.func.grad``,
             fastest for small models), ``"loop"`` (plain autograd one example at a time: its K timesteps
             still form one batch; faster and far leaner for models of about 300k parameters and more on a
@@ -485,9 +494,37 @@ class TRAKAttributor(DataAttributor, Pretrained):
             self._projector = PROJECTORS.create(cfg.projector, config=options)
         self._param_names = select_parameters(self.model, cfg.include, cfg.exclude)
         params = dict(self.model.named_parameters())
+        self._kronecker: list[KroneckerLayer] | None = None
+        self._coverage = 1.0
+        if isinstance(self._projector, KroneckerProjector):
+            self._setup_kronecker(params)
         self._sizes = {n: params[n].numel() for n in self._param_names}
         self._feature_dim = self._projector.output_dim(self._sizes)
         self._ready = True
+
+    def _setup_kronecker(self, params: dict[str, nn.Parameter]) -> None:
+        """Restrict the parameters to those the ``kronecker`` projector's hooks cover (weights and biases of
+        ``nn.Linear`` / ``nn.Conv2d`` layers) and record the fraction of the selected values they hold."""
+        selected = self._param_names
+        self._kronecker, self._param_names = kronecker_layers(self.model, selected)
+        if not self._param_names:
+            raise ConfigError(
+                f"projector='kronecker' covers the weights and biases of nn.Linear and nn.Conv2d layers, and "
+                f"include={self.config.include} / exclude={self.config.exclude} select none (e.g. {selected[:3]}); "
+                "select some, or use projector='sjlt'."
+            )
+        total = sum(params[n].numel() for n in selected)
+        self._coverage = sum(params[n].numel() for n in self._param_names) / total
+        left = [n for n in selected if n not in set(self._param_names)]
+        if left:
+            logger.info(
+                "kronecker projector: %d nn.Linear / nn.Conv2d layers hold %.1f%% of the selected parameter values; "
+                "%d other blocks (norms, embeddings, ...; e.g. %s) are left out of the features",
+                len(self._kronecker),
+                100 * self._coverage,
+                len(left),
+                left[0],
+            )
 
     @property
     def timesteps(self) -> tuple[int, ...]:
@@ -512,6 +549,14 @@ class TRAKAttributor(DataAttributor, Pretrained):
         """k, the feature dimension."""
         self._setup()
         return int(self._feature_dim)
+
+    @property
+    def parameter_coverage(self) -> float:
+        """The fraction of the selected parameters' values the features cover: 1, except under the ``kronecker``
+        projector, which covers the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers only (the store
+        spec records it)."""
+        self._setup()
+        return float(self._coverage)
 
     # ------------------------------------------------------------------------------------ gradients
 
@@ -545,11 +590,16 @@ class TRAKAttributor(DataAttributor, Pretrained):
         """``mean_t f(eps_theta(x_t, t[, context]))`` for one example x0 (C, H, W), its noise (K, C, H, W) and,
         for a conditional model, its context (L, D), the same at every timestep."""
         t = self._t
-        abar = self._schedule_on.alphas_cumprod[t].reshape(-1, *([1] * x0.ndim))
-        x_t = abar.sqrt() * x0.unsqueeze(0) + (1 - abar).sqrt() * noise
+        x_t = self._noisy(x0.unsqueeze(0), noise)
         args = (x_t, t) if context is None else (x_t, t, context.unsqueeze(0).expand(len(t), *context.shape))
         eps_pred = functional_call(self.model, params, args)
         return self._output_fn(eps_pred, noise, t, self._schedule_on).mean()
+
+    def _noisy(self, x0: Tensor, noise: Tensor) -> Tensor:
+        """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` for noise (..., K, C, H, W) of the K timesteps and
+        x0 broadcastable to it."""
+        abar = self._schedule_on.alphas_cumprod[self._t].reshape(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     @property
     def uses_vmap(self) -> bool:
@@ -573,21 +623,10 @@ class TRAKAttributor(DataAttributor, Pretrained):
         Returns:
             ``{parameter name: (b, *param_shape)}`` float32 gradients.
         """
-        self._setup()
-        images, context = self._check_examples(batch, "batch")
-        if len(keys) != len(images):
-            raise DataError(f"need one index per example; got {len(keys)} for {len(images)} examples.")
-        device = next(self.model.parameters()).device
-        self._t = torch.tensor(self._timesteps, dtype=torch.long, device=device)
-        self._schedule_on = self._schedule.to(device)
-        noise = self.noise(keys, images.shape[1:]).to(device)
-        x0 = images.to(device)
-        ctx = None if context is None else context.to(device)
+        x0, noise, ctx = self._batch_inputs(batch, keys)
         all_params = dict(self.model.named_parameters())
         params = {n: all_params[n].detach() for n in self._param_names}
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self._evaluating():
             if self.uses_vmap:
                 fn = vmap(grad(self._example_output), in_dims=(None, 0, 0) if ctx is None else (None, 0, 0, 0))
                 with torch.no_grad(), warnings.catch_warnings():  # grad ignores no_grad; it stops autograd recording
@@ -596,8 +635,63 @@ class TRAKAttributor(DataAttributor, Pretrained):
                     warnings.filterwarnings("ignore", message="There is a performance drop")
                     return dict(fn(params, x0, noise) if ctx is None else fn(params, x0, noise, ctx))
             return self._loop_gradients(params, x0, noise, ctx)
+
+    def _batch_inputs(self, batch: Examples, keys: Sequence[int | str]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The checked examples (b, C, H, W), their noise (b, K, C, H, W) and contexts (b, L, D) or ``None``, on the
+        model's device (which also holds the timesteps and schedule then)."""
+        self._setup()
+        images, context = self._check_examples(batch, "batch")
+        if len(keys) != len(images):
+            raise DataError(f"need one index per example; got {len(keys)} for {len(images)} examples.")
+        device = next(self.model.parameters()).device
+        self._t = torch.tensor(self._timesteps, dtype=torch.long, device=device)
+        self._schedule_on = self._schedule.to(device)
+        noise = self.noise(keys, images.shape[1:]).to(device)
+        return images.to(device), noise, None if context is None else context.to(device)
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """The model in eval mode while inside; its mode restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
         finally:
             self.model.train(was_training)
+
+    def kronecker_features(self, batch: Examples, keys: Sequence[int | str]) -> Tensor:
+        """Features under the ``kronecker`` projector from one forward and one backward pass of all ``b x K`` rows
+        (:func:`~genprov.attribution.data.kronecker.kronecker_features`): the gradient of ``sum_rows f / K`` splits
+        into the examples' gradients of ``mean_t f``, and the hooks project them without forming them; equal to
+        ``projector.project(self.gradients(batch, keys))`` up to float rounding.
+
+        Args:
+            batch: (b, C, H, W) examples, or b :class:`~genprov.data.ConditionedExamples` for a conditional model.
+            keys: (b,) their noise keys.
+
+        Returns:
+            (b, k) features in the model's dtype.
+        """
+        self._setup()
+        if self._kronecker is None:
+            raise ConfigError(
+                f"kronecker_features needs projector='kronecker'; this attributor's is {self.config.projector!r}."
+            )
+        x0, noise, ctx = self._batch_inputs(batch, keys)
+        b, k = len(x0), len(self._t)
+        t = self._t.repeat(b)
+        x_t = self._noisy(x0.unsqueeze(1), noise).flatten(0, 1)
+        eps = noise.flatten(0, 1)
+        args = (x_t, t) if ctx is None else (x_t, t, ctx.unsqueeze(1).expand(b, k, *ctx.shape[1:]).flatten(0, 1))
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+
+        def loss() -> Tensor:
+            eps_pred = functional_call(self.model, params, args)
+            return self._output_fn(eps_pred, eps, t, self._schedule_on).sum() / k
+
+        assert isinstance(self._projector, KroneckerProjector)
+        with self._evaluating():
+            return kronecker_features(self.model, self._kronecker, self._projector, loss, n_examples=b, rows=b * k)
 
     def _loop_gradients(
         self, params: dict[str, Tensor], x0: Tensor, noise: Tensor, context: Tensor | None
@@ -621,11 +715,17 @@ class TRAKAttributor(DataAttributor, Pretrained):
         return {n: torch.stack(rows[n]) for n in self._param_names}
 
     def _features(self, batch: Examples, keys: Sequence[int | str]) -> Tensor:
+        self._setup()
         out = []
-        step = self.config.batch_size if self.uses_vmap else 1  # a loop projects each gradient as it comes
+        hooks = self._kronecker is not None  # one batched pass of batch_size examples, no per-example gradients
+        step = self.config.batch_size if hooks or self.uses_vmap else 1  # a loop projects each gradient as it comes
         for start in range(0, len(batch), step):
-            grads = self.gradients(batch[start : start + step], keys[start : start + step])
-            out.append(self._projector.project(grads).to(torch.float32).cpu())
+            part, part_keys = batch[start : start + step], keys[start : start + step]
+            if hooks:
+                features = self.kronecker_features(part, part_keys)
+            else:
+                features = self._projector.project(self.gradients(part, part_keys))
+            out.append(features.to(torch.float32).cpu())
         if not out:
             return torch.empty(0, self.feature_dim)
         return torch.cat(out)
@@ -700,7 +800,11 @@ class TRAKAttributor(DataAttributor, Pretrained):
             "method": "trak-features",
             "config": self.config.feature_spec(),
             "timesteps": list(self._timesteps),
-            "parameters": {"n_blocks": len(self._param_names), "n_values": int(sum(self._sizes.values()))},
+            "parameters": {
+                "n_blocks": len(self._param_names),
+                "n_values": int(sum(self._sizes.values())),
+                **({} if self._kronecker is None else {"coverage": self._coverage}),
+            },
             "feature_dim": self.feature_dim,
             "model_fingerprint": fingerprint_state(self.model),
             "data_fingerprint": fingerprint_arrays(*arrays),
