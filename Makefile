@@ -54,7 +54,10 @@ test: lint typecheck imports unit e2e
 reproduce: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow -p no:cacheprovider || [ $$? -eq 5 ]
 
+# The peers the benchmarks compare against, without their dependencies (traker's and dattri's would pull
+# torchvision, which breaks diffusers beside CPU torch; neither needs it for what the benchmarks call).
 bench: $(STAMP)
+	$(VENV)/bin/pip install -q --no-deps traker dattri
 	$(PY) -m benchmarks.run
 
 clean:
