@@ -9,7 +9,7 @@ image): targets ``x - b - W z_bar`` of the VAE's own 8-bit decodings and of real
 RGB), ``z_bar`` the mean ``conv_out`` input over the encoded own images. The comparison is
 :func:`benchmarks.bench_flipad.compare`'s: scikit-learn's coordinate descent per sample on the dense matrix,
 FISTA in float32 on the batch at the smallest iteration count whose mean objective is not above
-scikit-learn's.
+scikit-learn's, both timed by the protocol of :mod:`benchmarks.timing`.
 
 Run: ``python -m benchmarks.run --only flipad_t2i [--quick]``.
 """
@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_flipad import compare
+from benchmarks.bench_flipad import PROTOCOL, compare
+from benchmarks.timing import load_average, load_note
 from genprov.attribution.model import FinalLayerInversionAttributor, FinalLayerInversionAttributorConfig
 from genprov.attribution.model.inversion import LinearOperator, operator_for
 from genprov.data import load_dataset, png_roundtrip
@@ -55,9 +56,12 @@ def run(quick: bool) -> str:
     torch.set_num_threads(1)
     n = 2 if quick else 4
     alpha = 5e-4
+    problems = _problems(n)
+    load_before = load_average()
     rows: list[dict[str, Any]] = [
-        {"source": source, **compare(op, target, alpha)} for source, (op, target) in _problems(n).items()
+        {"source": source, **compare(op, target, alpha)} for source, (op, target) in problems.items()
     ]
+    load_after = load_average()
     lines = [
         "### FLIPAD inversion of a latent diffusion decoder's conv_out: batched FISTA vs scikit-learn Lasso",
         "",
@@ -66,7 +70,7 @@ def run(quick: bool) -> str:
         "unknowns; the full 32x32 layer, 3072 x 32768, does not fit scikit-learn in minutes), targets from the "
         "VAE's own 8-bit decodings or real digits. scikit-learn: one `Lasso(alpha / m, fit_intercept=False)` per "
         "sample on the dense matrix, default tol; FISTA: float32, whole batch, the smallest iteration count (to "
-        "1/16) whose mean objective is not above scikit-learn's.",
+        "1/16) whose mean objective is not above scikit-learn's. " + PROTOCOL,
         "",
         "| images | sklearn (s) | sklearn samples/s | FISTA iters | FISTA (s) | FISTA samples/s | speed-up "
         "| objective gap mean / max |",
@@ -74,11 +78,11 @@ def run(quick: bool) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['source']} | {r['sklearn_s']:.2f} | {r['n'] / r['sklearn_s']:.2f} | {r['fista_iters']} "
-            f"| {r['fista_s']:.3f} | {r['n'] / r['fista_s']:.1f} | **{r['ratio']:.0f}x** "
-            f"| {r['gap_mean']:+.1e} / {r['gap_max']:+.1e} |"
+            f"| {r['source']} | {r['sklearn_s'].cell('.2f')} | {r['n'] / r['sklearn_s'].median:.2f} "
+            f"| {r['fista_iters']} | {r['fista_s'].cell('.3f')} | {r['n'] / r['fista_s'].median:.1f} "
+            f"| **{r['ratio']:.0f}x** | {r['gap_mean']:+.1e} / {r['gap_max']:+.1e} |"
         )
-    lines.append("")
+    lines += ["", load_note(load_before, load_after), ""]
     lines.append("The GAN case (`bench_flipad`) reached 36-72x on a 256 x 1024 layer.")
     return "\n".join(lines) + "\n"
 

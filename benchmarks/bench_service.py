@@ -12,6 +12,10 @@ unexpected) and the workspace's size before and after (answers are stored at the
 A second phase serves the same workspace with a deliberately small queue (4) and fires another 100
 distinct uploads at once: the 503s with ``Retry-After`` there are expected (back-pressure), and every
 request the service admitted must succeed.
+
+A load test is one run by nature (its figures are percentiles over the requests of that run), so it is not
+repeated; the 1-minute load average before and after the two phases is reported and a change above 0.5 flags
+the table (:func:`benchmarks.timing.load_note`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from benchmarks.timing import load_average, load_note
 
 N_REQUESTS = 100
 SMALL_QUEUE = 4
@@ -193,6 +199,7 @@ def run(quick: bool) -> str:
         build_s = time.perf_counter() - t0
         bytes_before = _folder_bytes(ws)
         corrupt = pngs[0][: len(pngs[0]) // 2]
+        load_before = load_average()
         with _Server(ws, workers=1, queue_size=128) as base:
             warm = asyncio.run(_load(base, [pngs[N_REQUESTS]]))  # not among the timed uploads
             main = asyncio.run(_load(base, [*pngs[:N_REQUESTS], corrupt]))
@@ -207,6 +214,7 @@ def run(quick: bool) -> str:
             flipped.append(buffer.getvalue())
         with _Server(ws, workers=1, queue_size=SMALL_QUEUE) as base:
             small = asyncio.run(_load(base, flipped))
+        load_after = load_average()
     header = (
         "| phase | uploads | wall (s) | throughput (2xx/s) | p50 latency (s) | p99 latency (s) | p99 queued (s) "
         "| /health calls | /health p50 (ms) | /health p99 (ms) | /health max (ms) | non-2xx | unexpected |"
@@ -230,6 +238,8 @@ def run(quick: bool) -> str:
             "",
             f"Workspace bytes: {bytes_before:,} before, {bytes_after:,} after phase 1 ({results_bytes:,} in "
             f"results/: {N_REQUESTS + 1} answers with their query image stored at the analysed size).",
+            "",
+            load_note(load_before, load_after),
             "",
         ]
     )

@@ -5,7 +5,8 @@ centres (real image features are clustered; uniform random vectors would make ev
 :class:`~genprov.storage.FeatureIndex` on disk (float32 memmap, 65,536-row shards). Queries are noisy copies
 of random stored rows, so each has a meaningful top-k.
 
-Methods (same queries, same process, one query at a time, k = 10):
+Methods (same queries, same process, one query at a time, k = 10; interleaved query by query, ``exact(q0)
+original(q0) faiss(q0) exact(q1) ...``, after one warm-up query each: :mod:`benchmarks.timing`):
 
 - **genprov exact**: ``FeatureIndex.search(backend="exact")``: chunked matmul over the memmap with a running
   top-k (what ``SimilarityAttributor.attribute`` uses by default; exact scores, bounded memory).
@@ -15,10 +16,11 @@ Methods (same queries, same process, one query at a time, k = 10):
 - **original approach** (Wang et al.'s released code): all features held in memory as one array, one full
   matmul per query and a full ``argsort`` of the n scores.
 
-Reported: median per-query latency, peak RSS increase while querying (Linux ``VmHWM`` reset via
-``/proc/self/clear_refs``; the original's in-memory feature array is counted separately as "resident
-features"), FAISS build time, recall@k of FAISS against exact, and agreement of the original's top-k with
-genprov's exact top-k. Ratios are against the original approach measured in the same run.
+Reported: per-query latency, median [min-max] over the queries, peak RSS increase of a query (Linux ``VmHWM``
+reset via ``/proc/self/clear_refs`` before each query; the original's in-memory feature array is counted
+separately as "resident features"), FAISS build time, recall@k of FAISS against exact, and agreement of the
+original's top-k with genprov's exact top-k. Speed-ups are ratios of medians against the original approach
+measured in the same run; the load average before and after flags a table whose load moved by more than 0.5.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from benchmarks.memory import reset_peak, status_mb
+from benchmarks.timing import interleaved
 
 DIM = 512
 K = 10
@@ -61,16 +64,15 @@ def _rows(start: int, stop: int, centres: np.ndarray, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _timed(fn: Callable[[int], Any], n_q: int) -> tuple[list[Any], float, float]:
-    """Run ``fn(q)`` for each query; returns (outputs, median seconds, peak RSS increase in MiB)."""
-    fn(0)  # warm-up (page cache, allocator, FAISS index load)
-    base = reset_peak()
-    outputs, seconds = [], []
-    for q in range(n_q):
-        t0 = time.perf_counter()
-        outputs.append(fn(q))
-        seconds.append(time.perf_counter() - t0)
-    return outputs, float(np.median(seconds)), max(0.0, status_mb("VmHWM") - base)
+def _with_peak(fn: Callable[[int], np.ndarray]) -> Callable[[int], tuple[np.ndarray, float]]:
+    """``fn`` returning also the peak RSS increase (MiB) of the call (the peak mark reset before it)."""
+
+    def call(q: int) -> tuple[np.ndarray, float]:
+        base = reset_peak()
+        out = fn(q)
+        return out, max(0.0, status_mb("VmHWM") - base)
+
+    return call
 
 
 def _recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
@@ -115,9 +117,14 @@ def _run(quick: bool) -> str:
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
         qt = torch.from_numpy(q)
 
-        exact_out, exact_s, exact_mb = _timed(lambda i: index.search(qt[i : i + 1], K)[0][0].numpy(), n_q)
-        rows: list[dict[str, Any]] = []
-        rows.append({"method": "genprov exact (chunked memmap)", "median ms": 1e3 * exact_s, "peak MiB": exact_mb})
+        faiss_note, build_faiss = "", None
+        try:  # built before the original's features are held, so the build's peak is not theirs
+            import_faiss()
+            t0 = time.perf_counter()
+            index.build_faiss("ivf", n_lists=N_LISTS, n_probe=16, seed=seed)
+            build_faiss = time.perf_counter() - t0
+        except Exception as err:  # MissingDependencyError or a FAISS failure: reported, not fatal
+            faiss_note = f" FAISS not measured: {err}."
 
         # the original: every feature in memory, one full matmul + full argsort per query
         before = status_mb("VmRSS")
@@ -128,43 +135,37 @@ def _run(quick: bool) -> str:
             scores = held["features"] @ q[i]
             return np.argsort(-scores, kind="stable")[:K]
 
-        orig_out, orig_s, orig_mb = _timed(original, n_q)
-        agree = _recall(orig_out, exact_out)
-        rows.append(
-            {
-                "method": "original (in-memory matmul + full argsort)",
-                "median ms": 1e3 * orig_s,
-                "peak MiB": orig_mb,
-                "resident features MiB": resident,
-            }
-        )
+        names = {"exact": "genprov exact (chunked memmap)", "original": "original (in-memory matmul + full argsort)"}
+        methods = {
+            "exact": _with_peak(lambda i: index.search(qt[i : i + 1], K)[0][0].numpy()),
+            "original": _with_peak(original),
+        }
+        if build_faiss is not None:
+            names["faiss"] = "genprov FAISS IVF + exact re-rank"
+            methods["faiss"] = _with_peak(lambda i: index.search(qt[i : i + 1], K, backend="faiss")[0][0].numpy())
+        # warm-up: page cache, allocator, FAISS index load; then the queries interleaved across the methods
+        trials = interleaved(methods, repeats=n_q)
         held.clear()
-
-        faiss_note = ""
-        try:
-            import_faiss()
-            t0 = time.perf_counter()
-            index.build_faiss("ivf", n_lists=N_LISTS, n_probe=16, seed=seed)
-            build_faiss = time.perf_counter() - t0
-            faiss_out, faiss_s, faiss_mb = _timed(
-                lambda i: index.search(qt[i : i + 1], K, backend="faiss")[0][0].numpy(), n_q
-            )
-            rows.append(
-                {
-                    "method": "genprov FAISS IVF + exact re-rank",
-                    "median ms": 1e3 * faiss_s,
-                    "peak MiB": faiss_mb,
-                    f"recall@{K} vs exact": _recall(faiss_out, exact_out),
-                    "build s": build_faiss,
-                }
-            )
-        except Exception as err:  # MissingDependencyError or a FAISS failure: reported, not fatal
-            faiss_note = f" FAISS not measured: {err}."
-    for row in rows:
-        row["speed-up vs original"] = orig_s / (row["median ms"] / 1e3)
+    found = {m: [out for out, _ in trials.outputs[m]] for m in methods}
+    times = {m: trials.timing(m).scaled(1e3) for m in methods}
+    agree = _recall(found["original"], found["exact"])
+    rows: list[dict[str, Any]] = []
+    for m in methods:
+        row: dict[str, Any] = {
+            "method": names[m],
+            "ms per query": times[m].cell(".3g"),
+            "speed-up vs original": times["original"].ratio(times[m]),
+            "peak MiB": max(peak for _, peak in trials.outputs[m]),
+        }
+        if m == "original":
+            row["resident features MiB"] = resident
+        if m == "faiss":
+            row[f"recall@{K} vs exact"] = _recall(found["faiss"], found["exact"])
+            row["build s"] = build_faiss
+        rows.append(row)
     columns = [
         "method",
-        "median ms",
+        "ms per query",
         "speed-up vs original",
         "peak MiB",
         "resident features MiB",
@@ -184,7 +185,7 @@ def _run(quick: bool) -> str:
         f"Writing the index (generating + flushing {n:,} rows): {build_exact:.1f} s. Top-{K} agreement of the "
         f"original approach with genprov exact: {agree:.3f}. Peak MiB: high-water RSS increase while querying "
         "(genprov exact reads the memmap in 65,536-row chunks; the original needs every feature resident, shown "
-        f"separately).{faiss_note}"
+        f"separately).{faiss_note} Per query: median [min-max] over the {n_q} queries. {trials.note()}"
     )
     return "\n".join(lines) + "\n"
 

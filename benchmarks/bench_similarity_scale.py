@@ -13,11 +13,14 @@ seeded sample of ``64 n_lists`` rows, seed 0. Every search re-scores its ``n_can
 exactly from the memmap, so returned scores are exact; only recall can be lost.
 
 Reported: writing the store, build time, the index's bytes (its ``faiss.write_index`` file) against the
-features' (a query process holds the index in memory, the features stay on disk), median latency of one query and the
+features' (a query process holds the index in memory, the features stay on disk), latency of one query and the
 per-query time of a batch of queries for several ``n_probe`` (lists visited) at ``n_candidates = 10 k``
 (and at ``n_candidates = k``: the PQ ranking alone, no extra re-ranking), and recall@10 against exact search
 on a sample of queries (the exact top-10 of the sample from one chunked pass over the memmap, whose time per
-query is the exact reference). FAISS and torch use the same thread count.
+query is the exact reference). FAISS and torch use the same thread count. Timing (:mod:`benchmarks.timing`):
+single queries interleaved across the settings query by query, batches (and the exact pass) interleaved three
+times, each after one warm-up call; cells are median [min-max], speed-ups ratios of medians, and the load
+average before and after flags the table when it moved by more than 0.5.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 
 from benchmarks.bench_similarity import DIM, SHARD, _centres, _recall, _rows
 from benchmarks.memory import reset_peak, status_mb
+from benchmarks.timing import interleaved, load_note
 
 K = 10
 MAX_LISTS = 4096
@@ -93,37 +97,39 @@ def run(quick: bool) -> str:
         q = torch.from_numpy(_queries(searcher, n_q, n, SEED))
         searcher.search(q[:1], K, backend="faiss")  # loads the index file
 
-        sample = q[: size["sample"]]
-        t0 = time.perf_counter()
-        truth = searcher.search(sample, K)[0]  # exact: one chunked pass over the memmap for the whole sample
-        exact_per_query = (time.perf_counter() - t0) / len(sample)
-
+        sample, batch = q[: size["sample"]], q[: size["batch"]]
+        settings = {
+            f"{n_probe}/{candidates}": {"backend": "faiss", "n_probe": n_probe, "n_candidates": candidates}
+            for n_probe in N_PROBES
+            for candidates in (10 * K, K)
+            if candidates == 10 * K or n_probe == N_PROBES[-1]
+        }
+        single = interleaved(
+            {name: lambda i, st=st: searcher.search(q[i : i + 1], K, **st) for name, st in settings.items()},
+            repeats=size["single"],
+        )
+        batches = interleaved(
+            {
+                "exact": lambda _: searcher.search(sample, K),  # one chunked pass over the memmap for the sample
+                **{name: lambda _, st=st: searcher.search(batch, K, **st) for name, st in settings.items()},
+            }
+        )
+        truth = batches.last("exact")[0]
+        exact_per_query = batches.timing("exact", per=len(sample)).scaled(1e3)
         rows: list[dict[str, Any]] = []
-        for n_probe in N_PROBES:
-            for candidates in (10 * K, K):
-                if candidates == K and n_probe != N_PROBES[-1]:
-                    continue
-                settings = {"backend": "faiss", "n_probe": n_probe, "n_candidates": candidates}
-                found = searcher.search(sample, K, **settings)[0]
-                single = []
-                for i in range(size["single"]):
-                    t0 = time.perf_counter()
-                    searcher.search(q[i : i + 1], K, **settings)
-                    single.append(time.perf_counter() - t0)
-                batch = q[: size["batch"]]
-                t0 = time.perf_counter()
-                searcher.search(batch, K, **settings)
-                batch_per_query = (time.perf_counter() - t0) / len(batch)
-                rows.append(
-                    {
-                        "n_probe": n_probe,
-                        "re-ranked": candidates,
-                        f"recall@{K}": _recall(list(found.numpy()), list(truth.numpy())),
-                        "single ms (median)": 1e3 * float(np.median(single)),
-                        f"batch of {size['batch']}: ms/query": 1e3 * batch_per_query,
-                        "speed-up vs exact": exact_per_query / batch_per_query,
-                    }
-                )
+        for name, st in settings.items():
+            found = searcher.search(sample, K, **st)[0]
+            per_query = batches.timing(name, per=len(batch)).scaled(1e3)
+            rows.append(
+                {
+                    "n_probe": st["n_probe"],
+                    "re-ranked": st["n_candidates"],
+                    f"recall@{K}": _recall(list(found.numpy()), list(truth.numpy())),
+                    "single ms": single.timing(name).scaled(1e3).cell(".3g"),
+                    f"batch of {size['batch']}: ms/query": per_query.cell(".3g"),
+                    "speed-up vs exact": exact_per_query.ratio(per_query),
+                }
+            )
     columns = list(rows[0])
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
@@ -137,9 +143,11 @@ def run(quick: bool) -> str:
         f"{build_s:.0f} s, peak RSS increase {build_peak:.0f} MiB (memmap pages read included). Index: "
         f"{index_bytes / 2**20:.1f} MiB (its file, which a query process holds in memory; the features stay on "
         f"disk, read through the page cache) = {index_bytes / features_bytes:.1%} of the features. "
-        f"Exact search: {1e3 * exact_per_query:.1f} ms per query (the {len(sample)} sample queries batched in one "
-        f"chunked pass over the memmap); recall@{K} is against it. Single-query latency includes reading the "
-        "re-ranked rows from the memmap (page cache or disk)."
+        f"Exact search: {exact_per_query.cell('.1f')} ms per query (the {size['sample']} sample queries batched in "
+        f"one chunked pass over the memmap); recall@{K} is against it. Single-query latency includes reading the "
+        f"re-ranked rows from the memmap (page cache or disk); median [min-max] over {size['single']} queries. "
+        f"Batches: median [min-max] of {batches.repeats} interleaved runs after a warm-up each. "
+        + load_note(single.load_before, batches.load_after)
     )
     return "\n".join(lines) + "\n"
 

@@ -3,11 +3,14 @@
 All methods featurize the same training images of the same ~1M-parameter DDPM (``DDPMConfig.preset("base",
 layers_per_block=2)``, 16x16 digits, random seeded weights) with the same output (TRAK's diffusion loss
 averaged over K=10 timesteps with the same noise per example), project to k dimensions and score the
-same queries with the same lambda. Each method runs in its own spawned single-threaded process (so its
-peak memory is its own); timings exclude imports and model construction.
+same queries with the same lambda. Each run of a method is its own spawned single-threaded process (so its
+peak memory is its own); timings exclude imports and model construction. The timed methods run
+interleaved (floor, genprov, loop, traker, dattri, floor, ...) three times (:mod:`benchmarks.timing`):
+the table gives the median seconds per example with the range, ratios of medians, the median peak, and
+the load average before and after (flagged when it moved by more than 0.5).
 
-- **floor**: one plain batched forward + backward pass over the B x K noisy images of a batch, per example
-  (what any per-example-gradient method must at least pay).
+- **floor**: one plain batched forward + backward pass over the B x K noisy images of each batch of the
+  training set, per example (what any per-example-gradient method must at least pay).
 - **genprov**: ``TRAKAttributor`` (``torch.func`` vmap over grad, sjlt projection block by block).
 - **autograd loop**: one backward per example, gradients concatenated, the same sjlt projection.
 - **traker**: ``TRAKer`` on CPU (``BasicProjector``, Gaussian, float32), a custom ``AbstractModelOutput``
@@ -24,9 +27,7 @@ examples. Peers that are not installed are reported as such (install them withou
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.memory import reset_peak, status_mb
 from benchmarks.peers import traker_run
+from benchmarks.timing import in_child, interleaved
 
 N_TIMESTEPS = 10
 BATCH = 16
@@ -90,17 +92,18 @@ def _example_loss(model: Any, params: Any, x0: torch.Tensor, noise: torch.Tensor
 
 
 def _floor(model: Any, train: torch.Tensor, noise: torch.Tensor) -> dict[str, Any]:
-    t = torch.arange(0, 1000, 1000 // N_TIMESTEPS).repeat(BATCH)
-    x0 = train[:BATCH].repeat_interleave(N_TIMESTEPS, 0)
-    eps = noise[:BATCH].reshape(-1, *train.shape[1:])
-    x_t = model.add_noise(x0, eps, t)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
+    """One batched forward + backward per batch of the training set (the noisy inputs made before timing)."""
+    batches = []
+    for s in range(0, len(train), BATCH):
+        x0 = train[s : s + BATCH].repeat_interleave(N_TIMESTEPS, 0)
+        t = torch.arange(0, 1000, 1000 // N_TIMESTEPS).repeat(len(x0) // N_TIMESTEPS)
+        eps = noise[s : s + BATCH].reshape(-1, *train.shape[1:])
+        batches.append((model.add_noise(x0, eps, t), t, eps))
+    start = time.perf_counter()
+    for x_t, t, eps in batches:
         model.zero_grad()
         (model(x_t, t) - eps).pow(2).mean().backward()
-        times.append(time.perf_counter() - start)
-    return {"seconds_per_example": min(times) / BATCH}
+    return {"seconds_per_example": (time.perf_counter() - start) / len(train)}
 
 
 def _genprov(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damping: float) -> dict[str, Any]:
@@ -226,12 +229,6 @@ def _measure(method: str, n_train: int, n_queries: int, k: int, damping: float) 
     return out
 
 
-def _in_child(method: str, n_train: int, n_queries: int, k: int, damping: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measure, method, n_train, n_queries, k, damping).result()
-
-
 def _damping(n_train: int, n_queries: int) -> float:
     """A shared absolute lambda: 0.1 x the mean squared norm of the exact gradients (JL keeps it for every k)."""
     model, train, _ = _setup(n_train, n_queries)
@@ -248,30 +245,37 @@ def run(quick: bool) -> str:
     """Benchmark and return the Markdown section (see the module docstring)."""
     n_train, n_queries, k = (32, 4, 1024) if quick else (64, 8, 4096)
     damping = _damping(n_train, n_queries)
-    results = {m: _in_child(m, n_train, n_queries, k, damping) for m in _METHODS}
-    exact = results["exact"]["scores"]
-    floor = results["floor"]["seconds_per_example"]
-    genprov_time = results["genprov"]["seconds_per_example"]
+    exact = in_child(_measure, "exact", n_train, n_queries, k, damping)["scores"]
+    timed = [m for m in _METHODS if m != "exact"]
+    trials = interleaved(
+        {m: lambda _, m=m: in_child(_measure, m, n_train, n_queries, k, damping) for m in timed}, warm_up=False
+    )
+    results = {m: trials.last(m) for m in timed}
+    times = {m: trials.timing(m, key="seconds_per_example") for m in timed if "error" not in results[m]}
+    floor, genprov_time = times["floor"], times["genprov"]
     lines = [
         "### TRAK featurization on CPU (bench_trak)",
         "",
         f"DDPM `base` with 2 layers per block (1.0M parameters), 16x16 digits, n_train={n_train}, "
         f"{n_queries} queries, K={N_TIMESTEPS} timesteps, k={k}, batch {BATCH}, 1 thread, lambda = 0.1 x mean "
         "squared gradient norm. Agreement: Spearman of all (query, train) scores with the exact scores "
-        "(no projection).",
+        "(no projection). " + trials.note(),
         "",
-        "| method | s / example | x genprov time | x floor | peak MB above set-up | Spearman vs exact |",
+        "| method | s / example, median [min-max] | x genprov time | x floor | peak MB above set-up (median) "
+        "| Spearman vs exact |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for method in ("floor", "genprov", "autograd loop", "traker", "dattri"):
+    for method in timed:
         r = results[method]
         if "error" in r:
             lines.append(f"| {method} | {r['error']} | | | | |")
             continue
-        per = r["seconds_per_example"]
+        per = times[method]
+        peak = float(np.median([o["peak_mb"] for o in trials.outputs[method]]))
         agree = f"{_spearman(r['scores'], exact):.3f}" if "scores" in r else "n/a"
         lines.append(
-            f"| {method} | {per:.3f} | {per / genprov_time:.2f} | {per / floor:.2f} | {r['peak_mb']:.0f} | {agree} |"
+            f"| {method} | {per.cell('.3f')} | {per.ratio(genprov_time):.2f} | {per.ratio(floor):.2f} | {peak:.0f} "
+            f"| {agree} |"
         )
     for peer in ("traker", "dattri"):
         r = results[peer]
@@ -279,7 +283,7 @@ def run(quick: bool) -> str:
             lines.append("")
             lines.append(
                 f"Spearman genprov vs {peer}: {_spearman(results['genprov']['scores'], r['scores']):.3f}; "
-                f"{peer} / genprov featurization time: {r['seconds_per_example'] / genprov_time:.1f}x."
+                f"{peer} / genprov featurization time (ratio of medians): {times[peer].ratio(genprov_time):.1f}x."
             )
     n_values = (n_train, 4 * n_train)
     lines += [
@@ -297,10 +301,10 @@ def memory_flatness(n_values: tuple[int, ...] = (64, 256), k: int = 4096) -> str
     damping = 1.0
     rows = []
     for n in n_values:
-        r = _in_child("genprov", n, 2, k, damping)
+        r = in_child(_measure, "genprov", n, 2, k, damping)
         rows.append(f"| {n} | {r['peak_mb']:.0f} | {n * k * 4 / 2**20:.1f} | {r['seconds_per_example']:.3f} |")
     header = [
-        "| n_train | peak MB above set-up | of which features (n x k float32) | s / example |",
+        "| n_train | peak MB above set-up | of which features (n x k float32) | s / example (one run) |",
         "| --- | --- | --- | --- |",
     ]
     return "\n".join(header + rows) + "\n"

@@ -10,9 +10,10 @@ K=10 timesteps) and ``bench_trak_t2i`` (the default text-to-image pipeline with 
   the covered fraction is in the table).
 
 Each timed run is a spawned single-threaded process (set-up, imports and a warm-up batch are not timed); the
-methods run interleaved (A B A B ...) ``repeats`` times and the table gives the median seconds per example, the
-range, and the median peak RSS above set-up (one featurization of ``BATCH`` examples at a time: the peak per
-batch). The 1-minute load average is read before and after; a change above 0.5 flags the table.
+methods run interleaved (A B A B ...) ``repeats`` times (:mod:`benchmarks.timing`) and the table gives the median
+seconds per example, the range, the ratio of medians, and the median peak RSS above set-up (one featurization
+of ``BATCH`` examples at a time: the peak per batch). The 1-minute load average is read before and after; a
+change above 0.5 flags the table.
 
 The LDS comparison at the same k is ``genprov reproduce dtrak`` with ``--set 'study=[{"projector": "kronecker"}]'``
 (it reuses the trained models of an earlier run in the same folder).
@@ -20,16 +21,14 @@ The LDS comparison at the same k is ``genprov reproduce dtrak`` with ``--set 'st
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
 
 from benchmarks.memory import reset_peak, status_mb
+from benchmarks.timing import MIN_REPEATS, in_child, interleaved
 
 BATCH = 16
 #: (model, selection, projector) of each row.
@@ -73,45 +72,37 @@ def _measure(model_name: str, selection: str, projector: str, n_train: int, k: i
     }
 
 
-def _in_child(*args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measure, *args).result()
-
-
-def run(quick: bool, *, repeats: int = 3, rows: tuple[tuple[str, str, str], ...] = ROWS) -> str:
+def run(quick: bool, *, repeats: int = MIN_REPEATS, rows: tuple[tuple[str, str, str], ...] = ROWS) -> str:
     """Benchmark ``rows`` interleaved ``repeats`` times and return the Markdown section."""
     n_train, k = (16, 1024) if quick else (64, 4096)
-    load_before = os.getloadavg()[0]
-    runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {row: [] for row in rows}
-    for _ in range(repeats):
-        for row in rows:
-            runs[row].append(_in_child(*row, n_train, k))
-    load_after = os.getloadavg()[0]
-    flag = (
-        " **(load changed by more than 0.5: rerun on a quiet machine)**" if abs(load_after - load_before) > 0.5 else ""
+    trials = interleaved(
+        {" ".join(row): lambda _, row=row: in_child(_measure, *row, n_train, k) for row in rows},
+        repeats=repeats,
+        warm_up=False,
     )
     lines = [
         "### TRAK featurization: kronecker projector vs sjlt (bench_trak_kronecker)",
         "",
-        f"n_train={n_train}, k={k}, batch {BATCH}, 1 thread, {repeats} interleaved runs per row; load average "
-        f"{load_before:.1f} before, {load_after:.1f} after{flag}.",
+        f"n_train={n_train}, k={k}, batch {BATCH}, 1 thread. {trials.note()}",
         "",
-        "| model | parameters | projector | s / example (median) | range | speed-up vs sjlt | peak MB per batch "
-        "| feature dim | coverage |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | parameters | projector | s / example, median [min-max] | speed-up vs sjlt | peak MB per batch "
+        "(median) | feature dim | coverage |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    medians = {row: statistics.median(r["seconds_per_example"] for r in runs[row]) for row in rows}
     for row in rows:
         model_name, selection, projector = row
-        times = [r["seconds_per_example"] for r in runs[row]]
-        baseline = medians.get((model_name, selection, "sjlt"))
-        speed = f"{baseline / medians[row]:.2f}" if baseline else "n/a"
-        last = runs[row][-1]
+        times = trials.timing(" ".join(row), key="seconds_per_example")
+        baseline = (model_name, selection, "sjlt")
+        speed = (
+            f"{trials.timing(' '.join(baseline), key='seconds_per_example').ratio(times):.2f}"
+            if baseline in rows
+            else "n/a"
+        )
+        runs = trials.outputs[" ".join(row)]
         lines.append(
-            f"| {model_name} | {selection} | {projector} | {medians[row]:.4f} | {min(times):.4f} - {max(times):.4f} | "
-            f"{speed} | {statistics.median(r['peak_mb'] for r in runs[row]):.0f} | {last['feature_dim']} | "
-            f"{last['coverage']:.3f} |"
+            f"| {model_name} | {selection} | {projector} | {times.cell('.4f')} | {speed} "
+            f"| {statistics.median(r['peak_mb'] for r in runs):.0f} | {runs[-1]['feature_dim']} "
+            f"| {runs[-1]['coverage']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -121,6 +112,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=MIN_REPEATS)
     cli = parser.parse_args()
     print(run(cli.quick, repeats=cli.repeats))

@@ -3,7 +3,9 @@
 Data: a :class:`~genprov.storage.FeatureStore` of ``n`` seeded standard-normal float32 features of k = 2048
 dimensions (quick: k = 256), written shard by shard on disk, and ``n_q`` seeded query features. Full size:
 n = 1,000,000 (and 250,000 to show flatness), 10,000 queries, top-100 positive and top-100 negative per query
-(quick: n = 25,000 and 100,000, 500 queries). Each n runs in its own spawned process, so its peaks are its own.
+(quick: n = 25,000 and 100,000, 500 queries). Each n runs in its own spawned process, so its peaks are its own;
+within it the block-wise top-k and the full matrix are timed by :mod:`benchmarks.timing` (warm-up, 3 interleaved
+runs, median [min-max], load flag over the table).
 
 Measured per n:
 
@@ -26,17 +28,16 @@ Needs n x k x 4 bytes of free disk for the store (8 GB at full size) in ``$TMPDI
 
 from __future__ import annotations
 
-import multiprocessing
 import tempfile
 import threading
 import time
 import tracemalloc
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from benchmarks.memory import status_mb
+from benchmarks.timing import in_child, interleaved, load_note
 
 TOP = 100
 SHARD = 65_536
@@ -114,25 +115,24 @@ def _case(n: int, k: int, n_q: int) -> dict[str, Any]:
         start = time.perf_counter()
         attributor = reopen()
         out["kernel_cached_s"] = time.perf_counter() - start
-        top, out["topk_s"], out["topk_numpy_mb"], out["topk_anon_mb"] = _measure(
-            lambda: attributor.top_k_scores(phi_q, TOP, negative=TOP)
-        )
+        methods = {"topk": lambda _: _measure(lambda: attributor.top_k_scores(phi_q, TOP, negative=TOP))}
         if n_q * n * 8 < FULL_MATRIX_LIMIT:
-            full, out["full_s"], out["full_numpy_mb"], out["full_anon_mb"] = _measure(
-                lambda: top_k(attributor.scores_from_features(phi_q), TOP)
-            )
-            out["agree"] = bool(np.array_equal(full[0].numpy(), top.indices))
+            methods["full"] = lambda _: _measure(lambda: top_k(attributor.scores_from_features(phi_q), TOP))
+        trials = interleaved(methods)
+    out["load"] = (trials.load_before, trials.load_after)
+    for name in methods:  # time: median [min-max] of the runs; memory: the largest peak of the runs
+        out[f"{name}_s"] = trials.timing(name, key=1)
+        out[f"{name}_numpy_mb"] = max(run[2] for run in trials.outputs[name])
+        out[f"{name}_anon_mb"] = max(run[3] for run in trials.outputs[name])
+    if "full" in methods:
+        out["agree"] = bool(np.array_equal(trials.last("full")[0][0].numpy(), trials.last("topk")[0].indices))
     return out
 
 
 def run(quick: bool) -> str:
     """Benchmark and return the Markdown section (see the module docstring)."""
     k, n_q, sizes = (256, 500, (25_000, 100_000)) if quick else (2048, 10_000, (250_000, 1_000_000))
-    context = multiprocessing.get_context("spawn")
-    results = []
-    for n in sizes:
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            results.append(pool.submit(_case, n, k, n_q).result())
+    results = [in_child(_case, n, k, n_q) for n in sizes]
     lines = [
         "### TRAK scoring at scale: block-wise top-k (bench_trak_scale)",
         "",
@@ -147,19 +147,24 @@ def run(quick: bool) -> str:
     for r in results:
         n = r["n"]
         if "full_s" in r:
-            full = f"{r['full_s']:.1f} s, {r['full_numpy_mb']:.0f} / {r['full_anon_mb']:.0f} (same top-k: {r['agree']})"
+            full = (
+                f"{r['full_s'].cell('.1f')} s, {r['full_numpy_mb']:.0f} / {r['full_anon_mb']:.0f} "
+                f"(same top-k: {r['agree']})"
+            )
         else:
             full = f"not run: needs {n_q * n * 8 / GB:.1f} GB for the float64 matrix"
         traker = f"{(2 * n * n_q * 4) / GB:.1f} GB (+ {n * k * 4 / GB:.1f} GB features on a GPU)"
         lines.append(
-            f"| {n:,} | {r['store_s']:.1f} | {r['kernel_s']:.1f} / {r['kernel_cached_s']:.1f} | {r['topk_s']:.1f} | "
+            f"| {n:,} | {r['store_s']:.1f} | {r['kernel_s']:.1f} / {r['kernel_cached_s']:.1f} | {r['topk_s'].cell('.1f')} | "
             f"{r['topk_numpy_mb']:.0f} / {r['topk_anon_mb']:.0f} | {full} | {traker} |"
         )
     ratio = results[-1]["topk_numpy_mb"] / max(results[0]["topk_numpy_mb"], 1e-9)
     lines += [
         "",
         f"Peak (numpy) at n = {sizes[-1]:,} over n = {sizes[0]:,}: {ratio:.2f}x for {sizes[-1] / sizes[0]:.0f}x the "
-        "training set (goal: flat, under 2 GB).",
+        "training set (goal: flat, under 2 GB). Top-k and full matrix: one warm-up each, then 3 interleaved runs "
+        "(median [min-max] seconds; memory: the largest peak of the runs). "
+        + load_note(results[0]["load"][0], results[-1]["load"][1]),
     ]
     return "\n".join(lines) + "\n"
 

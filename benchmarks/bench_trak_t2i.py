@@ -8,11 +8,14 @@ drawn at 0.1 scale since a fresh adapter's ``B = 0`` zeroes ``A``'s gradient). T
 to 32x32 (grey repeated to RGB) with their captions (``"a handwritten seven"``), encoded once with the VAE and
 the text encoder (``encode_examples``). The output is D-TRAK's ``squared-l2-norm`` of the conditional noise
 prediction given the caption, averaged over the same K uniform timesteps with the same noise per example;
-gradients are projected to k dimensions. Each method runs in its own spawned single-threaded process;
-timings exclude imports, the pipeline's construction, the encoding and a warm-up on the first batch.
+gradients are projected to k dimensions. Each run of a method is its own spawned single-threaded process;
+timings exclude imports, the pipeline's construction, the encoding and a warm-up on the first batch. The
+timed methods run interleaved three times (:mod:`benchmarks.timing`): the table gives the median seconds per
+example with the range, ratios of medians, the median peak, and the load average before and after (flagged
+when it moved by more than 0.5).
 
-- **floor**: one plain batched forward + backward pass over the B x K noisy latents of a batch (all U-Net
-  parameters), per example.
+- **floor**: one plain batched forward + backward pass over the B x K noisy latents of each batch of the
+  training set (all U-Net parameters), per example.
 - **genprov LoRA** / **genprov all**: ``TRAKAttributor.for_pipeline`` with ``include=LORA_PARAMETER_GLOBS``
   or no filter, ``per_example="auto"`` (the mode it picks is in the table), and each forced mode; sjlt
   projection; vmap runs diffusers' SDPA attention through torch's per-example fallback (it has no batching
@@ -37,9 +40,7 @@ without it its row says "not installed".
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.memory import reset_peak, status_mb
 from benchmarks.peers import traker_run
+from benchmarks.timing import in_child, interleaved
 
 N_TIMESTEPS = 10
 BATCH = 16
@@ -113,26 +115,31 @@ def _attributor(
     return TRAKAttributor(LatentDenoiser(pipe.unet, pipe.scheduler, attention=attention), pipe.scheduler, config)
 
 
-def _noisy_batch(pipe: Any, train: Any) -> tuple[torch.Tensor, ...]:
-    """The first B examples at the K timesteps: (B K, C, h, w) noisy latents, timesteps, contexts, noise."""
+def _noisy_batch(pipe: Any, train: Any, start: int = 0) -> tuple[torch.Tensor, ...]:
+    """Examples ``start .. start + B - 1`` at the K timesteps: (B K, C, h, w) noisy latents, timesteps, contexts."""
     helper = _attributor(pipe, 8, 1.0, lora=True)
-    t = torch.tensor(helper.timesteps).repeat(BATCH)
-    noise = helper.noise(list(range(BATCH)), train.latents.shape[1:]).flatten(0, 1)
-    x_t = pipe.scheduler.add_noise(train.latents[:BATCH].repeat_interleave(N_TIMESTEPS, 0), noise, t)
-    return x_t, t, train.context[:BATCH].repeat_interleave(N_TIMESTEPS, 0)
+    latents = train.latents[start : start + BATCH]
+    t = torch.tensor(helper.timesteps).repeat(len(latents))
+    noise = helper.noise(list(range(start, start + len(latents))), train.latents.shape[1:]).flatten(0, 1)
+    x_t = pipe.scheduler.add_noise(latents.repeat_interleave(N_TIMESTEPS, 0), noise, t)
+    return x_t, t, train.context[start : start + BATCH].repeat_interleave(N_TIMESTEPS, 0)
 
 
 def _floor(pipe: Any, train: Any, queries: Any, k: int, damping: float) -> dict[str, Any]:
-    x_t, t, context = _noisy_batch(pipe, train)
+    """One batched forward + backward per batch of the training set, after one untimed pass (warm-up)."""
+    batches = [_noisy_batch(pipe, train, s) for s in range(0, len(train), BATCH)]
     unet = pipe.unet
     unet.requires_grad_(True)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
+
+    def step(x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> None:
         unet.zero_grad()
         unet(x_t, t, encoder_hidden_states=context).sample.pow(2).mean().backward()
-        times.append(time.perf_counter() - start)
-    return {"seconds_per_example": min(times) / BATCH}
+
+    step(*batches[0])  # warm-up of the backward pass (not timed)
+    start = time.perf_counter()
+    for batch in batches:
+        step(*batch)
+    return {"seconds_per_example": (time.perf_counter() - start) / len(train)}
 
 
 def _genprov(pipe: Any, train: Any, queries: Any, k: int, damping: float, **kw: Any) -> dict[str, Any]:
@@ -256,12 +263,6 @@ def _measure(method: str, n_train: int, n_queries: int, k: int, damping: float) 
     return out
 
 
-def _in_child(method: str, n_train: int, n_queries: int, k: int, damping: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measure, method, n_train, n_queries, k, damping).result()
-
-
 def _damping(n_train: int, n_queries: int) -> tuple[float, int, int]:
     """The shared lambda (0.1 x the mean squared norm of the exact LoRA gradients) and the parameter counts."""
     pipe, train, _ = _setup(n_train, n_queries)
@@ -279,10 +280,14 @@ def run(quick: bool) -> str:
     """Benchmark and return the Markdown section (see the module docstring)."""
     n_train, n_queries, k = (16, 4, 1024) if quick else (64, 8, 2048)
     damping, n_lora, n_unet = _damping(n_train, n_queries)
-    results = {m: _in_child(m, n_train, n_queries, k, damping) for m in _METHODS}
-    exact = results["exact LoRA"]["scores"]
-    floor = results["floor (all parameters)"]["seconds_per_example"]
-    reference = results["genprov LoRA, auto"]["seconds_per_example"]
+    exact = in_child(_measure, "exact LoRA", n_train, n_queries, k, damping)["scores"]
+    timed = [m for m in _METHODS if m != "exact LoRA"]
+    trials = interleaved(
+        {m: lambda _, m=m: in_child(_measure, m, n_train, n_queries, k, damping) for m in timed}, warm_up=False
+    )
+    results = {m: trials.last(m) for m in timed}
+    times = {m: trials.timing(m, key="seconds_per_example") for m in timed if "error" not in results[m]}
+    floor, reference = times["floor (all parameters)"], times["genprov LoRA, auto"]
     lines = [
         "### D-TRAK featurization of a text-to-image pipeline on CPU (bench_trak_t2i)",
         "",
@@ -291,30 +296,35 @@ def run(quick: bool) -> str:
         f"captions, n_train={n_train}, {n_queries} queries, D-TRAK `squared-l2-norm` output, K={N_TIMESTEPS} "
         f"timesteps, k={k}, batch {BATCH}, 1 thread. Agreement: Spearman of all (query, train) scores with the "
         "exact LoRA scores (no projection); for the all-parameter rows it measures how far the LoRA-only "
-        "restriction moves the scores, not an error.",
+        "restriction moves the scores, not an error. " + trials.note(),
         "",
-        "| method | mode | s / example | x genprov LoRA time | x floor | peak MB above set-up | Spearman vs exact LoRA |",
+        "| method | mode | s / example, median [min-max] | x genprov LoRA time | x floor | peak MB above set-up "
+        "(median) | Spearman vs exact LoRA |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for method in _METHODS:
-        if method == "exact LoRA":
-            continue
+    for method in timed:
         r = results[method]
         if "error" in r:
             lines.append(f"| {method} | | {r['error']} | | | | |")
             continue
-        per = r["seconds_per_example"]
+        per = times[method]
+        peak = float(np.median([o["peak_mb"] for o in trials.outputs[method]]))
         agree = f"{_spearman(r['scores'], exact):.3f}" if "scores" in r else "n/a"
         lines.append(
-            f"| {method} | {r.get('mode', 'batched')} | {per:.3f} | {per / reference:.2f} | {per / floor:.2f} | "
-            f"{r['peak_mb']:.0f} | {agree} |"
+            f"| {method} | {r.get('mode', 'batched')} | {per.cell('.3f')} | {per.ratio(reference):.2f} "
+            f"| {per.ratio(floor):.2f} | {peak:.0f} | {agree} |"
         )
-    all_params = results["genprov all, auto"]["seconds_per_example"]
-    lines += ["", f"All U-Net parameters / LoRA only, genprov featurization time: {all_params / reference:.1f}x."]
+    all_params = times["genprov all, auto"]
+    lines += [
+        "",
+        f"All U-Net parameters / LoRA only, genprov featurization time (ratio of medians): "
+        f"{all_params.ratio(reference):.1f}x.",
+    ]
     r = results["traker LoRA"]
     if "scores" in r:
         lines.append(
-            f"traker / genprov featurization time (LoRA, same output function): {r['seconds_per_example'] / reference:.1f}x; "
+            "traker / genprov featurization time (LoRA, same output function, ratio of medians): "
+            f"{times['traker LoRA'].ratio(reference):.1f}x; "
             f"Spearman genprov vs traker scores: {_spearman(results['genprov LoRA, auto']['scores'], r['scores']):.3f}; "
             f"per-example LoRA gradients before projection, traker vs genprov (first {BATCH} examples): largest "
             f"difference {r['gradient_gap']:.1e} of the largest gradient."

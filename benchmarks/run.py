@@ -1,8 +1,10 @@
 """Run every benchmark module (``benchmarks/bench_*.py``) and append its results to ``benchmarks/RESULTS.md``.
 
 Each module defines ``run(quick: bool) -> str``, returning a Markdown section (a heading, a table with
-genprov and the peer measured in the same process run, and the ratio). This script adds the date, the
-machine and the command, and appends atomically.
+genprov and the peer measured in the same run, and the ratio). Every timing follows :mod:`benchmarks.timing`:
+a warm-up, at least three interleaved repetitions per method, median [min-max], ratios of medians, and the
+load average before and after each table (flagged when it moved by more than 0.5). This script adds the
+date, the machine and the command, and appends atomically. ``--quick`` runs are smoke tests, not results.
 
 Usage:
     python -m benchmarks.run [--only NAME[,NAME]] [--quick]
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         f"\n## Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
         f"Command: `{command}` (via `make bench`). Machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s). 1-minute load average at the start: "
-        f"{os.getloadavg()[0]:.1f} (other work on the machine slows every method of a table alike only when it "
-        "stays steady; compare ratios within a table).\n"
+        f"{os.getloadavg()[0]:.1f}. Cells are median [min-max] of interleaved repetitions, ratios are ratios of "
+        "medians; a table whose load moved by more than 0.5 while it ran is flagged and is not a result.\n"
     )
     sections = [header]
     for name in _modules(args.only.split(",") if args.only else None):
