@@ -273,7 +273,7 @@ def dtrak_t2i_paper(data: Results) -> str:
     study = {(r["setting"], r["method"]): r for r in data["variant_study"] if "paired difference" not in r}
     rows = []
     for row in data["paper"]:
-        if row["lds_real"] is not None:
+        if row["timesteps"] == data["config"]["n_timesteps"]:
             ours = [_ci(data["lds"]["methods"][k][row["method"]]["lds"], 3) for k in kinds]
         else:
             entry = study.get((f"n_timesteps={row['timesteps']}", row["method"]))
