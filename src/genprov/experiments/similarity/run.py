@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -74,6 +74,7 @@ __all__ = [
     "chance_unseen",
     "check_claims",
     "evaluate_extractors",
+    "load_pool_and_heldout",
     "retrieval_metrics",
     "run_similarity",
 ]
@@ -129,7 +130,29 @@ def chance_level(n_items: int, n_positives: int, *, n_draws: int = 200, seed: in
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def _load_data(cfg: SimilarityExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
+class PoolSettings(Protocol):
+    """What :func:`load_pool_and_heldout` reads from a config (the similarity experiments' fields)."""
+
+    @property
+    def data(self) -> str: ...
+    @property
+    def data_root(self) -> str | None: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def n_pool(self) -> int: ...
+    @property
+    def n_heldout(self) -> int | None: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def load_pool_and_heldout(cfg: PoolSettings) -> tuple[ImageDataset, ImageDataset]:
+    """The retrieval pool (train split) and the held-out images the exemplars come from (test split), labelled.
+
+    Raises:
+        DataError: The dataset has no labels (the benchmark needs classes: seen / unseen splits, class nouns).
+    """
     pool, heldout = load_train_test(
         cfg.data,
         data_root=cfg.data_root,
@@ -139,7 +162,7 @@ def _load_data(cfg: SimilarityExperimentConfig) -> tuple[ImageDataset, ImageData
         seed=cfg.seed,
     )
     if pool.labels is None or heldout.labels is None:
-        raise DataError(f"{cfg.data} has no labels; the benchmark needs classes (seen / unseen splits).")
+        raise DataError(f"{cfg.data} has no labels; the benchmark needs classes (seen / unseen splits, class nouns).")
     return pool, heldout
 
 
@@ -512,7 +535,7 @@ def run_similarity(
     """
     cfg, out = start_run(config, out_dir, data_root)
     lap = Laps()
-    pool, heldout = _load_data(cfg)
+    pool, heldout = load_pool_and_heldout(cfg)
     base = _base_model(cfg, pool, out, show_progress)
     lap("base model")
     bench = _bench(cfg, pool, heldout, base, out, show_progress)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from genprov.data import ImageDataset, load_train_test
+from genprov.data import ImageDataset
 from genprov.eval.customization import CustomizationBench, case_roles, exemplar_nn_rates
 from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, Laps, start_run
 from genprov.experiments.similarity.customization import influence_strength
 from genprov.experiments.similarity.results import BenchmarkInfo, DataInfo, InfluenceStrength
-from genprov.experiments.similarity.run import chance_unseen, check_claims, evaluate_extractors
+from genprov.experiments.similarity.run import chance_unseen, check_claims, evaluate_extractors, load_pool_and_heldout
 from genprov.experiments.similarity_t2i.config import SimilarityT2IExperimentConfig
 from genprov.experiments.similarity_t2i.customization import (
     build_t2i_customizations,
@@ -28,20 +28,6 @@ from genprov.experiments.similarity_t2i.results import CaseRow, SimilarityT2IRes
 from genprov.models.t2i import captions_for, captions_from_labels, load_sized_pipeline, quick_configs, train_t2i
 
 __all__ = ["run_similarity_t2i"]
-
-
-def _load_data(cfg: SimilarityT2IExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
-    pool, heldout = load_train_test(
-        cfg.data,
-        data_root=cfg.data_root,
-        resize=cfg.image_size,
-        n_train=cfg.n_pool,
-        n_test=cfg.n_heldout,
-        seed=cfg.seed,
-    )
-    if pool.labels is None or heldout.labels is None:
-        raise DataError(f"{cfg.data} has no labels; the benchmark needs classes (seen / unseen splits, class nouns).")
-    return pool, heldout
 
 
 def _base_pipeline(
@@ -81,7 +67,7 @@ def run_similarity_t2i(
     """
     cfg, out = start_run(config, out_dir, data_root)
     lap = Laps()
-    pool, heldout = _load_data(cfg)
+    pool, heldout = load_pool_and_heldout(cfg)
     assert heldout.labels is not None
     base_dir, trained = _base_pipeline(cfg, pool, out, show_progress)
     lap("base pipeline")
