@@ -3,25 +3,24 @@
 Ray is part of the dev extra (``make test`` installs it), so these tests run rather than skip.
 """
 
+# ruff: noqa: F811  (the fixtures imported from shard_fixtures are requested by name)
 from __future__ import annotations
 
 import json
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
-import torch
+from shard_fixtures import CONFIG, checkpoint, reference, train  # noqa: F401 (fixtures, used by name)
 from typer.testing import CliRunner
 
 from genprov.attribution.data import trak_shards
-from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig
+from genprov.attribution.data.trak import TRAKAttributor
 from genprov.attribution.data.trak_shards import ModelSource, TRAKShardTask, featurize_sharded
 from genprov.cli.trak import app
-from genprov.data import load_dataset
 from genprov.exceptions import StoreMismatchError
 from genprov.models.checkpoints import load_checkpoint, save_checkpoint
 from genprov.models.diffusion import DDPM, DDPMConfig
@@ -30,8 +29,6 @@ from genprov.storage.shards import DRIVER_LOCK_FILE, RayBackend
 
 pytestmark = pytest.mark.ray
 
-CONFIG = TRAKConfig(output_function="squared-l2-norm", n_timesteps=2, proj_dim=16, batch_size=3, shard_size=6)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster() -> Iterator[None]:
@@ -39,26 +36,6 @@ def cluster() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(5)
-        model = DDPM(DDPMConfig.preset("tiny")).eval()
-    return save_checkpoint(tmp_path_factory.mktemp("ddpm") / "ckpt", "ddpm", {"ddpm": model}, model.config)
-
-
-@pytest.fixture(scope="module")
-def train() -> torch.Tensor:
-    return load_dataset("digits", n=24).images
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint: Path, train: torch.Tensor, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    store = tmp_path_factory.mktemp("ref") / "store"
-    attributor = TRAKAttributor(load_checkpoint(checkpoint).model, config=CONFIG).fit(train, store=store)
-    return np.array(attributor.train_features_)
 
 
 def test_one_and_two_workers_give_the_features_of_one_process(checkpoint, train, reference, tmp_path) -> None:

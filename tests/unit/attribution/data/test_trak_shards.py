@@ -1,5 +1,6 @@
 """TRAK featurization through the shard driver: the same store as fit, a killed driver resumed, a moved checkpoint."""
 
+# ruff: noqa: F811  (the fixtures imported from shard_fixtures are requested by name)
 from __future__ import annotations
 
 import json
@@ -7,43 +8,18 @@ import pickle
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from shard_fixtures import CONFIG, checkpoint, reference, train  # noqa: F401 (fixtures, used by name)
 
-from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig
+from genprov.attribution.data.trak import TRAKAttributor
 from genprov.attribution.data.trak_shards import ModelSource, TRAKShardTask, featurize_sharded
-from genprov.data import load_dataset
 from genprov.exceptions import StoreMismatchError
-from genprov.models.checkpoints import load_checkpoint, save_checkpoint
+from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM, DDPMConfig
 from genprov.storage import FeatureStore, read_manifest
 from genprov.storage.shards import DRIVER_LOCK_FILE, StoreLockedError, driver_lock
-
-CONFIG = TRAKConfig(output_function="squared-l2-norm", n_timesteps=2, proj_dim=16, batch_size=3, shard_size=6)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(5)
-        model = DDPM(DDPMConfig.preset("tiny")).eval()
-    return save_checkpoint(tmp_path_factory.mktemp("ddpm") / "ckpt", "ddpm", {"ddpm": model}, model.config)
-
-
-@pytest.fixture(scope="module")
-def train() -> torch.Tensor:
-    return load_dataset("digits", n=24).images
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint: Path, train: torch.Tensor, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    """Features of the single-process fit."""
-    store = tmp_path_factory.mktemp("ref") / "store"
-    attributor = TRAKAttributor(load_checkpoint(checkpoint).model, config=CONFIG).fit(train, store=store)
-    return np.array(attributor.train_features_)
 
 
 def test_the_driver_fills_the_store_fit_fills_bit_identically(checkpoint, train, reference, tmp_path) -> None:
