@@ -95,6 +95,7 @@ from genprov.models.t2i.source import pipeline_record, reopen_pipeline
 from genprov.results import DataAttributionResult
 from genprov.storage import FeatureStore, fingerprint_state
 from genprov.storage.feature_store import allocate_npy
+from genprov.storage.shards import driver_lock
 from genprov.utils.artifacts import ensure_free_space, storage_error
 from genprov.utils.progress import progress
 from genprov.utils.seeding import torch_generator
@@ -825,6 +826,8 @@ class TRAKAttributor(DataAttributor, Pretrained):
 
         Raises:
             StoreMismatchError: ``store`` holds features of another config, model or data (names the fields).
+            StoreLockedError: Another driver is filling ``store`` (it names the holder); a finished store is only
+                read, without the lock.
         """
         images: Examples = train if isinstance(train, ConditionedExamples) else training_images(train)
         self._check_examples(images, "train")
@@ -841,12 +844,16 @@ class TRAKAttributor(DataAttributor, Pretrained):
             self.store_ = None
         else:
             fs = self.create_store(store, images, spec)
-            missing = fs.missing_shards()
-            if len(missing) < fs.n_shards:
-                logger.info("%s: resuming, %d of %d shards left", fs.path, len(missing), fs.n_shards)
-            for shard in progress(missing, desc=f"{self.method} features", total=len(missing), show=show_progress):
-                start, stop = fs.shard_bounds(shard)
-                fs.write_shard(shard, {"features": self.featurize(images[start:stop], torch.arange(start, stop))})
+            if fs.missing_shards():  # writing: one driver per store (a finished store is only read)
+                with driver_lock(fs.path):
+                    missing = fs.missing_shards()
+                    if len(missing) < fs.n_shards:
+                        logger.info("%s: resuming, %d of %d shards left", fs.path, len(missing), fs.n_shards)
+                    desc = f"{self.method} features"
+                    for shard in progress(missing, desc=desc, total=len(missing), show=show_progress):
+                        start, stop = fs.shard_bounds(shard)
+                        rows = self.featurize(images[start:stop], torch.arange(start, stop))
+                        fs.write_shard(shard, {"features": rows})
             features = fs.read("features")
             self.store_ = fs
         return self.fit_features(features, write_cache=self.store_ is not None)

@@ -76,3 +76,13 @@ def test_a_worker_task_reopens_the_checkpoint_and_refuses_changed_weights(checkp
         StoreMismatchError, match=r"The model sent to the worker has fingerprint .* but the store was created for"
     ):
         in_memory(0, 6)
+
+
+def test_fit_takes_the_driver_lock_only_while_it_writes(checkpoint, train, reference, tmp_path) -> None:
+    model = load_checkpoint(checkpoint).model
+    with driver_lock(tmp_path), pytest.raises(StoreLockedError, match="being filled by another driver"):
+        TRAKAttributor(model, config=CONFIG).fit(train, store=tmp_path)
+    TRAKAttributor(model, config=CONFIG).fit(train, store=tmp_path)  # the lock was released by the refusal
+    with driver_lock(tmp_path):  # a finished store is read without the lock
+        done = TRAKAttributor(model, config=CONFIG).fit(train, store=tmp_path)
+    np.testing.assert_array_equal(np.asarray(done.train_features_), reference)
