@@ -44,6 +44,7 @@ from genprov.models.diffusion import DDPM
 from genprov.models.t2i import LORA_PARAMETER_GLOBS, captions_for, encode_examples, is_pipeline_folder, open_pipeline
 from genprov.models.t2i.captions import read_captions_file
 from genprov.report import Figure, Gallery, Report, Section, Table
+from genprov.report.blocks import INFLUENCE_LABELS
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
 from genprov.storage.shards import BACKENDS, make_backend
@@ -431,8 +432,8 @@ def score_cmd(
                 negative_scores=best.negative_scores[q] if best.negative_scores is not None else None,
                 caption=name if texts is None else f"{name}: {texts[q]}",
                 query_caption=f"query {q}",
-                positive_label="Most positive (proponents)",  # as Gallery.influence labels a full row's
-                negative_label="Most negative (opponents)",
+                positive_label=INFLUENCE_LABELS[0],  # as Gallery.influence labels a full row's
+                negative_label=INFLUENCE_LABELS[1],
             )
         )
     report.add(section)

@@ -34,6 +34,7 @@ from genprov.exceptions import ConfigError, DataError
 from genprov.report.figures import figure_to_png_bytes, to_png_bytes
 
 __all__ = [
+    "INFLUENCE_LABELS",
     "Block",
     "Figure",
     "Gallery",
@@ -47,6 +48,9 @@ __all__ = [
     "format_value",
     "render_markdown",
 ]
+
+#: Row labels of an influence gallery: the most positive and the most negative training examples.
+INFLUENCE_LABELS = ("Most positive (proponents)", "Most negative (opponents)")
 
 ImageSource: TypeAlias = "Tensor | np.ndarray | bytes | str | Path"
 """An image: a (C, H, W) or (H, W) tensor/array in [-1, 1], PNG bytes, or the path of a PNG file."""
@@ -568,8 +572,8 @@ class Gallery(Block):
             negative_scores=s[neg] if neg is not None else None,
             caption=caption,
             query_caption=query_caption,
-            positive_label="Most positive (proponents)",
-            negative_label="Most negative (opponents)",
+            positive_label=INFLUENCE_LABELS[0],
+            negative_label=INFLUENCE_LABELS[1],
         )
 
     def context(self, assets: AssetSink, key: str) -> dict[str, Any]:
