@@ -25,7 +25,6 @@ the service never reads files outside the workspace.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import shutil
 import tempfile
@@ -38,6 +37,7 @@ import torch
 
 from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.utils.artifacts import check_output_folder
+from genprov.utils.checksums import file_sha256
 from genprov.utils.io import atomic_save_npz, atomic_write_json, open_npz, read_json
 
 __all__ = [
@@ -86,14 +86,6 @@ def check_outside(folder: str | Path, source: str | Path, name: str) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _copy_part(source: Path, target: Path) -> None:
     """Copy a file or folder (without training state) to ``target``; a failed write raises the ``OSError`` of
     the first file that failed, naming the target (``shutil.copytree`` would only gather their texts)."""
@@ -118,7 +110,7 @@ def _copy_part(source: Path, target: Path) -> None:
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -262,7 +254,7 @@ class Workspace:
             path = base / rel
             if not path.is_file():
                 out.append(f"{name}: file {rel} is missing")
-            elif verify and _sha256(path) != digest:
+            elif verify and file_sha256(path) != digest:
                 out.append(f"{name}: file {rel} changed since it was added (SHA-256 mismatch)")
         return out
 

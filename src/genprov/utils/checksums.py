@@ -19,11 +19,21 @@ from typing import Any
 
 from genprov.exceptions import CheckpointError
 
-__all__ = ["SAFETENSORS_SHA256_KEY", "sha256_hex", "sign_safetensors", "verify_safetensors"]
+__all__ = ["SAFETENSORS_SHA256_KEY", "file_sha256", "sha256_hex", "sign_safetensors", "verify_safetensors"]
 
 #: Metadata key of the tensor-data checksum in genprov's safetensors files.
 SAFETENSORS_SHA256_KEY = "genprov_sha256"
 _HEADER_ALIGN = 8
+
+
+def file_sha256(path: str | os.PathLike[str], digest: Any = None) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks; with ``digest`` (a ``hashlib`` object), the bytes
+    are fed into it instead (to hash several files as one) and its hex digest so far is returned."""
+    h = digest if digest is not None else hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return str(h.hexdigest())
 
 
 def sha256_hex(data: Any) -> str:

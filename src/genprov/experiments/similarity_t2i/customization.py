@@ -28,6 +28,7 @@ from genprov.exceptions import DataError
 from genprov.experiments.similarity.customization import pixel_nn_hits
 from genprov.experiments.similarity_t2i.config import SimilarityT2IExperimentConfig
 from genprov.models.t2i import load_pipeline, sample_pipeline, train_dreambooth_lora
+from genprov.utils.checksums import file_sha256
 from genprov.utils.io import atomic_write_json, read_json
 from genprov.utils.progress import progress
 from genprov.utils.seeding import derive_seed, numpy_rng
@@ -107,18 +108,10 @@ def object_prompts(cfg: SimilarityT2IExperimentConfig, class_caption: str) -> tu
     return " ".join([*words[:-1], cfg.new_token, words[-1]]), class_caption
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _base_fingerprint(base_dir: Path) -> str:
     """SHA-256 of the base pipeline's U-Net and text-encoder weights (what the samples depend on)."""
     files = sorted([*(base_dir / "unet").glob("*.safetensors"), *(base_dir / "text_encoder").glob("*.safetensors")])
-    return hashlib.sha256("".join(_file_sha256(f) for f in files).encode()).hexdigest()
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
 
 
 def build_t2i_customizations(

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from genprov.exceptions import CheckpointError
+from genprov.utils.checksums import file_sha256
 
 __all__ = ["open_pipeline", "pipeline_record", "reopen_pipeline"]
 
@@ -70,9 +71,7 @@ def _files_sha256(folder: Path, files: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        file_sha256(path, digest)
     return digest.hexdigest()
 
 
