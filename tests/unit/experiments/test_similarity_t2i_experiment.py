@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from genprov.eval.customization import Customization
 from genprov.exceptions import ConfigError, DataError
 from genprov.experiments.base import EXPERIMENTS, run_experiment
 from genprov.experiments.similarity_t2i import (
@@ -18,7 +20,12 @@ from genprov.experiments.similarity_t2i import (
     object_prompts,
     run_similarity_t2i,
 )
-from genprov.experiments.similarity_t2i.customization import plan_object_cases
+from genprov.experiments.similarity_t2i.customization import (
+    plan_object_cases,
+    plan_style_cases,
+    sample_prompts,
+    style_prompts,
+)
 
 torch.set_num_threads(1)
 
@@ -51,6 +58,7 @@ def test_presets() -> None:
     assert full.image_size == 32 and full.base["unet_steps"] == 1000 and not full.quick
     assert quick.quick and quick.image_size == 16 and quick.base["text_hidden_size"] == 32
     assert quick.n_object < full.n_object and quick.lora_steps < full.lora_steps
+    assert 0 < quick.n_style_cases < full.n_style_cases and quick.styles == full.styles == ("shear",)
     # a base given with --set merges key by key with the preset's
     merged = SimilarityT2IExperimentConfig.from_dict({"base": {"unet_steps": 7}})
     assert merged.base == {"vae_steps": 400, "unet_steps": 7, "checkpoint_every": 100}
@@ -68,6 +76,13 @@ def test_presets() -> None:
         ({"n_val_classes": 5}, "n_val_classes"),
         ({"lora_lr": 0}, "lora_lr"),
         ({"tuning": {"max_step": 3}}, "max_steps"),
+        ({"n_style_cases": -1}, "n_style_cases"),
+        ({"styles": ["bold"]}, "styles"),
+        ({"styles": []}, "styles"),
+        ({"style_exemplars": 1}, "style_exemplars"),
+        ({"style_exemplars": 6}, "style_exemplars"),
+        ({"style_prompt": "a <v1> digit"}, "style_prompt"),
+        ({"style_prompt": "{caption} in style"}, "style_prompt"),
     ],
 )
 def test_bad_config_names_the_field(changes: dict, field: str) -> None:
@@ -81,6 +96,52 @@ def test_prompts_put_the_token_before_the_class_noun_or_use_the_fixed_prompt() -
     assert object_prompts(cfg, "a photo of a horse") == ("a photo of a <v1> horse", "a photo of a horse")
     fixed = cfg.replace(object_prompt="a photo of <v1> digit")
     assert object_prompts(fixed, "a handwritten seven") == ("a photo of <v1> digit", "a photo of digit")
+
+
+def test_style_prompts_vary_the_class_and_samples_cycle_through_them() -> None:
+    cfg = SimilarityT2IExperimentConfig()
+    assert style_prompts(cfg, "a handwritten seven") == ("a <v1> handwritten seven", "a handwritten seven")
+    template = cfg.replace(style_prompt="{caption} in <v1> style")
+    assert style_prompts(template, "a handwritten two") == ("a handwritten two in <v1> style", "a handwritten two")
+    captions = ["a handwritten seven", "a handwritten two", "a handwritten five", "a handwritten one"]
+    case = Customization(
+        id="c-004",
+        kind="style",
+        style="shear",
+        classes=(7, 2, 5),
+        split="unseen",
+        exemplars=(),
+        samples=(),
+        source_indices=(0, 1, 2),
+    )
+    with_token, without = sample_prompts(cfg, case, captions, 4)
+    assert with_token == [
+        "a <v1> handwritten seven",
+        "a <v1> handwritten two",
+        "a <v1> handwritten five",
+        "a <v1> handwritten seven",
+    ]
+    assert without == [captions[0], captions[1], captions[2], captions[0]]
+    obj = dataclasses.replace(case, kind="object", style=None, classes=(1,), source_indices=(3,))
+    assert sample_prompts(cfg, obj, captions, 2) == (["a handwritten <v1> one"] * 2, ["a handwritten one"] * 2)
+
+
+def test_style_plan_takes_distinct_classes_of_one_side_and_unused_images() -> None:
+    labels = np.repeat(np.arange(10), 3)
+    used = [int(i) for i in np.flatnonzero(labels == 0)[:2]]
+    plan = plan_style_cases(labels, 4, 3, ("shear", "thick"), (0, 1, 2, 3, 4), seed=0, used=used)
+    assert plan == plan_style_cases(labels, 4, 3, ("shear", "thick"), (0, 1, 2, 3, 4), seed=0, used=used)
+    assert [p["split"] for p in plan] == ["seen", "unseen", "seen", "unseen"]
+    assert [p["style"] for p in plan] == ["shear", "thick", "shear", "thick"]
+    for p in plan:
+        assert len(set(p["classes"])) == 3 and [int(labels[i]) for i in p["idx"]] == p["classes"]
+        assert all((c < 5) == (p["split"] == "seen") for c in p["classes"])
+    taken = [i for p in plan for i in p["idx"]]
+    assert len(set(taken)) == len(taken) and not set(taken) & set(used)
+    with pytest.raises(DataError, match="style_exemplars"):
+        plan_style_cases(labels, 1, 6, ("shear",), (0, 1, 2, 3, 4), seed=0)
+    with pytest.raises(DataError, match="n_style_cases"):  # 3 images per class: the fourth case finds none left
+        plan_style_cases(labels, 8, 5, ("shear",), (0, 1, 2, 3, 4), seed=0)
 
 
 def test_plan_alternates_seen_and_unseen_classes_without_reusing_an_image() -> None:
@@ -116,7 +177,7 @@ def test_tiny_run_end_to_end_and_resume(tmp_path: Path, file_mtimes) -> None:
         "feature_nn_rate",
     }
     html = (tmp_path / "report.html").read_text()
-    for heading in ("Summary", "Influence of each customization", "Top-k with soft shares"):
+    for heading in ("Summary", "Influence of each customization", "Top-k with soft shares", "Per style customization"):
         assert heading in html
     roles = result.benchmark.roles
     assert roles["tune"] >= 1 and roles["val"] >= 1 and roles["unseen"] >= 1
@@ -131,6 +192,32 @@ def test_tiny_run_end_to_end_and_resume(tmp_path: Path, file_mtimes) -> None:
     entry = manifest["customizations"][0]
     assert entry["prompt"] == result.cases[0].prompt
     assert (tmp_path / "customizations" / entry["lora"] / "learned_embeds.safetensors").is_file()
+    # the quick preset's style cases: after the object cases, several classes under one style, one prompt each
+    quick = SimilarityT2IExperimentConfig.preset_for("digits", quick=True)
+    styled = manifest["customizations"][TINY["n_object"] :]
+    assert [e["kind"] for e in styled] == ["style"] * quick.n_style_cases
+    for row, e in zip(result.style_cases, styled, strict=True):
+        assert row.id == e["id"] and row.style == e["style"] == "shear" and list(row.classes) == e["classes"]
+        assert len(set(row.classes)) == len(e["exemplars"]) == quick.style_exemplars
+        assert [p.split()[1] for p in row.prompts] == ["<v1>"] * quick.style_exemplars
+        assert set(row.feature_nn_rate) == set(TINY["extractors"]) and 0 <= row.pixel_nn_rate <= 1
+    assert {r.role for r in result.style_cases} >= {"unseen"}
+    assert set(result.kinds) == {"object", "style"}
+    assert result.kinds["object"].cases == TINY["n_object"] and result.kinds["style"].cases == quick.n_style_cases
+    assert result.retrieval_row("pixels", "tuned", case="style").queries == TINY["n_samples"]  # one unseen style case
+    # each kind's control is its share of the control queries: together they make the overall control row
+    per_kind_queries = {kind: row.roles["unseen"] * TINY["n_control_per_case"] for kind, row in result.kinds.items()}
+    for row in result.control:
+        parts = [
+            next(
+                c
+                for c in result.kinds[kind].control
+                if (c.extractor, c.features, c.protocol) == (row.extractor, row.features, row.protocol)
+            )
+            for kind in ("object", "style")
+        ]
+        weighted = sum(per_kind_queries[k] * p.metrics.mean_ap for k, p in zip(("object", "style"), parts, strict=True))
+        assert weighted / sum(per_kind_queries.values()) == pytest.approx(row.metrics.mean_ap, abs=1e-12)
     rows = result.retrieval
     assert {r.protocol for r in rows} == {"A", "B"} and {r.features for r in rows} == {"untuned", "tuned"}
     headline = result.retrieval_row("pixels", "tuned")

@@ -11,6 +11,7 @@ from genprov.config import require, require_ints
 from genprov.eval.customization import DEFAULT_SEEN_CLASSES, N_VAL_CLASSES, TUNING_GRID
 from genprov.experiments.base import ExperimentConfig
 from genprov.experiments.similarity.config import EXTRACTOR_NAMES, check_extractor_settings, mapper_tuning_config
+from genprov.experiments.similarity.customization import STYLES
 from genprov.models.t2i import LoRAConfig
 
 __all__ = ["SimilarityT2IExperimentConfig"]
@@ -29,12 +30,14 @@ _TINY_BASE: dict[str, Any] = {
 #: The full run's base pipeline: the ``T2IConfig`` defaults (32x32 images, 8x8x4 latents) trained 400 VAE and
 #: 1,000 U-Net steps (keys of ``quick_configs``).
 _FULL_BASE: dict[str, Any] = {"vae_steps": 400, "unet_steps": 1000, "checkpoint_every": 100}
-#: ``--quick``: a one-to-three-minute smoke run (tiny pipeline on 16x16 images, 4 customizations of few steps).
+#: ``--quick``: a few-minute smoke run (tiny pipeline on 16x16 images, 4 object and 2 style customizations of few
+#: steps).
 _QUICK: dict[str, Any] = {
     "image_size": 16,
     "base": {**_TINY_BASE, "vae_steps": 200, "unet_steps": 500, "batch_size": 32, "checkpoint_every": 0},
     "n_pool": 300,
     "n_object": 4,
+    "n_style_cases": 2,
     "lora_steps": 100,
     "lora_lr": 1e-2,
     "n_class_images": 8,
@@ -73,6 +76,21 @@ class SimilarityT2IExperimentConfig(ExperimentConfig):
         n_pool: Training images of the base pipeline (a seeded subset of the train split): the attribution pool.
         n_heldout: Held-out (test split) images the exemplars are drawn from (``None``: all).
         n_object: Customizations (object cases, one held-out exemplar each; classes alternate seen / unseen).
+        n_style_cases: Style customizations, after the object cases (0: none, the object-only benchmark): each takes
+            ``style_exemplars`` held-out images of distinct classes, all seen or all unseen (cases alternate),
+            transformed by one of ``styles``, and learns the token as their shared style from one prompt per
+            exemplar naming its class (``style_prompt``); its samples cycle through those prompts.
+        styles: Style transforms (names of ``reproduce similarity``'s ``STYLES``), used in turn. The default,
+            ``"shear"``, is the one a VAE keeps (see ``genprov.experiments.similarity_t2i.customization``).
+        style_exemplars: Exemplars per style case (distinct classes of one side of ``seen_classes``).
+        style_prompt: The style cases' prompt. ``None``: the token after the class caption's first word, as a
+            modifier of the whole (``"a handwritten seven"`` -> ``"a <v1> handwritten seven"``, where an object case
+            reads ``"a handwritten <v1> seven"``): the token is what the exemplars of different classes share, the
+            class word what differs. Or a template holding ``{caption}`` and the token, e.g. ``"{caption} in <v1>
+            style"``, the issue's wording, for a base that knows the words: a base trained here from captions never
+            saw ``in`` or ``style``, which the tokenizer spells in 2 and 5 untrained byte tokens (13 tokens for
+            ``"a handwritten seven in <v1> style"``, past the quick base's 12). The class prompt of prior
+            preservation is each caption.
         seen_classes: Classes whose cases may tune features; the others are the unseen test classes.
         n_val_classes: Seen classes whose cases validate (early stopping, calibration) instead of tuning.
         object_prompt: The customization's prompt. ``None``: DreamBooth's ``"a [V] [class noun]"`` built from the
@@ -110,6 +128,10 @@ class SimilarityT2IExperimentConfig(ExperimentConfig):
     n_pool: int = 2000
     n_heldout: int | None = None
     n_object: int = 20
+    n_style_cases: int = 6
+    styles: tuple[str, ...] = ("shear",)
+    style_exemplars: int = 3
+    style_prompt: str | None = None
     seen_classes: tuple[int, ...] = DEFAULT_SEEN_CLASSES
     n_val_classes: int = N_VAL_CLASSES
     object_prompt: str | None = None
@@ -157,7 +179,7 @@ class SimilarityT2IExperimentConfig(ExperimentConfig):
             ),
             minimum=1,
         )
-        require_ints(self, ("simclr_steps", "gallery_queries", "n_control_per_case"), minimum=0)
+        require_ints(self, ("simclr_steps", "gallery_queries", "n_control_per_case", "n_style_cases"), minimum=0)
         require(
             self.n_heldout is None or self.n_heldout >= 1, "n_heldout", "a positive integer or None", self.n_heldout
         )
@@ -185,6 +207,26 @@ class SimilarityT2IExperimentConfig(ExperimentConfig):
             "object_prompt",
             f"a prompt holding the token {self.new_token!r} as a word (e.g. 'a photo of {self.new_token} digit'), or null",
             self.object_prompt,
+        )
+        require(
+            bool(self.styles) and all(s in STYLES for s in self.styles),
+            "styles",
+            f"a non-empty list of style names from {sorted(STYLES)}",
+            self.styles,
+        )
+        require(
+            isinstance(self.style_exemplars, int) and 2 <= self.style_exemplars <= len(self.seen_classes),
+            "style_exemplars",
+            f"an integer in [2, {len(self.seen_classes)}] (a style is shared by exemplars of distinct seen classes)",
+            self.style_exemplars,
+        )
+        require(
+            self.style_prompt is None
+            or ("{caption}" in self.style_prompt and self.new_token in self.style_prompt.split()),
+            "style_prompt",
+            f"a template holding {{caption}} and the token {self.new_token!r} as a word (e.g. "
+            f"'{{caption}} in {self.new_token} style'), or null",
+            self.style_prompt,
         )
         require(self.lora_lr > 0, "lora_lr", "a positive number", self.lora_lr)
         require(self.prior_loss_weight >= 0, "prior_loss_weight", "a non-negative number", self.prior_loss_weight)

@@ -22,6 +22,28 @@ from genprov.report import KeyValue, Report, Section, Table, Text
 __all__ = ["build_report"]
 
 
+def _kind_table(result: SimilarityT2IResult) -> list[dict[str, Any]]:
+    """One row per kind of customization and extractor (see the summary's caption)."""
+    table = []
+    for kind, row in result.kinds.items():
+        for name in result.tuning:
+            entry: dict[str, Any] = {"kind": kind, "cases": row.cases, "extractor": name}
+            for variant in ("untuned", "tuned"):
+                try:
+                    metrics = result.retrieval_row(name, variant, case=kind).metrics
+                except KeyError:  # no unseen case of this kind
+                    entry[f"{variant} mAP"] = entry[f"{variant} recall@10"] = float("nan")
+                    continue
+                entry[f"{variant} mAP"], entry[f"{variant} recall@10"] = metrics.mean_ap, metrics.recall_10
+            control = [c for c in row.control if (c.extractor, c.features, c.protocol) == (name, "untuned", "A")]
+            entry["control mAP"] = control[0].metrics.mean_ap if control else float("nan")
+            entry["NN rate (pixels)"] = row.influence_strength.exemplar_nn_rate
+            entry["base NN rate (pixels)"] = row.base_pixel_nn_rate
+            entry["NN rate (features)"] = row.feature_nn_rate.get(name, float("nan"))
+            table.append(entry)
+    return table
+
+
 def build_report(
     cfg: SimilarityT2IExperimentConfig,
     result: SimilarityT2IResult,
@@ -42,8 +64,10 @@ def build_report(
         "summary",
         "Summary",
         intro="A base text-to-image pipeline is trained on the pool; each customization adds a LoRA and the new token "
-        f"{cfg.new_token!r} learnt from one held-out exemplar with prior preservation, and its samples from the token's "
-        "prompt are attributed by retrieving the exemplar among the pool. Headline: unseen-class queries, protocol A.",
+        f"{cfg.new_token!r} learnt from one held-out exemplar (object cases) or, as a style, from a few exemplars of "
+        "different classes under one transform (style cases, one prompt per exemplar), with prior preservation, and "
+        "its samples from the token's prompts are attributed by retrieving the exemplars among the pool. Headline: "
+        "unseen-class queries of every case, protocol A; each kind on its own below.",
     )
     if cfg.quick:
         summary.add(Text("Quick mode: tiny pipeline, few cases and short training; numbers are rough.", tone="note"))
@@ -69,6 +93,14 @@ def build_report(
         row["control mAP"] = result.claims.per_extractor[name].control_map
         head.append(row)
     summary.add(Table(head, caption="Unseen classes, protocol A.", highlight={"tuned mAP": "max"}))
+    summary.add(
+        Table(
+            _kind_table(result),
+            caption="Each kind of customization on its own: unseen classes, protocol A (NaN: no unseen case of the "
+            "kind); the control restricted to the kind's cases; the pixel influence of its samples and of the paired "
+            "base samples; NN rate (features): in the extractor's untuned features.",
+        )
+    )
     report.add(summary)
 
     cases = Section(
@@ -88,18 +120,40 @@ def build_report(
                 }
                 for c in result.cases
             ],
-            caption="Per customization.",
+            caption="Per object customization.",
         )
     )
+    if result.style_cases:
+        cases.add(
+            Table(
+                [
+                    {
+                        **{k: v for k, v in dataclasses.asdict(c).items() if k not in ("feature_nn_rate", "prompts")},
+                        "prompts": " | ".join(c.prompts),
+                        **{f"NN rate {n}": r for n, r in c.feature_nn_rate.items()},
+                    }
+                    for c in result.style_cases
+                ],
+                caption="Per style customization: exemplars of several classes under one style; a sample counts when "
+                "its nearest neighbour is any of them.",
+            )
+        )
     owner_arr = np.asarray(owner, dtype=np.int64)
-    for i in range(min(len(bench.cases), 4)):
+    objects = [i for i, c in enumerate(bench.cases) if c.kind == "object"]
+    styles = [i for i, c in enumerate(bench.cases) if c.kind == "style"]
+    for i in [*objects[:4], *styles[:2]]:
         paired = control[torch.as_tensor(np.flatnonzero(owner_arr == i))] if len(owner) else control[:0]
         grid = torch.cat([bench.exemplars[torch.as_tensor(bench.ex_rows[i])], paired, bench.samples[i][:8]])
         cases.add(
             grid_image(
                 grid,
-                f"{bench.cases[i].id} ({bench.roles[i]}, {bench.cases[i].prompt!r}): exemplar, "
-                f"{len(paired)} base samples, then customized samples.",
+                f"{bench.cases[i].id} ({bench.roles[i]}, {bench.cases[i].prompt!r}): "
+                + (
+                    "exemplar"
+                    if len(bench.ex_rows[i]) == 1
+                    else f"{len(bench.ex_rows[i])} exemplars ({bench.cases[i].style})"
+                )
+                + f", {len(paired)} base samples, then customized samples.",
                 nrow=len(grid),
                 width_px=min(900, 60 * len(grid)),
             )

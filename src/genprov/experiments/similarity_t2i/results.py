@@ -1,8 +1,9 @@
 """The typed result of ``genprov reproduce similarity-t2i``; :meth:`SimilarityT2IResult.to_dict` is ``results.json``.
 
 The retrieval, control, hubness, soft-attribution, tuning and claim rows are those of ``reproduce similarity``
-(:mod:`genprov.experiments.similarity.results`); what is new is the pipeline (:class:`T2IBenchModel`) and the
-influence of each customization (:class:`CaseRow`).
+(:mod:`genprov.experiments.similarity.results`); what is new is the pipeline (:class:`T2IBenchModel`), the
+influence of each customization (:class:`CaseRow` for object cases, :class:`StyleCaseRow` for style cases) and each
+kind of case on its own (:class:`KindRow`; its retrieval rows are the ``retrieval`` rows whose ``case`` is the kind).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from genprov.experiments.similarity.results import (
     find_row,
 )
 
-__all__ = ["CaseRow", "SimilarityT2IResult", "T2IBenchModel"]
+__all__ = ["CaseRow", "KindRow", "SimilarityT2IResult", "StyleCaseRow", "T2IBenchModel"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,45 @@ class CaseRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class StyleCaseRow:
+    """One style customization's influence: as :class:`CaseRow`, for exemplars of several classes sharing a style.
+
+    A sample's nearest neighbour counts when it is any of the case's exemplars; distances are to the nearest one.
+    """
+
+    id: str
+    role: str
+    style: str
+    classes: tuple[int, ...]
+    #: The prompts its samples cycle through (one per exemplar).
+    prompts: tuple[str, ...]
+    pixel_nn_rate: float
+    base_pixel_nn_rate: float
+    to_exemplar: float
+    base_to_exemplar: float
+    feature_nn_rate: Mapping[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class KindRow:
+    """One kind of customization (``"object"`` or ``"style"``) on its own; its retrieval rows are
+    :meth:`SimilarityT2IResult.retrieval_row` with ``case=kind``."""
+
+    kind: str
+    cases: int
+    #: Role -> customizations of this kind.
+    roles: Mapping[str, int]
+    #: The pixel influence strength of this kind's samples alone.
+    influence_strength: InfluenceStrength
+    #: Share of the paired base samples whose pixel nearest neighbour (pool + the case's exemplars) is an exemplar.
+    base_pixel_nn_rate: float
+    #: Extractor -> share of this kind's samples whose nearest neighbour (untuned features, protocol A) is an exemplar.
+    feature_nn_rate: Mapping[str, float]
+    #: The negative control restricted to this kind's unseen cases (empty without control samples).
+    control: tuple[ControlRow, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class SimilarityT2IResult(ExperimentResult):
     """Everything ``genprov reproduce similarity-t2i`` measured (``results.json``)."""
 
@@ -76,7 +116,11 @@ class SimilarityT2IResult(ExperimentResult):
     model: T2IBenchModel
     benchmark: BenchmarkInfo
     influence_strength: InfluenceStrength
+    #: The object cases.
     cases: tuple[CaseRow, ...]
+    style_cases: tuple[StyleCaseRow, ...]
+    #: ``"object"`` (and ``"style"`` when there are style cases) -> that kind on its own.
+    kinds: Mapping[str, KindRow]
     #: Protocol -> chance level of the unseen queries.
     chance_unseen: Mapping[str, RetrievalMetrics]
     retrieval: tuple[RetrievalRow, ...]

@@ -39,7 +39,9 @@ prior_loss``). The identifier is a new token added to the tokenizer and the text
 Diffusion does (the similarity seed's customizations, Kumari et al. 2023, ``--modifier_token``), with its
 embedding trained alongside the LoRA (``train_token``; diffusers' pivotal tuning); a token already in the
 vocabulary (DreamBooth's rare-token identifier, e.g. ``"sks"`` in CLIP's vocabulary) is used as it is and
-left untrained, as the original DreamBooth LoRA script does.
+left untrained, as the original DreamBooth LoRA script does. A style customization gives one instance prompt per
+exemplar (exemplars of different subjects sharing the style, each prompt naming its subject) and the prior samples
+each exemplar's class prompt in turn.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class LoRAConfig(Config):
         batch_size: Training images per update (DreamBooth: exemplars per update, plus as many class images).
         seed: Seed of the adapter's initialisation and of every draw of training (batches, latents, noise).
         prior_loss_weight: DreamBooth's prior-preservation weight (only :func:`train_dreambooth_lora`).
-        n_class_images: Class images sampled from the base pipeline for prior preservation (DreamBooth only).
+        n_class_images: Class images sampled from the base pipeline for prior preservation (DreamBooth only; with
+            several class prompts, in all, the prompts taken in turn).
         class_sample_steps: Denoising steps used to sample the class images (DreamBooth only).
         train_token: Train a new identifier token's embedding with the LoRA (DreamBooth only; a token
             already in the vocabulary is never trained).
@@ -833,7 +836,7 @@ def _train(
     encoded_prior = None
     if prior is not None:
         prior_images = prior.images(pipeline, out / _STATE_DIR, show_progress)
-        prompts = [prior.prompt] * len(prior_images)
+        prompts = [prior.prompt_of(i) for i in range(len(prior_images))]
         encoded_prior = _encode(pipeline, prior_images, prompts, cache_text=not trained_text, what="class prompt")
     trainer = _Trainer(pipeline, config, encoded, encoded_prior, token)
     step, log = (0, []) if meta is None else run.restore(trainer, meta)
@@ -934,17 +937,17 @@ def _add_token(pipeline: Pipeline, token: str, seed: int) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Prior:
-    """Prior preservation's class images: ``n`` samples of ``prompt`` from the base pipeline (seeded).
+    """Prior preservation's class images: ``n`` samples of the class prompts from the base pipeline (seeded).
 
     Attributes:
-        prompt: The class prompt.
+        prompts: The class prompts, taken in turn (image ``i`` is a sample of ``prompts[i % len(prompts)]``).
         n: How many images.
         sample_steps: Denoising steps per sample.
         size: (H, W) of the images.
         seed: Seed of the samples.
     """
 
-    prompt: str
+    prompts: tuple[str, ...]
     n: int
     sample_steps: int
     size: tuple[int, int]
@@ -953,7 +956,11 @@ class _Prior:
     @property
     def key(self) -> str:
         """What identifies the images (part of the run's fingerprint, and of their cache file's name)."""
-        return _signature(self.prompt, str(self.n), str(self.sample_steps), str(self.size), str(self.seed))
+        return _signature(*self.prompts, str(self.n), str(self.sample_steps), str(self.size), str(self.seed))
+
+    def prompt_of(self, i: int) -> str:
+        """The class prompt of image ``i``."""
+        return self.prompts[i % len(self.prompts)]
 
     def images(self, pipeline: Pipeline, cache: Path, show_progress: bool | None) -> Tensor:
         """The class images in [-1, 1], sampled once and cached in ``cache`` (the diffusers script's
@@ -965,7 +972,7 @@ class _Prior:
         for start in progress(range(0, self.n, 4), desc="class images", show=show_progress):
             n = min(4, self.n - start)
             result = pipeline(
-                [self.prompt] * n,
+                [self.prompt_of(start + k) for k in range(n)],
                 height=self.size[0],
                 width=self.size[1],
                 num_inference_steps=self.sample_steps,
@@ -978,19 +985,35 @@ class _Prior:
         return images
 
 
+def _prompt_list(prompts: str | Sequence[str], n: int, option: str) -> list[str]:
+    """``prompts`` as one prompt per exemplar: a string for all ``n``, or a sequence of exactly ``n``."""
+    if isinstance(prompts, str):
+        return [prompts] * n
+    out = list(prompts)
+    if len(out) != n or not all(isinstance(p, str) for p in out):
+        raise ConfigError(f"{option} must be one prompt, or one prompt per exemplar ({n}); got {len(out)} prompts.")
+    return out
+
+
 def train_dreambooth_lora(
     pipeline: Pipeline,
     images: Tensor,
     config: LoRAConfig,
     out: str | Path,
     *,
-    instance_prompt: str,
+    instance_prompt: str | Sequence[str],
     token: str,
-    class_prompt: str | None = None,
+    class_prompt: str | Sequence[str] | None = None,
     resume: bool = True,
     show_progress: bool | None = None,
 ) -> LoRATrainResult:
     """DreamBooth-style LoRA customization on one to a few exemplars, with prior preservation.
+
+    An object is one prompt for every exemplar (``"a photo of <v1> digit"``); a style shared by exemplars of
+    different subjects takes one prompt per exemplar, each naming its subject (``"a handwritten seven in <v1> style"``,
+    ``"a handwritten two in <v1> style"``), and its class prompts (given, e.g. ``"a handwritten seven"``, or each
+    instance prompt without the token) are one per exemplar too: the prior's ``n_class_images`` images are samples
+    of the distinct class prompts taken in turn.
 
     Args:
         pipeline: The base pipeline (changed in place: adapter, and the token if new).
@@ -998,11 +1021,12 @@ def train_dreambooth_lora(
         config: The adapter and its training (``prior_loss_weight``, ``n_class_images``,
             ``class_sample_steps``, ``train_token``).
         out: The LoRA folder (resumable; the class images are cached in its ``state/``).
-        instance_prompt: The exemplars' prompt, containing ``token`` (``"a photo of <v1> digit"``).
+        instance_prompt: The exemplars' prompt, containing ``token`` (``"a photo of <v1> digit"``), or one such
+            prompt per exemplar.
         token: The identifier: a new token (added and, with ``train_token``, trained) or a token of the
             vocabulary (used as is).
-        class_prompt: The prior's prompt (default: ``instance_prompt`` without the token); ``prior_loss_weight=0``
-            turns prior preservation off.
+        class_prompt: The prior's prompt, or one per exemplar (default: each instance prompt without the token);
+            ``prior_loss_weight=0`` turns prior preservation off.
         resume: Continue from ``out/state``.
         show_progress: Progress bar.
 
@@ -1011,26 +1035,35 @@ def train_dreambooth_lora(
         :func:`load_lora`) on the folder reproduce the customized pipeline.
 
     Raises:
-        ConfigError: ``token`` missing from ``instance_prompt`` or not one word.
+        ConfigError: ``token`` missing from an instance prompt or not one word; a prompt list whose length is not
+            the number of exemplars.
     """
     x = _check_images(images, pipeline, "exemplars")
-    if token not in instance_prompt.split():
-        raise ConfigError(
-            f"instance_prompt {instance_prompt!r} must contain the token {token!r} as a word, e.g. 'a photo of {token} digit'."
-        )
-    prior_prompt = (
-        class_prompt if class_prompt is not None else " ".join(w for w in instance_prompt.split() if w != token)
-    )
+    instances = _prompt_list(instance_prompt, len(x), "instance_prompt")
+    for prompt in dict.fromkeys(instances):
+        if token not in prompt.split():
+            raise ConfigError(
+                f"instance_prompt {prompt!r} must contain the token {token!r} as a word, e.g. 'a photo of {token} digit'."
+            )
+    if class_prompt is None:
+        classes = [" ".join(w for w in p.split() if w != token) for p in instances]
+    else:
+        classes = _prompt_list(class_prompt, len(x), "class_prompt")
+    prior_prompts = tuple(dict.fromkeys(classes))  # distinct, in exemplar order
     prior = None
     if config.prior_loss_weight > 0:
-        check_prompts(pipeline.tokenizer, [prior_prompt], option="class prompt")
+        check_prompts(pipeline.tokenizer, prior_prompts, option="class prompt")
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        prior = _Prior(prior_prompt, config.n_class_images, config.class_sample_steps, size, config.seed)
+        prior = _Prior(prior_prompts, config.n_class_images, config.class_sample_steps, size, config.seed)
     new = _add_token(pipeline, token, config.seed)
-    record = {"instance_prompt": instance_prompt, "class_prompt": prior_prompt, "exemplars": len(x)}
+
+    def recorded(prompts: Sequence[str]) -> str | list[str]:
+        return prompts[0] if len(set(prompts)) == 1 else list(prompts)
+
+    record = {"instance_prompt": recorded(instances), "class_prompt": recorded(classes), "exemplars": len(x)}
     return _train(
         pipeline,
-        (x, [instance_prompt] * len(x)),
+        (x, instances),
         prior,
         config,
         Path(out),

@@ -138,3 +138,58 @@ def test_customization_resumes_identically(tmp_path: Path) -> None:
         a, b = load_file(straight / name), load_file(resumed / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_prompt_per_exemplar_with_the_class_prompts_in_turn(
+    tmp_path: Path, customized: tuple[Path, torch.Tensor, torch.Tensor]
+) -> None:
+    # a style: one prompt per exemplar, each naming its subject; the prior samples each class prompt in turn
+    prompts = ["a photo of <v1> seven", "a photo of <v1> one"]
+    config = CONFIG.replace(n_class_images=3)
+    result = train_dreambooth_lora(
+        tiny_pipeline(tmp_path / "a"), _exemplars(), config, tmp_path / "style", instance_prompt=prompts, token="<v1>"
+    )
+    info = load_lora(tiny_pipeline(tmp_path / "b"), result.folder)
+    assert info.record["instance_prompt"] == prompts
+    assert info.record["class_prompt"] == ["a photo of seven", "a photo of one"]
+    (cached,) = (tmp_path / "style" / "state").glob("class-images-*.safetensors")
+    expected = tiny_pipeline(tmp_path / "c")(
+        ["a photo of seven", "a photo of one", "a photo of seven"],
+        height=16,
+        width=16,
+        num_inference_steps=config.class_sample_steps,
+        generator=torch_generator(config.seed, "class-images", 0),
+        output_type="pt",
+    ).images
+    torch.testing.assert_close(load_file(cached)["images"], (expected * 2 - 1).clamp(-1, 1))
+    # the same prompt for every exemplar, given as a list, is the single-prompt customization exactly
+    same = train_dreambooth_lora(
+        tiny_pipeline(tmp_path / "d"),
+        _exemplars(),
+        CONFIG,
+        tmp_path / "same",
+        instance_prompt=[PROMPT] * 2,
+        token="<v1>",
+    )
+    for name in (LORA_WEIGHTS, TOKEN_WEIGHTS):
+        a, b = load_file(customized[0] / name), load_file(same.folder / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_lora(tiny_pipeline(tmp_path / "e"), same.folder).record["instance_prompt"] == PROMPT
+
+
+def test_prompt_list_of_another_length_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="one prompt per exemplar \\(2\\); got 1"):
+        train_dreambooth_lora(
+            tiny_pipeline(tmp_path), _exemplars(), CONFIG, tmp_path / "lora", instance_prompt=[PROMPT], token="<v1>"
+        )
+    with pytest.raises(ConfigError, match="class_prompt"):
+        train_dreambooth_lora(
+            tiny_pipeline(tmp_path / "b"),
+            _exemplars(),
+            CONFIG,
+            tmp_path / "lora",
+            instance_prompt=PROMPT,
+            token="<v1>",
+            class_prompt=["a photo of digit"] * 3,
+        )
+    assert not (tmp_path / "lora").exists()
