@@ -7,6 +7,12 @@ generator is its VAE (FLIPAD inverts ``decoder.conv_out``; ``--method aeroblade`
 reconstruction error); its detector records the VAE's fingerprint, so ``score`` takes the pipeline again with
 ``--generator``. The method's parameters come from its config class
 (``genprov.attribution.model``): set any of them with ``--set KEY=VALUE``.
+
+``score --backend ray [--address auto|HOST:PORT] [--workers N]`` scores one image collection (a folder, tar shards
+``a-{000..009}.tar`` or a list file of them, parquet files, an ``.npz``, an LMDB) as Ray tasks that read their
+images and reopen the detector themselves (``genprov.attribution.model.score_shards``); tar shards and parquet files
+are scored that way in this process too. The scores equal the in-process ones; ``--store DIR`` keeps them shard by
+shard so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ import typer
 
 from genprov.attribution.model import MODEL_ATTRIBUTORS, ModelAttributor
 from genprov.attribution.model.flipad import FLIPAD_IMAGE_SETTINGS, FinalLayerInversionAttributorConfig
+from genprov.attribution.model.score_shards import (
+    SCORE_SHARD_ROWS,
+    load_gan_checkpoint,
+    open_detector,
+    score_collection,
+)
 from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
@@ -32,12 +44,14 @@ from genprov.cli.common import (
 )
 from genprov.config import Config
 from genprov.data import expand_image_paths, load_dataset, load_images, png_roundtrip
+from genprov.data.collections import collection_spec, is_collection_only
 from genprov.exceptions import CheckpointError, ConfigError, DataError
-from genprov.models.checkpoints import LoadedCheckpoint, load_checkpoint
 from genprov.models.gans import GANConfig
 from genprov.models.sampling import sample
 from genprov.models.t2i import is_pipeline_folder, load_pipeline, sample_pipeline
-from genprov.utils.artifacts import check_output_folder, identify_artifact
+from genprov.results import ModelAttributionResult
+from genprov.storage.shards import BACKENDS, make_backend
+from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder, identify_artifact
 from genprov.utils.io import read_json
 
 app = typer.Typer(
@@ -84,7 +98,7 @@ class _Owner:
             self.model: torch.nn.Module = vae
             self.size, self.channels = int(vae.config.sample_size), int(vae.config.in_channels)
         else:
-            ckpt = _image_generator(path)
+            ckpt = load_gan_checkpoint(path)
             assert isinstance(ckpt.model_config, GANConfig)
             self.model, self.size, self.channels = ckpt.model, ckpt.model_config.image_size, ckpt.model_config.channels
 
@@ -106,17 +120,6 @@ def _check_prompts(generator: Path, prompts: list[str], is_pipeline: bool) -> No
         raise ConfigError(
             f"--prompt needs a text-to-image pipeline folder; {generator} is not one (no model_index.json)."
         )
-
-
-def _image_generator(path: Path) -> LoadedCheckpoint:
-    ckpt = load_checkpoint(path)
-    if ckpt.kind != "gan" or not isinstance(ckpt.model_config, GANConfig):
-        raise CheckpointError(
-            f"{path} holds a {ckpt.kind!r} checkpoint; 'genprov flipad' works on image GANs (train one with "
-            "'genprov train gan'). For tabular generators use the Python API "
-            "(genprov.attribution.model.FinalLayerInversionAttributor)."
-        )
-    return ckpt
 
 
 @app.command("fit")
@@ -203,27 +206,28 @@ def fit_cmd(
     emit(summary, as_json=as_json, title="fitted attributor")
 
 
-def _load_detector(detector: Path, given: Path | None = None) -> tuple[ModelAttributor, dict[str, Any]]:
+def _load_detector(detector: Path, given: Path | None = None) -> tuple[ModelAttributor, dict[str, Any], Path | None]:
     """The detector (its generator reopened from the checkpoint its config.json records, or ``given``: a GAN
-    checkpoint or pipeline folder) and its image size."""
+    checkpoint or pipeline folder), its image size, and where its generator was reopened from (``None``: the
+    recorded checkpoint)."""
     if not (detector / "config.json").is_file():  # an unreadable one is reported by the reader as such
         found = identify_artifact(detector)
         holds = f"it holds {found.describe()}" if found else "no detector config.json in it"
         raise CheckpointError(f"{detector} is not a detector ({holds}). Fit one first: 'genprov flipad fit'.")
     legacy = detector / LEGACY_CLI_FILE
-    generator = _Owner(given).model if given is not None else None
-    if generator is None and legacy.is_file():
-        generator = _image_generator(Path(read_json(legacy)["generator"])).model
-    if generator is None:
+    source = given
+    if source is None and legacy.is_file():
+        source = Path(read_json(legacy)["generator"])
+    if source is None:
         ref = (read_json(detector / "config.json").get("wraps") or {}).get("generator") or {}
         if ref and not ref.get("checkpoint"):
             raise CheckpointError(
                 f"{detector} was fitted on a generator that is not a genprov checkpoint (a text-to-image pipeline's "
                 "VAE); give that pipeline folder with --generator PIPELINE (its weights are checked)."
             )
-    attributor = ModelAttributor.from_pretrained(detector, generator)
+    attributor = open_detector(detector, source)
     channels, size = attributor.input_shape_[0], attributor.input_shape_[-1]
-    return attributor, {"method": attributor.name, "image_size": size, "channels": channels}
+    return attributor, {"method": attributor.name, "image_size": size, "channels": channels}, source
 
 
 @app.command("score")
@@ -237,28 +241,87 @@ def score_cmd(
         help="The pipeline folder a detector of a text-to-image pipeline was fitted on (or a GAN checkpoint, "
         "overriding the recorded one); its weights must be those the detector was fitted on.",
     ),
+    backend: str = typer.Option(
+        "inprocess",
+        "--backend",
+        help=f"Where the images are scored: {' or '.join(BACKENDS)} (Ray tasks that read a range of the collection "
+        "and reopen the detector; needs genprov's 'ray' extra). The scores are the same either way.",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
+        "cluster's head; default: a local Ray with --workers CPUs.",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards scored at once."),
+    store: Path | None = typer.Option(
+        None,
+        "--store",
+        help="With a collection: keep the scores shard by shard in this folder, so an interrupted run resumes "
+        "(default: a temporary folder).",
+    ),
+    rows_per_shard: int = typer.Option(
+        SCORE_SHARD_ROWS,
+        "--shard-size",
+        min=1,
+        help="With a collection: images per shard (rounded up to a multiple of the detector's batch size, so that "
+        "the shards invert the batches one call would: the scores are then the same).",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Say for every image whether the detector's generator made it (verdict, score, threshold).
 
     Images are resized to the generator's size; a score at or above the threshold means "made by it".
+    With --backend ray, IMAGES is one collection (a folder, tar shards as 'a-{000..009}.tar' or a list file,
+    parquet files, an .npz, an LMDB folder) whose images the Ray tasks read themselves; tar shards and parquet
+    files are read that way in this process too.
 
     Example: genprov flipad score --detector runs/det suspect/*.png --json
     Example: genprov flipad score --detector runs/t2i-det --generator runs/t2i suspect/*.png
+    Example: genprov flipad score --detector runs/det 'suspect/part-{0000..0099}.tar' --backend ray --workers 8 --json
     """
-    attributor, info = _load_detector(detector, generator)
-    files = expand_image_paths(images)
-    x = load_images(files, size=int(info["image_size"]), channels=int(info["channels"]))
-    result = attributor.attribute(x)
+    runner = make_backend(backend, address=address, workers=workers)
+    sharded = backend == "ray" or any(is_collection_only(path) for path in images)
+    if not sharded and store is not None:
+        raise ConfigError("--store keeps the scores of a collection; add --backend ray, or drop --store.")
+    attributor, info, source = _load_detector(detector, generator)
+    if sharded:
+        if len(images) != 1:
+            raise ConfigError(
+                f"--backend ray and tar / parquet collections take one IMAGES source (a folder, a shard pattern or list "
+                f"file, an .npz, an LMDB); got {len(images)}. Put the images in one folder or list file."
+            )
+        if store is not None:
+            check_output_folder(store, accept={"feature store", INCOMPLETE_STORE}, option="--store")
+        result, collection = score_collection(
+            detector,
+            collection_spec(images[0]),
+            runner,
+            generator=source,
+            store=store,
+            shard_size=rows_per_shard,
+            attributor=attributor,
+        )
+        names: list[str] = collection.names()
+    else:
+        files = expand_image_paths(images)
+        x = load_images(files, size=int(info["image_size"]), channels=int(info["channels"]))
+        result = attributor.attribute(x)
+        names = [str(path) for path in files]
+    _print_verdicts(names, result, as_json)
+
+
+def _print_verdicts(names: list[str], result: ModelAttributionResult, as_json: bool) -> None:
+    """One row per image: verdict, score, threshold (JSON, or a table and a count)."""
     rows = [
         {
-            "path": str(path),
+            "path": name,
             "verdict": "made by the generator" if verdict else "not made by the generator",
             "attributed": bool(verdict),
             "score": float(score),
             "threshold": float(result.threshold),
         }
-        for path, score, verdict in zip(files, result.scores, result.verdicts, strict=True)
+        for name, score, verdict in zip(names, result.scores, result.verdicts, strict=True)
     ]
     if as_json:
         emit(rows, as_json=True)

@@ -10,6 +10,12 @@ HTML galleries in which each training image is drawn with an area proportional t
 --pipeline DIR [--lora DIR] --prompt TEXT --n N`` first draws the queries from a text-to-image pipeline (e.g. a
 customization: its base and LoRA with the token's prompt) and records each one's prompt. ``index`` takes no pipeline:
 the index holds training images and their features, whatever model is later asked about.
+
+``index --backend ray [--address auto|HOST:PORT] [--workers N]`` embeds the training collection as Ray tasks, each
+reading its range of images (a data set, an image folder, tar shards ``a-{000..009}.tar`` or a list file, parquet
+files, an ``.npz``, an LMDB) and rebuilding the extractor itself; tar shards and parquet files are embedded that way
+in this process too (``index_folder.index_collection``). The features equal the in-process ones, and an
+interrupted build resumes.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from typing import Any
 import torch
 import typer
 
-from genprov.attribution.data.index_folder import build_similarity_index, open_similarity_index, read_index_info
+from genprov.attribution.data.index_folder import (
+    build_similarity_index,
+    index_collection,
+    open_similarity_index,
+    read_index_info,
+)
 from genprov.attribution.data.mapper import TuningConfig
 from genprov.attribution.data.similarity import SimilarityAttributor, SimilarityConfig
 from genprov.cli.common import (
@@ -37,12 +48,14 @@ from genprov.cli.common import (
     parse_sets,
 )
 from genprov.data import load_images, save_images
+from genprov.data.collections import is_collection_only
 from genprov.data.images import IMAGE_EXTENSIONS
 from genprov.eval.customization import N_VAL_CLASSES, TUNING_GRID, tune_on_customizations
 from genprov.exceptions import ConfigError, DataError
 from genprov.models.t2i import open_pipeline, sample_pipeline
 from genprov.report import Gallery, GalleryRow, Report, Section, Text
 from genprov.report.figures import to_png_bytes
+from genprov.storage.shards import BACKENDS, make_backend
 from genprov.utils.artifacts import INCOMPLETE_INDEX, check_output_file, check_output_folder
 from genprov.utils.io import atomic_write_json, atomic_write_text
 
@@ -81,7 +94,12 @@ def index_cmd(
     extractor: str = typer.Option(
         ..., "--extractor", help="pixels, classifier, simclr, random-cnn, local-weights or efficientnet-lite0."
     ),
-    data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Training images: dataset name (digits, mnist, ...) or path (image folder, .npz, LMDB folder, tar shards "
+        "as 'a-{000..009}.tar' or a .txt list of them, parquet files with an image-bytes column).",
+    ),
     store: Path = typer.Option(..., "--store", help="Index folder (created; an unfinished build is resumed)."),
     split: str = typer.Option("train", "--split", help="Dataset split to attribute to."),
     n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N training images."),
@@ -113,6 +131,19 @@ def index_cmd(
         "Default: exact.",
     ),
     n_probe: int | None = config_option(SimilarityConfig, "n_probe", "--nprobe", default=None, min=1),
+    backend: str = typer.Option(
+        "inprocess",
+        "--backend",
+        help=f"Where the shards are embedded: {' or '.join(BACKENDS)} (Ray tasks that read their range of --data and "
+        "rebuild the extractor; needs genprov's 'ray' extra). The features are the same either way.",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
+        "cluster's head; default: a local Ray with --workers CPUs.",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards embedded at once."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -120,9 +151,16 @@ def index_cmd(
 ) -> None:
     """Featurize a training set into a similarity index folder (resumable) and record how to rebuild it.
 
+    With --backend ray (or tar shards / parquet files as --data) the shard tasks read their own range of images,
+    so this process never holds the training set.
+
     Example: genprov similarity index --extractor classifier --checkpoint runs/clf --data digits --store runs/sim
+
+    Example: genprov similarity index --extractor random-cnn --data 'laion/part-{0000..0099}.tar' --resize 64
+    --store runs/sim-laion --backend ray --address auto --workers 16
     """
     check_output_folder(store, accept={"similarity index", "feature index", INCOMPLETE_INDEX}, option="--store")
+    runner = make_backend(backend, address=address, workers=workers)
     extractor_config, similarity_config = _split_sets(sets)
     similarity_config.update(_set_fields(search=search, n_probe=n_probe))
     data_spec = {
@@ -133,21 +171,24 @@ def index_cmd(
         "resize": resize,
         "data_root": str(data_root) if data_root is not None else None,
     }
-    attributor, train, record = build_similarity_index(
-        extractor,
-        store,
-        data_spec,
-        extractor_config=extractor_config,
-        weights=str(checkpoint) if checkpoint is not None else None,
-        mapper=str(mapper) if mapper is not None else None,
-        similarity_config=similarity_config,
-        faiss=faiss,
-    )
+    options: dict[str, Any] = {
+        "extractor_config": extractor_config,
+        "weights": str(checkpoint) if checkpoint is not None else None,
+        "mapper": str(mapper) if mapper is not None else None,
+        "similarity_config": similarity_config,
+        "faiss": faiss,
+    }
+    if backend == "ray" or is_collection_only(data):
+        attributor, images, record = index_collection(extractor, store, data_spec, runner, **options)
+        n_train = len(images)
+    else:
+        attributor, train, record = build_similarity_index(extractor, store, data_spec, **options)
+        n_train = len(train)
     channels, image_size, _ = record.state["image_shape"]
     summary = {
         "store": str(store),
         "method": attributor.method,
-        "n_train": len(train),
+        "n_train": n_train,
         "image_size": image_size,
         "channels": channels,
         "feature_dim": attributor.index_.dim if attributor.index_ is not None else None,

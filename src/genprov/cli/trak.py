@@ -2,7 +2,8 @@
 
 ``featurize`` writes the training set's projected gradient features into a resumable store (re-run the
 same command after a crash to finish it); ``score`` attributes query images against a store (JSON + an
-HTML gallery); ``lds`` measures a store's attribution against an LDS benchmark (such as the one
+HTML gallery); ``lds-benchmark`` builds an LDS benchmark (subset models trained and measured one task each, here
+or on Ray, resumable per model); ``lds`` measures a store's attribution against such a benchmark (or the one
 ``genprov reproduce dtrak`` writes). Method settings come from ``genprov.attribution.data.TRAKConfig``:
 the flags set the common ones, ``--set KEY=VALUE`` any other.
 
@@ -32,24 +33,28 @@ from genprov.cli.common import (
     console,
     emit,
     handle_errors,
+    merge_dicts,
     parse_sets,
 )
 from genprov.data import ImageDataset, load_dataset, load_images
 from genprov.data.conditioned import ConditionedExamples
 from genprov.data.images import IMAGE_EXTENSIONS
 from genprov.eval.lds import LDSBenchmark, evaluate_lds, pixel_similarity
+from genprov.eval.lds_benchmark import BENCHMARK_FILE, LDSBenchmarkConfig, LDSPlan, build_lds_benchmark
 from genprov.exceptions import CheckpointError, ConfigError, DataError
 from genprov.models.checkpoints import load_checkpoint
-from genprov.models.diffusion import DDPM
+from genprov.models.diffusion import DDPM, DDPMConfig
 from genprov.models.t2i import LORA_PARAMETER_GLOBS, captions_for, encode_examples, is_pipeline_folder, open_pipeline
 from genprov.models.t2i.captions import read_captions_file
+from genprov.models.train_config import TrainConfig
+from genprov.models.training import default_train_config
 from genprov.report import Figure, Gallery, Report, Section, Table
 from genprov.report.blocks import INFLUENCE_LABELS
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
 from genprov.storage.shards import BACKENDS, make_backend
 from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder
-from genprov.utils.io import atomic_write_json
+from genprov.utils.io import atomic_write_json, read_json
 
 app = typer.Typer(
     help="Data attribution for diffusion models with TRAK and D-TRAK: featurize a training set, then ask which "
@@ -535,3 +540,187 @@ def lds_cmd(
         emit(results, as_json=True)
     else:
         emit(rows, as_json=False, title="LDS (test queries)")
+
+
+#: The output folder kind 'genprov trak lds-benchmark' resumes (its results.json).
+_LDS_BENCHMARK_OUTPUT = "output of 'genprov trak lds-benchmark'"
+
+
+def _ddpm_recipe(model: Path) -> tuple[DDPMConfig, TrainConfig]:
+    """The architecture and training recipe of ``--model``: a DDPM checkpoint folder (its recorded configs; the
+    recommended recipe if it records none) or a JSON file ``{"model": {...}, "training": {...}}`` (training
+    optional) or of DDPMConfig fields."""
+    if model.is_dir():
+        ckpt = load_checkpoint(model)
+        if not isinstance(ckpt.model_config, DDPMConfig):
+            raise CheckpointError(
+                f"{model} holds a {ckpt.kind!r} checkpoint; 'genprov trak lds-benchmark' trains DDPMs (give a DDPM "
+                "checkpoint or a JSON file of its config)."
+            )
+        return ckpt.model_config, ckpt.training_config or default_train_config(ckpt.model_config)
+    if model.suffix.lower() != ".json" or not model.is_file():
+        raise ConfigError(
+            f"--model {model}: expected a DDPM checkpoint folder (genprov train ddpm) or a .json file with its "
+            'config ({"model": {...DDPMConfig...}, "training": {...TrainConfig...}}); no such folder or file.'
+        )
+    try:
+        data = read_json(model)
+    except ValueError as err:
+        raise ConfigError(f"--model {model} is not valid JSON ({err}); fix the file.") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model {model} must hold a JSON object; got {type(data).__name__}.")
+    model_cfg = DDPMConfig.from_dict(data.get("model", data))
+    training = data.get("training") if "model" in data else None
+    return model_cfg, TrainConfig.from_dict(training) if training is not None else default_train_config(model_cfg)
+
+
+@app.command("lds-benchmark")
+@handle_errors
+def lds_benchmark_cmd(
+    data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="The subset models' architecture and training recipe: a DDPM checkpoint folder (its recorded model "
+        "and training configs; its weights are not used: every subset model trains from scratch) or a JSON file "
+        '{"model": {...DDPMConfig...}, "training": {...TrainConfig...}} (training optional).',
+    ),
+    queries: list[str] = typer.Option(
+        ...,
+        "--queries",
+        help="Real query images (held-out images): image files, a folder, an .npz or a dataset name; repeatable.",
+    ),
+    generated: list[str] = typer.Option(
+        [],
+        "--generated",
+        help="Generated query images (e.g. genprov sample's samples.npz), kind 'generated'; repeatable.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help=f"Folder for {BENCHMARK_FILE}, results.json and the resumable losses store losses/ (run the same "
+        "command again to resume).",
+    ),
+    split: str = typer.Option("train", "--split", help="Dataset split of the training images."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a seeded random subset of N training images."),
+    query_split: str = typer.Option(
+        "test", "--query-split", help="Split when --queries names a dataset (or a folder with splits)."
+    ),
+    n_queries: int | None = typer.Option(
+        None, "--n-queries", min=1, help="Seeded random subset of a named query dataset (folders and files whole)."
+    ),
+    n_subsets: int = config_option(LDSBenchmarkConfig, "n_subsets", "--subsets", min=3),
+    n_seeds: int = config_option(LDSBenchmarkConfig, "n_seeds", "--seeds", min=1),
+    subset_fraction: float = config_option(LDSBenchmarkConfig, "subset_fraction", "--subset-fraction"),
+    train_epochs: int = config_option(LDSBenchmarkConfig, "train_epochs", "--epochs", min=1),
+    eval_draws: int = config_option(LDSBenchmarkConfig, "eval_draws", "--draws", min=1),
+    keep_models: bool = typer.Option(
+        False,
+        "--keep-models",
+        help="Also keep each model trained by this run as a checkpoint folder in --out/models/ (written by the "
+        "driver from what its task returns, so Ray workers need no shared file system).",
+    ),
+    backend: str = typer.Option(
+        "inprocess",
+        "--backend",
+        help=f"Where the models train: {' or '.join(BACKENDS)} (one Ray task per model; needs genprov's 'ray' "
+        "extra). The benchmark is the same either way.",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
+        "cluster's head; default: a local Ray with --workers CPUs.",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: models trained at once (one CPU each)."),
+    sets: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Any LDSBenchmarkConfig parameter, KEY=VALUE (JSON values), e.g. --set train_steps=600; the training "
+        "recipe under training., e.g. --set training.lr=1e-4 --set training.batch_size=32.",
+    ),
+    seed: int = SEED_OPTION,
+    data_root: Path | None = DATA_ROOT_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build an LDS benchmark: DDPMs trained on random subsets of the training set, their losses on the queries.
+
+    Trains --seeds models on each of --subsets random subsets (each --subset-fraction of the training images;
+    model j of every subset trains with the same derived seed) with the recipe of --model for --epochs epochs,
+    and measures each model's diffusion loss on every query, averaged over --draws fixed (timestep, noise) pairs.
+    Each model is one task (here, or a Ray task with --backend ray); each finished model's losses are written
+    to --out/losses at once, so a killed run resumes with the missing models only, and a second run on the same
+    --out is refused while one is going. Writes --out/lds_benchmark.npz, which 'genprov trak lds' reads.
+
+    Example: genprov trak lds-benchmark --data digits --model runs/ddpm --queries digits --n-queries 64
+    --generated runs/samples/samples.npz --subsets 64 --seeds 3 --epochs 200 --draws 1000 --out runs/lds-bench
+
+    On a Ray cluster: add --backend ray --address auto --workers 64 on the head node.
+    """
+    check_output_folder(out, accept={_LDS_BENCHMARK_OUTPUT})
+    runner = make_backend(backend, address=address, workers=workers)
+    model_cfg, recipe = _ddpm_recipe(model)
+    size, channels = model_cfg.image_size, model_cfg.channels
+    data_spec = {
+        "name": data,
+        "split": split,
+        "n": n,
+        "seed": seed,
+        "resize": size,
+        "data_root": str(data_root) if data_root is not None else None,
+    }
+    train = load_dataset(**data_spec)  # type: ignore[arg-type]
+    if train.n_channels != channels:
+        raise DataError(f"{data} has {train.n_channels}-channel images but the model takes {channels}.")
+    load = {
+        "size": size,
+        "channels": channels,
+        "split": query_split,
+        "n": n_queries,
+        "seed": seed,
+        "data_root": data_root,
+    }
+    real, names = _query_images(queries, **load)  # type: ignore[arg-type]
+    parts, kinds = [real], ["real"] * len(real)
+    if generated:
+        fake, fake_names = _query_images(generated, **load)  # type: ignore[arg-type]
+        parts.append(fake)
+        names, kinds = names + fake_names, kinds + ["generated"] * len(fake)
+    base = {
+        "n_subsets": n_subsets,
+        "n_seeds": n_seeds,
+        "subset_fraction": subset_fraction,
+        "train_epochs": train_epochs,
+        "eval_draws": eval_draws,
+        "seed": seed,
+        "training": recipe.to_dict(),
+    }
+    config = LDSBenchmarkConfig.from_dict(merge_dicts(base, parse_sets(sets)))
+    plan = LDSPlan.make(config, model_cfg, train.images, torch.cat(parts), kinds=kinds)
+    bench = build_lds_benchmark(plan, out / "losses", runner, models=out / "models" if keep_models else None)
+    bench.save(out / BENCHMARK_FILE)
+    summary = {
+        "benchmark": str(out / BENCHMARK_FILE),
+        "n_train": len(train),
+        "queries": {kind: int((bench.kinds == kind).sum()) for kind in sorted(set(kinds))},
+        "subsets": plan.n_subsets,
+        "seeds": plan.n_seeds,
+        "models": plan.n_models,
+        "kept models": str(out / "models") if keep_models else None,
+        "backend": runner.name,
+    }
+    atomic_write_json(
+        out / "results.json",
+        {
+            "command": "trak lds-benchmark",
+            **summary,
+            "model": str(model.resolve()),
+            "ddpm": model_cfg.to_dict(),
+            "data": data_spec,
+            "config": plan.config.to_dict(),
+            "losses_store": str(out / "losses"),
+            "query_names": names,
+            "query_kinds": kinds,
+        },
+    )
+    emit(summary, as_json=as_json, title="LDS benchmark")

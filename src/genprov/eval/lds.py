@@ -14,7 +14,8 @@ The protocol of Park et al., 2023 ("TRAK", def. 2.3) as used for diffusion model
   influencers of a generated image (or k random images), retrain, regenerate from the same noise, and
   measure how far the new image moved. Training the models is the caller's job.
 
-Used by ``genprov trak lds``, ``genprov reproduce dtrak`` and ``genprov reproduce dtrak-t2i``.
+Used by ``genprov trak lds``, ``genprov reproduce dtrak`` and ``genprov reproduce dtrak-t2i``; the benchmark's
+subset models are trained by :mod:`genprov.eval.lds_benchmark` (``genprov trak lds-benchmark``, ``reproduce dtrak``).
 """
 
 from __future__ import annotations
@@ -237,7 +238,10 @@ class LDSBenchmark:
         """
         file = Path(path)
         if not file.is_file():
-            raise DataError(f"{file} does not exist; build a benchmark with 'genprov reproduce dtrak' first.")
+            raise DataError(
+                f"{file} does not exist; build a benchmark with 'genprov trak lds-benchmark' (or 'genprov reproduce "
+                "dtrak') first."
+            )
         with open_npz(file, "an LDS benchmark") as npz:
             missing = [k for k in ("masks", "losses", "queries") if k not in npz.files]
             if missing:

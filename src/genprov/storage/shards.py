@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from genprov.exceptions import ConfigError, DataError, GenprovError, MissingDependencyError
 from genprov.storage.feature_store import FeatureStore
+from genprov.storage.index import FeatureIndex, normalize_rows
 from genprov.utils.progress import progress
 
 __all__ = [
@@ -48,12 +49,14 @@ __all__ = [
     "Backend",
     "InProcessBackend",
     "RayBackend",
+    "ResultHook",
     "Shard",
     "ShardTask",
     "StoreLockedError",
     "driver_lock",
     "import_ray",
     "make_backend",
+    "run_index_shards",
     "run_shards",
     "store_shards",
 ]
@@ -113,6 +116,10 @@ class ShardTask(Protocol):
     """
 
     def __call__(self, start: int, stop: int) -> Mapping[str, np.ndarray]: ...
+
+
+#: The driver's step for a finished shard (``run_shards(on_result=...)``): ``(shard, task's arrays) -> store's arrays``.
+ResultHook = Callable[[Shard, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
 @runtime_checkable
@@ -375,6 +382,7 @@ def run_shards(
     *,
     desc: str = "shards",
     show_progress: bool | None = None,
+    on_result: ResultHook | None = None,
 ) -> list[int]:
     """Compute the store's missing shards with ``task`` on ``backend`` and write each as it finishes.
 
@@ -389,6 +397,9 @@ def run_shards(
         backend: Where shards run (default :class:`InProcessBackend`).
         desc: Progress bar label.
         show_progress: Progress bar over shards.
+        on_result: Run by the driver on each finished shard before the store writes it: it may write what the
+            task returned beside the store (e.g. a trained model's files, which workers never write) and returns
+            the arrays for the store. The shard is marked done only after it returns.
 
     Returns:
         The shards computed by this call, in the order they finished.
@@ -406,10 +417,83 @@ def run_shards(
         results = runner.run(task, shards)
         try:
             for shard, arrays in progress(results, desc=desc, total=len(shards), show=show_progress):
-                store.write_shard(shard.index, arrays)
+                store.write_shard(shard.index, arrays if on_result is None else on_result(shard, arrays))
                 computed.append(shard.index)
         finally:
             close = getattr(results, "close", None)
             if close is not None:
                 close()  # a failed write stops the backend's remaining tasks
     return computed
+
+
+# ------------------------------------------------------------------------------------------ index segments
+
+
+class _SegmentOpenedError(Exception):
+    """Raised by the first row computation :func:`run_index_shards` asks ``FeatureIndex.add_computed`` for."""
+
+
+def _open_segment(start: int, stop: int) -> np.ndarray:
+    raise _SegmentOpenedError
+
+
+@dataclasses.dataclass(frozen=True)
+class _IndexRows:
+    """A task's ``features`` made the rows :meth:`FeatureIndex.add_computed` stores: float32, and unit rows for a
+    cosine index (``normalize_rows``, as the index prepares computed rows), on the worker."""
+
+    task: ShardTask
+    cosine: bool
+
+    def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        import torch
+
+        rows = torch.as_tensor(np.asarray(self.task(start, stop)["features"])).to(torch.float32)
+        return {"features": (normalize_rows(rows) if self.cosine else rows).numpy()}
+
+
+def run_index_shards(
+    index: FeatureIndex,
+    n_rows: int,
+    task: ShardTask,
+    backend: Backend | None = None,
+    *,
+    key: str = "",
+    shard_size: int = 1024,
+    desc: str = "indexing",
+    show_progress: bool | None = None,
+) -> range:
+    """Append ``n_rows`` rows to a feature index, their shards computed by ``task`` on ``backend``; resumable.
+
+    The rows are those :meth:`FeatureIndex.add_computed` would store for ``compute = task(start, stop)["features"]``
+    (same segment, same shards, same normalisation), computed by the backend and written by this driver as each
+    shard finishes, under the index's :func:`driver_lock` (and the segment's). An unfinished last segment with the
+    same ``key`` and ``n_rows`` is resumed: only its missing shards are computed.
+
+    Args:
+        index: An opened index (:meth:`FeatureIndex.create`).
+        n_rows: Rows to append (numbered from 0 for ``task``).
+        task: Computes ``{"features": (stop - start, dim)}`` of rows ``[start, stop)``.
+        backend: Where shards run (default :class:`InProcessBackend`).
+        key: The segment's label (e.g. a data fingerprint); a resumed segment must carry the same.
+        shard_size: Rows per shard of a new segment.
+        desc: Progress bar label.
+        show_progress: Progress bar over shards.
+
+    Returns:
+        The index rows the new rows got.
+
+    Raises:
+        StoreLockedError: Another driver is filling the index.
+        StoreMismatchError: The last segment is unfinished and belongs to another ``key`` or size.
+    """
+    with driver_lock(index.path):
+        try:  # creates the segment (or finds the unfinished one) and stops at its first missing shard
+            return index.add_computed(n_rows, _open_segment, key=key, shard_size=shard_size, show_progress=False)
+        except _SegmentOpenedError:
+            pass
+        segments = index.segments
+        store = FeatureStore.open(index.path / "segments" / str(segments[-1]["name"]))
+        run_shards(store, _IndexRows(task, index.metric == "cosine"), backend, desc=desc, show_progress=show_progress)
+    first = sum(int(s["n_rows"]) for s in segments[:-1])
+    return range(first, first + int(n_rows))

@@ -10,7 +10,10 @@ finish (given the same torch threads per worker as the driver).
 On a Ray worker the task rebuilds the attributor once per worker process: from the model's checkpoint folder
 (:func:`genprov.models.checkpoints.checkpoint_source`) or pipeline folder (:class:`ModelSource`), or, for a model
 built in memory, from the module carried in the task through Ray's object store; it then checks the model's
-fingerprint against the store's, so a checkpoint changed since the driver opened it is refused.
+fingerprint against the store's, so a checkpoint changed since the driver opened it is refused. A task's examples
+may be a resolved :class:`~genprov.data.collections.CollectionSpec` instead of the images: each task then reads
+its own range of the collection (an image folder, tar shards, parquet, ...), and the images never travel to the
+workers.
 
 Example:
     >>> ddpm = load_checkpoint("runs/ddpm").model  # doctest: +SKIP
@@ -32,6 +35,7 @@ from torch import nn
 
 from genprov.attribution.data.base import StoreLike, TrainingSet, training_images
 from genprov.attribution.data.trak import Examples, TRAKAttributor, TRAKConfig
+from genprov.data.collections import CollectionSpec, open_collection
 from genprov.data.conditioned import ConditionedExamples
 from genprov.exceptions import StoreMismatchError
 from genprov.models.checkpoints import checkpoint_source, load_checkpoint
@@ -90,7 +94,8 @@ class TRAKShardTask:
 
     Attributes:
         config: The attributor's config.
-        examples: The training examples (images, or latents with contexts), indexed by position.
+        examples: The training examples (images, or latents with contexts), indexed by position; or a resolved image
+            collection the task reads its range of (``genprov.data.collections``).
         fingerprint: The model fingerprint the store was created for (checked on the worker).
         source: Where workers reopen the model; ``None``: use ``model``.
         model: The model itself, when it has no source (sent through Ray's object store).
@@ -98,7 +103,7 @@ class TRAKShardTask:
     """
 
     config: TRAKConfig
-    examples: Examples
+    examples: Examples | CollectionSpec
     fingerprint: str
     source: ModelSource | None = None
     model: nn.Module | None = None
@@ -144,7 +149,13 @@ class TRAKShardTask:
 
     def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """The features of examples ``[start, stop)``, their noise keyed by the example indices."""
-        features = self.attributor().featurize(self.examples[start:stop], torch.arange(start, stop))
+        examples = self.examples
+        batch = (
+            open_collection(examples).read(start, stop)
+            if isinstance(examples, CollectionSpec)
+            else examples[start:stop]
+        )
+        features = self.attributor().featurize(batch, torch.arange(start, stop))
         return {"features": features.numpy()}
 
 

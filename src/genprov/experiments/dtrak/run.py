@@ -1,6 +1,7 @@
 """The runner of ``genprov reproduce dtrak`` (registered in :data:`~genprov.experiments.base.EXPERIMENTS`):
-trains the DDPM, the LDS subset models and the counterfactual retrains, scores every method and returns a
-:class:`DTRAKResult`."""
+trains the DDPM and the counterfactual retrains, builds the LDS benchmark with the library's
+:func:`~genprov.eval.lds_benchmark.build_lds_benchmark` (the one ``genprov trak lds-benchmark`` runs), scores every
+method and returns a :class:`DTRAKResult`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import dataclasses
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,21 @@ import torch
 from torch import Tensor
 
 from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig, unrelated_feature_cosine
-from genprov.data import ConditionedExamples, ImageDataset, load_train_test, random_subsets
+from genprov.data import ConditionedExamples, ImageDataset, load_train_test
 from genprov.eval.lds import (
-    EvalDraws,
     LDSBenchmark,
     counterfactual_metrics,
     counterfactual_removals,
     evaluate_lds,
     lds_vs_benchmark_size,
-    measure_losses,
     pixel_similarity,
+)
+from genprov.eval.lds_benchmark import (
+    BENCHMARK_FILE,
+    LOG_POINTS,
+    LDSBenchmarkConfig,
+    LDSPlan,
+    build_lds_benchmark,
 )
 from genprov.eval.stats import MeanCI
 from genprov.exceptions import DataError
@@ -52,9 +58,9 @@ from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_sample
 from genprov.models.train_config import TrainConfig
 from genprov.models.training import default_train_config, train_classifier, train_ddpm
-from genprov.utils.io import atomic_save_npz
+from genprov.storage.shards import Backend, InProcessBackend, Shard, ShardTask
 from genprov.utils.progress import progress
-from genprov.utils.seeding import derive_seed, numpy_rng
+from genprov.utils.seeding import numpy_rng
 
 __all__ = [
     "BENCHMARK_FILE",
@@ -71,15 +77,10 @@ log = logging.getLogger(__name__)
 
 #: The two methods compared, with their output functions.
 METHODS = (("TRAK", "loss"), ("D-TRAK", "squared-l2-norm"))
-#: The LDS benchmark a run writes (masks, losses and queries, readable by ``genprov trak lds``).
-BENCHMARK_FILE = "lds_benchmark.npz"
-_LOSS_CACHE = "query_losses.npz"
 #: The recipe of the earlier genprov runs, whose caches (``models/``, ``stores/``) are reused where they lie.
 _EARLIER_TAG = "genprov-v1-ema-s600-b32"
 #: Training state is saved every this many steps, so a killed run resumes its models mid-training.
 _CHECKPOINT_EVERY = 500
-#: Loss-log points per model (the report's curve).
-_LOG_POINTS = 100
 #: The loss has plateaued when the mean of its last tenth of the log is within this fraction of the tenth before.
 PLATEAU_TOLERANCE = 0.02
 
@@ -99,19 +100,18 @@ def _feature_cosine(features: Callable[[Tensor], Tensor], queries: Tensor, train
 
 @dataclasses.dataclass
 class _Job:
-    """One DDPM to train (cached in ``out_dir``), then measure and/or sample."""
+    """One DDPM to train (cached in ``out_dir``), then sample."""
 
     out_dir: str
     model_config: dict[str, Any]
     train_config: dict[str, Any]
     images: Tensor
-    draws: EvalDraws | None = None
     sample_indices: tuple[int, ...] = ()
     sample_seed: int = 0
 
 
 def _run_job(job: _Job) -> dict[str, Any]:
-    """Train (or reuse) the job's model; return its query losses and requested samples."""
+    """Train (or reuse) the job's model; return its training log and requested samples."""
     torch.set_num_threads(1)
     model_cfg = DDPMConfig.from_dict(job.model_config)
     result = train_ddpm(
@@ -119,18 +119,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
     )
     model = result.model
     assert isinstance(model, DDPM)
-    out: dict[str, Any] = {"losses": None, "samples": None, "log": result.log}
-    if job.draws is not None:
-        cache = Path(job.out_dir) / _LOSS_CACHE
-        key = job.draws.fingerprint()
-        if cache.is_file():
-            with np.load(cache, allow_pickle=False) as npz:
-                if str(npz["key"]) == key:
-                    out["losses"] = npz["losses"]
-        if out["losses"] is None:
-            losses = measure_losses(model, job.draws)
-            atomic_save_npz(cache, {"losses": losses, "key": np.array(key)})
-            out["losses"] = losses
+    out: dict[str, Any] = {"samples": None, "log": result.log}
     if job.sample_indices:
         out["samples"] = torch.cat(
             [ddpm_sample(model, 1, seed=job.sample_seed, start=i, show_progress=False) for i in job.sample_indices]
@@ -147,6 +136,35 @@ def _run_jobs(jobs: Sequence[_Job], n_workers: int, desc: str, show: bool | None
         return list(progress(pool.map(_run_job, jobs), desc=desc, total=len(jobs), show=show))
 
 
+@dataclasses.dataclass(frozen=True)
+class _ProcessPool:
+    """A shard backend of ``workers`` spawned processes (the run's ``n_workers``, as :func:`_run_jobs`; no Ray)."""
+
+    workers: int
+    name: str = "processes"
+
+    def run(self, task: ShardTask, shards: Sequence[Shard]) -> Iterator[tuple[Shard, Mapping[str, np.ndarray]]]:
+        """Compute the shards in the pool; yield each as it finishes."""
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            pending: dict[Future[Mapping[str, np.ndarray]], Shard] = {
+                pool.submit(task, shard.start, shard.stop): shard for shard in shards
+            }
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield pending.pop(future), future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def _backend(n_workers: int) -> Backend:
+    """Where the LDS models train: here with one worker, else in ``n_workers`` spawned processes."""
+    return InProcessBackend() if n_workers <= 1 else _ProcessPool(n_workers)
+
+
 # ------------------------------------------------------------------------------------------ the run
 
 
@@ -157,8 +175,38 @@ def _train_recipe(
     model_cfg = DDPMConfig.preset(cfg.preset, image_size=cfg.image_size, channels=channels)
     values = train_config_values(cfg, n_images, seed)
     steps = values["n_steps"]
-    train_cfg = TrainConfig(**values, checkpoint_every=_CHECKPOINT_EVERY, log_every=max(1, steps // _LOG_POINTS))
+    train_cfg = TrainConfig(**values, checkpoint_every=_CHECKPOINT_EVERY, log_every=max(1, steps // LOG_POINTS))
     return model_cfg, train_cfg.to_dict()
+
+
+def _lds_benchmark(
+    cfg: DTRAKExperimentConfig,
+    train: ImageDataset,
+    queries: Tensor,
+    kinds: np.ndarray,
+    models: Path,
+    stores: Path,
+    show: bool | None,
+) -> LDSBenchmark:
+    """The run's LDS benchmark, built by the library (:func:`~genprov.eval.lds_benchmark.build_lds_benchmark`):
+    ``n_seeds`` models on each of ``n_subsets`` random subsets with the run's recipe and epochs, trained and cached
+    in ``models/subset-SSS-seed-J`` (:func:`~genprov.eval.lds_benchmark.model_name`), their losses in a store of
+    ``stores`` named after the plan (so runs of other settings in the same ``--out`` keep theirs)."""
+    model_cfg, recipe = _train_recipe(cfg, train.n_channels, cfg.seed, len(train))
+    config = LDSBenchmarkConfig(
+        n_subsets=cfg.n_subsets,
+        n_seeds=cfg.n_seeds,
+        subset_fraction=cfg.subset_fraction,
+        train_epochs=cfg.train_epochs,
+        train_steps=cfg.train_steps,
+        eval_draws=cfg.eval_draws,
+        seed=cfg.seed,
+        training=TrainConfig.from_dict(recipe),
+    )
+    plan = LDSPlan.make(config, model_cfg, train.images, queries, kinds=kinds)
+    return build_lds_benchmark(
+        plan, stores / f"lds-losses-{plan.fingerprint()}", _backend(cfg.n_workers), train_dir=models, show_progress=show
+    )
 
 
 def _recipe_tag(cfg: DTRAKExperimentConfig) -> str:
@@ -192,10 +240,6 @@ def _load(cfg: DTRAKExperimentConfig) -> tuple[ImageDataset, ImageDataset]:
     n_real = min(cfg.n_real_queries, len(test_all))
     test = test_all.subset(np.sort(numpy_rng(cfg.seed, "real-queries").choice(len(test_all), n_real, replace=False)))
     return train, test
-
-
-def _seed_of(cfg: DTRAKExperimentConfig, j: int) -> int:
-    return int(derive_seed(cfg.seed, "lds-seed", j) % (2**31))
 
 
 @EXPERIMENTS.register("dtrak", config=DTRAKExperimentConfig)
@@ -272,26 +316,8 @@ def run_dtrak(
     method_scores["feature similarity"] = _feature_cosine(classifier.features, queries, train.images)[None]
     lap("features + scores")
 
-    # LDS benchmark
-    draws = EvalDraws.make(queries, cfg.eval_draws, model_cfg.num_train_timesteps, cfg.seed)
-    subsets = random_subsets(len(train), cfg.n_subsets, cfg.subset_fraction, seed=cfg.seed)
-    masks = np.zeros((cfg.n_subsets, len(train)), dtype=bool)
-    for s, rows in enumerate(subsets):
-        masks[s, rows] = True
-    jobs = [
-        _Job(
-            str(models / f"subset-{s:03d}-seed-{j}"),
-            model_cfg.to_dict(),
-            _train_recipe(cfg, channels, _seed_of(cfg, j), len(subsets[s]))[1],
-            train.images[torch.as_tensor(subsets[s])],
-            draws=draws,
-        )
-        for s in range(cfg.n_subsets)
-        for j in range(cfg.n_seeds)
-    ]
-    measured = _run_jobs(jobs, cfg.n_workers, "LDS models", show_progress)
-    losses = np.stack([m["losses"] for m in measured]).reshape(cfg.n_subsets, cfg.n_seeds, len(queries))
-    bench = LDSBenchmark(masks, losses, queries.numpy(), kinds, val)
+    # LDS benchmark (the validation split is the same: half of each query kind drawn from the seed)
+    bench = _lds_benchmark(cfg, train, queries, kinds, models, stores, show_progress)
     bench.save(out / BENCHMARK_FILE)
     lap("LDS models")
     lds = LDSResult.from_evaluation(
