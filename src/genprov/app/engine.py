@@ -34,6 +34,7 @@ from PIL import Image
 
 from genprov.app.workspace import MANIFEST, Entry, Workspace
 from genprov.attribution.data import TRAKAttributor, TRAKConfig
+from genprov.attribution.data.index_folder import from_collection
 from genprov.attribution.data.similarity import PARTS, SimilarityAttributor
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
 from genprov.data import image_to_tensor, min_image_size, png_roundtrip
@@ -280,7 +281,14 @@ def _load_similarity(ws: Workspace, entry: Entry) -> Analyzer:
         if info.get(part)
     }
     attributor = SimilarityAttributor.from_pretrained(base / "index", moved)
-    attributor.fit(ws.train_images(entry.name), store=attributor.index_)  # checks the training images
+    train = ws.train_images(entry.name)
+    if from_collection(attributor.data_fingerprint_):  # its files were checked when the entry was added
+        if len(train) != attributor.n_train_:
+            raise DataError(
+                f"entry {entry.name!r} indexes {attributor.n_train_} images but holds {len(train)}; add it again."
+            )
+    else:
+        attributor.fit(train, store=attributor.index_)  # checks the training images
     return _SimilarityAnalyzer(entry, attributor)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from genprov.app.engine import ANALYZERS
 from genprov.app.workspace import TRAIN_CAPTIONS, TRAIN_IMAGES, Entry, Workspace
-from genprov.attribution.data.index_folder import read_index_info
+from genprov.attribution.data.index_folder import from_collection, open_similarity_index, read_index_info
 from genprov.attribution.data.similarity import recorded_parts
 from genprov.attribution.model import KeyedGenerators, ModelAttributor
 from genprov.data import ImageDataset, load_dataset
@@ -262,4 +262,6 @@ def add_similarity(
         else:
             parts[part] = source
             info[part] = part
+    if train is None and from_collection(record.state.get("data_fingerprint")):
+        train = open_similarity_index(store)[1].images  # read from the collection, checked against the index
     return _add_with_images(ws, name, "similarity", parts, info, train, data_root, store)

@@ -334,7 +334,7 @@ def open_similarity_index(
         raise DataError(
             f"{store} does not record its training data; reopen it with SimilarityAttributor.from_pretrained."
         )
-    if str(attributor.data_fingerprint_ or "").startswith(COLLECTION_KEY_PREFIX):
+    if from_collection(attributor.data_fingerprint_):
         return attributor, _collection_training_data(store, data, attributor), record
     train = _load_training_data(data)
     if attributor.n_train_ != len(train):
@@ -344,6 +344,12 @@ def open_similarity_index(
         )
     attributor.fit(train, store=attributor.index_, show_progress=False)  # reuses the index; checks spec and data
     return attributor, train, record
+
+
+def from_collection(data_fingerprint: str | None) -> bool:
+    """Whether an index with this recorded data fingerprint was built from an image collection
+    (:func:`index_collection`: its fingerprint names the collection's files, not the pixels)."""
+    return str(data_fingerprint or "").startswith(COLLECTION_KEY_PREFIX)
 
 
 def _collection_training_data(
