@@ -75,6 +75,7 @@ __all__ = [
     "check_claims",
     "evaluate_extractors",
     "load_pool_and_heldout",
+    "protocol_scores",
     "retrieval_metrics",
     "run_similarity",
 ]
@@ -286,9 +287,11 @@ def _featurize(extractor: FeatureExtractor, bench: CustomizationBench, out: Path
     return feats
 
 
-def _protocol_scores(
+def protocol_scores(
     feats: BenchFeatures, bench: CustomizationBench, case: int, queries: Tensor, protocol: str
 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Scores of ``queries`` against a protocol's candidates for ``case`` and each query's positive columns:
+    ``"A"`` ranks the pool + the case's own exemplars, ``"B"`` the pool + every exemplar."""
     n_pool = len(feats.pool)
     rows = bench.ex_rows[case]
     if protocol == "A":
@@ -308,14 +311,14 @@ def _evaluate(feats: BenchFeatures, bench: CustomizationBench) -> dict[str, Any]
         tags["role"].extend([bench.roles[i]] * len(bench.samples[i]))
         tags["kind"].extend([case.kind] * len(bench.samples[i]))
         for protocol in PROTOCOLS:
-            s, pos = _protocol_scores(feats, bench, i, feats.samples[i], protocol)
+            s, pos = protocol_scores(feats, bench, i, feats.samples[i], protocol)
             for name, values in retrieval_metrics(s, pos).items():
                 per[protocol].setdefault(name, []).append(values)
     control: dict[str, dict[str, float]] = {}
     for protocol in PROTOCOLS:
         collected: dict[str, list[np.ndarray]] = {}
         for j, case in enumerate(bench.control_case):
-            s, pos = _protocol_scores(feats, bench, int(case), feats.control[j : j + 1], protocol)
+            s, pos = protocol_scores(feats, bench, int(case), feats.control[j : j + 1], protocol)
             for name, values in retrieval_metrics(s, pos).items():
                 collected.setdefault(name, []).append(values)
         control[protocol] = _summary({k: np.concatenate(v) for k, v in collected.items()})

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from genprov.data import ImageDataset
@@ -20,7 +19,6 @@ from genprov.eval.customization import (
     CustomizationBench,
     case_roles,
     exemplar_nn_rates,
-    similarity_scores,
 )
 from genprov.exceptions import DataError
 from genprov.experiments.base import EXPERIMENTS, Laps, start_run
@@ -39,6 +37,7 @@ from genprov.experiments.similarity.run import (
     check_claims,
     evaluate_extractors,
     load_pool_and_heldout,
+    protocol_scores,
     retrieval_metrics,
 )
 from genprov.experiments.similarity_t2i.config import SimilarityT2IExperimentConfig
@@ -85,17 +84,14 @@ def kind_control(feats: BenchFeatures, bench: CustomizationBench, kind: str) -> 
     picked = [j for j, c in enumerate(bench.control_case.tolist()) if bench.cases[c].kind == kind]
     if not picked:
         return {}
-    n_pool = len(feats.pool)
     out = {}
     for protocol in PROTOCOLS:
         per_query: dict[str, list[np.ndarray]] = {}
         for j in picked:
-            rows = bench.ex_rows[int(bench.control_case[j])]
-            own = feats.exemplars[torch.as_tensor(rows)]
-            candidates = torch.cat([feats.pool, own if protocol == "A" else feats.exemplars])
-            positives = n_pool + (np.arange(len(rows)) if protocol == "A" else rows)
-            scores = similarity_scores(feats.control[j : j + 1], candidates)
-            for name, values in retrieval_metrics(scores, [positives]).items():
+            scores, positives = protocol_scores(
+                feats, bench, int(bench.control_case[j]), feats.control[j : j + 1], protocol
+            )
+            for name, values in retrieval_metrics(scores, positives).items():
                 per_query.setdefault("mAP" if name == "ap" else name, []).append(values)
         out[protocol] = RetrievalMetrics.from_dict({k: float(np.concatenate(v).mean()) for k, v in per_query.items()})
     return out
