@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -100,3 +100,13 @@ def file_mtimes() -> Callable[..., dict[str, int]]:
     Checks that a re-run reused its cache (nothing rewritten) without timing anything.
     """
     return _file_mtimes
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray of 2 CPUs without dashboard, for one test module (``pytestmark = [pytest.mark.ray,
+    pytest.mark.usefixtures("ray_cluster")]``); Ray is part of the dev extra, so these tests run rather than skip."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -29,6 +29,7 @@ from genprov.config import Config
 from genprov.exceptions import ConfigError, GenprovError
 
 __all__ = [
+    "ADDRESS_OPTION",
     "DATA_ROOT_OPTION",
     "JSON_OPTION",
     "SEED_OPTION",
@@ -50,6 +51,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SEED_OPTION = typer.Option(0, "--seed", help="Seed for every random choice; the same seed gives the same numbers.")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of a table.")
+#: ``--address`` of every command with ``--backend ray`` (``storage.shards.make_backend``).
+ADDRESS_OPTION = typer.Option(
+    None,
+    "--address",
+    help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
+    "cluster's head; default: a local Ray with --workers CPUs.",
+)
 DATA_ROOT_OPTION = typer.Option(
     None,
     "--data-root",

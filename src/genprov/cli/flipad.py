@@ -33,6 +33,7 @@ from genprov.attribution.model.score_shards import (
     score_collection,
 )
 from genprov.cli.common import (
+    ADDRESS_OPTION,
     DATA_ROOT_OPTION,
     JSON_OPTION,
     SEED_OPTION,
@@ -247,12 +248,7 @@ def score_cmd(
         help=f"Where the images are scored: {' or '.join(BACKENDS)} (Ray tasks that read a range of the collection "
         "and reopen the detector; needs genprov's 'ray' extra). The scores are the same either way.",
     ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
-        "cluster's head; default: a local Ray with --workers CPUs.",
-    ),
+    address: str | None = ADDRESS_OPTION,
     workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards scored at once."),
     store: Path | None = typer.Option(
         None,

@@ -38,6 +38,7 @@ from genprov.attribution.data.index_folder import (
 from genprov.attribution.data.mapper import TuningConfig
 from genprov.attribution.data.similarity import SimilarityAttributor, SimilarityConfig
 from genprov.cli.common import (
+    ADDRESS_OPTION,
     DATA_ROOT_OPTION,
     JSON_OPTION,
     SEED_OPTION,
@@ -137,12 +138,7 @@ def index_cmd(
         help=f"Where the shards are embedded: {' or '.join(BACKENDS)} (Ray tasks that read their range of --data and "
         "rebuild the extractor; needs genprov's 'ray' extra). The features are the same either way.",
     ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
-        "cluster's head; default: a local Ray with --workers CPUs.",
-    ),
+    address: str | None = ADDRESS_OPTION,
     workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards embedded at once."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,

@@ -26,6 +26,7 @@ import typer
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
 from genprov.attribution.data.trak_shards import ModelSource, featurize_sharded
 from genprov.cli.common import (
+    ADDRESS_OPTION,
     DATA_ROOT_OPTION,
     JSON_OPTION,
     SEED_OPTION,
@@ -110,6 +111,25 @@ def _is_pipeline(model: Path, lora: Path | None, captions: str | None) -> bool:
             f"--captions is for a text-to-image pipeline; {model} is not one (no model_index.json): drop --captions."
         )
     return False
+
+
+def _training_set(
+    data: str, split: str | None, n: int | None, seed: int, data_root: Path | None, size: int, channels: int
+) -> tuple[dict[str, Any], ImageDataset]:
+    """The training images at the model's size (and the ``load_dataset`` arguments a store records), checked
+    against the model's channels."""
+    data_spec = {
+        "name": data,
+        "split": split,
+        "n": n,
+        "seed": seed,
+        "resize": size,
+        "data_root": str(data_root) if data_root is not None else None,
+    }
+    train = load_dataset(**data_spec)  # type: ignore[arg-type]
+    if train.n_channels != channels:
+        raise DataError(f"{data} has {train.n_channels}-channel images but the model takes {channels}.")
+    return data_spec, train
 
 
 def _encode_train(pipe: Any, train: ImageDataset, captions: str) -> ConditionedExamples:
@@ -203,12 +223,7 @@ def featurize_cmd(
         help=f"Where the shards are computed: {' or '.join(BACKENDS)} (Ray tasks that reopen --model; needs "
         "genprov's 'ray' extra). The features are the same either way.",
     ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
-        "cluster's head; default: a local Ray with --workers CPUs.",
-    ),
+    address: str | None = ADDRESS_OPTION,
     workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards computed at once."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
@@ -233,17 +248,7 @@ def featurize_cmd(
     else:
         ddpm = _ddpm(model)
         size, channels = ddpm.config.image_size, ddpm.config.channels
-    data_spec = {
-        "name": data,
-        "split": split,
-        "n": n,
-        "seed": seed,
-        "resize": size,
-        "data_root": str(data_root) if data_root is not None else None,
-    }
-    train = load_dataset(**data_spec)  # type: ignore[arg-type]
-    if train.n_channels != channels:
-        raise DataError(f"{data} has {train.n_channels}-channel images but the model takes {channels}.")
+    data_spec, train = _training_set(data, split, n, seed, data_root, size, channels)
     base = {
         "output_function": output_function,
         "n_timesteps": n_timesteps,
@@ -626,12 +631,7 @@ def lds_benchmark_cmd(
         help=f"Where the models train: {' or '.join(BACKENDS)} (one Ray task per model; needs genprov's 'ray' "
         "extra). The benchmark is the same either way.",
     ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="--backend ray: 'auto' (the cluster 'ray start --head' started on this machine) or HOST:PORT of a "
-        "cluster's head; default: a local Ray with --workers CPUs.",
-    ),
+    address: str | None = ADDRESS_OPTION,
     workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: models trained at once (one CPU each)."),
     sets: list[str] = typer.Option(
         [],
@@ -661,17 +661,7 @@ def lds_benchmark_cmd(
     runner = make_backend(backend, address=address, workers=workers)
     model_cfg, recipe = _ddpm_recipe(model)
     size, channels = model_cfg.image_size, model_cfg.channels
-    data_spec = {
-        "name": data,
-        "split": split,
-        "n": n,
-        "seed": seed,
-        "resize": size,
-        "data_root": str(data_root) if data_root is not None else None,
-    }
-    train = load_dataset(**data_spec)  # type: ignore[arg-type]
-    if train.n_channels != channels:
-        raise DataError(f"{data} has {train.n_channels}-channel images but the model takes {channels}.")
+    data_spec, train = _training_set(data, split, n, seed, data_root, size, channels)
     load = {
         "size": size,
         "channels": channels,

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import ray
 from lds_fixtures import CLI_ARGS, checkpoint, images, plan, queries, reference  # noqa: F401
 from typer.testing import CliRunner
 
@@ -25,15 +23,7 @@ from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
 from genprov.storage.shards import RayBackend
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster() -> Iterator[None]:
-    """A local Ray of 2 CPUs without dashboard, for this module only."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
 
 def test_one_and_two_workers_give_the_losses_of_one_process(plan, reference, tmp_path) -> None:

@@ -8,10 +8,8 @@ its saved artefact). Ray is part of the dev extra (``make test`` installs it), s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-import ray
 import torch
 from collection_fixtures import EXTRACTOR, SIMILARITY, digits_folder, digits_tars, reference  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
@@ -21,15 +19,7 @@ from genprov.cli.similarity import app
 from genprov.storage import FeatureIndex
 from genprov.storage.shards import RayBackend
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster() -> Iterator[None]:
-    """A local Ray of 2 CPUs without dashboard, for this module only."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
 
 def test_one_and_two_workers_give_the_in_process_features(digits_folder, digits_tars, reference, tmp_path) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import ray
 from shard_fixtures import CONFIG, checkpoint, reference, train  # noqa: F401 (fixtures, used by name)
 from typer.testing import CliRunner
 
@@ -27,15 +25,7 @@ from genprov.models.diffusion import DDPM, DDPMConfig
 from genprov.storage import FeatureStore
 from genprov.storage.shards import DRIVER_LOCK_FILE, RayBackend
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster() -> Iterator[None]:
-    """A local Ray of 2 CPUs without dashboard, for this module only."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
 
 def test_one_and_two_workers_give_the_features_of_one_process(checkpoint, train, reference, tmp_path) -> None:

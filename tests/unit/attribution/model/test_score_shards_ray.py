@@ -8,10 +8,8 @@ part of the dev extra (``make test`` installs it), so these tests run rather tha
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-import ray
 import torch
 from score_fixtures import detector, reference_scores, suspect_tars, suspects  # noqa: F401 (fixtures, used by name)
 from typer.testing import CliRunner
@@ -21,15 +19,7 @@ from genprov.cli.flipad import app
 from genprov.data.collections import collection_spec
 from genprov.storage.shards import RayBackend
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster() -> Iterator[None]:
-    """A local Ray of 2 CPUs without dashboard, for this module only."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
 
 def test_one_and_two_workers_give_the_in_process_scores(detector, suspect_tars, reference_scores) -> None:
