@@ -5,13 +5,20 @@ layers_per_block=2)``, 16x16 digits, random seeded weights) with the same output
 averaged over K=10 timesteps with the same noise per example), project to k dimensions and score the
 same queries with the same lambda. Each run of a method is its own spawned single-threaded process (so its
 peak memory is its own); timings exclude imports and model construction. The timed methods run
-interleaved (floor, genprov, loop, traker, dattri, floor, ...) three times (:mod:`benchmarks.timing`):
+interleaved (floor, genprov, genprov hooks, genprov loop, loop, traker, dattri, floor, ...) three times
+(:mod:`benchmarks.timing`):
 the table gives the median seconds per example with the range, ratios of medians, the median peak, and
 the load average before and after (flagged when it moved by more than 0.5).
 
 - **floor**: one plain batched forward + backward pass over the B x K noisy images of each batch of the
   training set, per example (what any per-example-gradient method must at least pay).
-- **genprov**: ``TRAKAttributor`` (``torch.func`` vmap over grad, sjlt projection block by block).
+- **genprov**: ``TRAKAttributor`` as a user gets it (``per_example="auto"``: on this DDPM, whose parameters are all
+  ``nn.Linear`` / ``nn.Conv2d`` / ``nn.GroupNorm``, the hooks; the mode is in the table), sjlt projection block by
+  block.
+- **genprov hooks**: ``per_example="hooks"``: the exact per-example gradients of a batch of 16 from ONE batched
+  forward + backward pass over its B x K rows with module hooks (``kronecker.per_example_gradients``).
+- **genprov loop**: ``per_example="loop"``: one backward pass per example (its K rows batched), genprov's path
+  for large models before the hooks.
 - **autograd loop**: one backward per example, gradients concatenated, the same sjlt projection.
 - **traker**: ``TRAKer`` on CPU (``BasicProjector``, Gaussian, float32), a custom ``AbstractModelOutput``
   computing the same loss, ``out_to_loss`` = 1 (no Q term, as in D-TRAK).
@@ -21,12 +28,13 @@ Agreement is the Spearman correlation of each method's (n_queries x n_train) sco
 (identity projection, float64 kernel). Peak memory is the process's high-water RSS (``VmHWM``, reset
 after set-up through ``/proc/self/clear_refs``) above its RSS after set-up. Every method runs after one
 plain forward + backward pass (allocator and oneDNN warm-up); genprov's vmap path is warmed on two
-examples. Peers that are not installed are reported as such (install them without their extras, e.g.
+examples (and the hooks on two). Peers that are not installed are reported as such (install them without their extras, e.g.
 ``pip install --no-deps traker dattri``; neither needs torchvision for this).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -64,11 +72,17 @@ def _warm_up(model: Any, train: torch.Tensor) -> None:
     model.zero_grad()
 
 
-def _attributor(model: Any, k: int, damping: float, projector: str = "sjlt") -> Any:
+def _attributor(model: Any, k: int, damping: float, projector: str = "sjlt", per_example: str = "auto") -> Any:
     from genprov.attribution.data.trak import TRAKAttributor, TRAKConfig
 
     config = TRAKConfig(
-        n_timesteps=N_TIMESTEPS, projector=projector, proj_dim=k, damping=damping, batch_size=BATCH, seed=0
+        n_timesteps=N_TIMESTEPS,
+        projector=projector,
+        proj_dim=k,
+        damping=damping,
+        batch_size=BATCH,
+        seed=0,
+        per_example=per_example,
     )
     return TRAKAttributor(model, config=config)
 
@@ -106,13 +120,19 @@ def _floor(model: Any, train: torch.Tensor, noise: torch.Tensor) -> dict[str, An
     return {"seconds_per_example": (time.perf_counter() - start) / len(train)}
 
 
-def _genprov(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damping: float) -> dict[str, Any]:
-    attributor = _attributor(model, k, damping)
-    attributor.featurize(train[:2], torch.arange(2))  # warm the vmap path (not timed)
+def _genprov(
+    model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damping: float, per_example: str = "auto"
+) -> dict[str, Any]:
+    attributor = _attributor(model, k, damping, per_example=per_example)
+    attributor.featurize(train[:2], torch.arange(2))  # warm the gradient path (not timed)
     start = time.perf_counter()
     attributor.fit(train, show_progress=False)
     seconds = time.perf_counter() - start
-    return {"seconds_per_example": seconds / len(train), "scores": attributor.scores(queries).double().numpy()}
+    return {
+        "seconds_per_example": seconds / len(train),
+        "scores": attributor.scores(queries).double().numpy(),
+        "mode": attributor.per_example_mode,
+    }
 
 
 def _exact(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damping: float) -> dict[str, Any]:
@@ -204,6 +224,8 @@ def _dattri(model: Any, train: torch.Tensor, queries: torch.Tensor, k: int, damp
 _METHODS = {
     "floor": _floor,
     "genprov": _genprov,
+    "genprov hooks": functools.partial(_genprov, per_example="hooks"),
+    "genprov loop": functools.partial(_genprov, per_example="loop"),
     "exact": _exact,
     "autograd loop": _loop,
     "traker": _traker,
@@ -273,8 +295,9 @@ def run(quick: bool) -> str:
         per = times[method]
         peak = float(np.median([o["peak_mb"] for o in trials.outputs[method]]))
         agree = f"{_spearman(r['scores'], exact):.3f}" if "scores" in r else "n/a"
+        label = f"{method} ({r['mode']})" if method == "genprov" and "mode" in r else method
         lines.append(
-            f"| {method} | {per.cell('.3f')} | {per.ratio(genprov_time):.2f} | {per.ratio(floor):.2f} | {peak:.0f} "
+            f"| {label} | {per.cell('.3f')} | {per.ratio(genprov_time):.2f} | {per.ratio(floor):.2f} | {peak:.0f} "
             f"| {agree} |"
         )
     for peer in ("traker", "dattri"):

@@ -151,7 +151,7 @@ def _genprov(pipe: Any, train: Any, queries: Any, k: int, damping: float, **kw: 
     return {
         "seconds_per_example": seconds / len(train),
         "scores": attributor.scores(queries).double().numpy(),
-        "mode": "vmap" if attributor.uses_vmap else "loop",
+        "mode": attributor.per_example_mode,
     }
 
 

@@ -9,11 +9,15 @@ paper's code does):
    default; ``"batch-position"`` reproduces the original's coupling, see :data:`NOISE_MODES`), form
    ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` and evaluate an output function ``f`` of
    ``eps_theta(x_t, t)`` (:mod:`~genprov.attribution.data.output_functions`: ``loss`` for TRAK,
-   ``squared-l2-norm`` for D-TRAK). The per-example gradient of ``mean_t f`` with respect to the chosen
-   parameters comes from ``torch.func`` (``vmap`` over ``grad``, the K timesteps of one example forming
-   the inner batch); a parameter name filter (``include`` / ``exclude``) restricts what is differentiated,
-   so the rest of the backward pass is never run. Each gradient is projected block by block to ``k``
-   dimensions (:mod:`~genprov.attribution.data.projectors`) and stored shard by shard in a
+   ``squared-l2-norm`` for D-TRAK). The exact per-example gradient of ``mean_t f`` with respect to the chosen
+   parameters comes from one forward and one backward pass of the ``b x K`` rows of ``batch_size`` examples
+   with module hooks (``per_example="hooks"``, :func:`~genprov.attribution.data.kronecker.per_example_gradients`:
+   ``nn.Linear``, ``nn.Conv2d``, ``nn.GroupNorm`` and ``nn.LayerNorm`` parameters), from ``torch.func``
+   (``"vmap"``: ``vmap`` over ``grad``, the K timesteps of one example forming the inner batch) or from one
+   backward pass per example (``"loop"``); ``"auto"`` picks (see ``TRAKConfig.per_example``). A parameter name
+   filter (``include`` / ``exclude``) restricts what is differentiated, so the rest of the backward pass is never
+   run. Each gradient is projected block by block to ``k`` dimensions
+   (:mod:`~genprov.attribution.data.projectors`) and stored shard by shard in a
    :class:`~genprov.storage.FeatureStore` (resumable; a different config raises
    :class:`~genprov.exceptions.StoreMismatchError`). Under ``projector="kronecker"`` no per-example gradient is
    formed: the ``b x K`` rows of ``batch_size`` examples run through one forward and one backward pass whose
@@ -82,7 +86,16 @@ from genprov.attribution.data.base import (
     check_top_k,
     training_images,
 )
-from genprov.attribution.data.kronecker import KroneckerLayer, kronecker_features, kronecker_layers
+from genprov.attribution.data.kronecker import (
+    HookLayoutError,
+    KroneckerLayer,
+    gradient_layers,
+    hooked_output_values,
+    kronecker_features,
+    kronecker_layers,
+    per_example_gradients,
+    rows_mixing_layer,
+)
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import PROJECTORS, KroneckerProjector, Projector
 from genprov.config import Config, is_int, require
@@ -105,6 +118,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DAMPING_GRID",
+    "HOOKS_MAX_VALUES",
     "LOOP_FROM_PARAMETERS",
     "NOISE_MODES",
     "PER_EXAMPLE",
@@ -137,9 +151,14 @@ SCORINGS = ("trak", "grad-dot", "grad-cos", "relative-if", "renormalized-if")
 #: first rows of the full draw).
 NOISE_MODES = ("per-example", "batch-position")
 #: How per-example gradients are computed (see ``TRAKConfig.per_example``).
-PER_EXAMPLE = ("auto", "vmap", "loop")
-#: Selected parameters from which ``per_example="auto"`` loops over examples instead of vmapping.
+PER_EXAMPLE = ("auto", "vmap", "loop", "hooks")
+#: Selected parameters from which ``per_example="auto"`` loops over examples instead of vmapping (where the hooks
+#: do not cover the selection).
 LOOP_FROM_PARAMETERS = 300_000
+#: Values (per-example gradients of the selected parameters plus the hooked layers' outputs over the K rows of each
+#: example, about 1 GiB in float32) that bound the examples per hooked pass under ``per_example="auto"``: a large model
+#: or large images take fewer examples per pass than ``batch_size`` (down to one, about the loop's memory).
+HOOKS_MAX_VALUES = 1 << 28
 #: Latent pixels (h x w) above which ``per_example="auto"`` loops for a conditional (text-to-image) model: vmap
 #: was faster for LoRA gradients on 8x8 latents and slower on 16x16 ones (``benchmarks/bench_trak_t2i.py``), and its
 #: memory grows with the latents (every example's activations at once).
@@ -185,14 +204,23 @@ class TRAKConfig(Config):
         noise: One of :data:`NOISE_MODES` (``"per-example"``; ``"batch-position"`` is the original's).
         noise_batch: The batch whose positions share noise under ``"batch-position"`` (52, the original's
             ``CIFAR2/scripts/run_grad.sh`` ``--train_batch_size``).
-        batch_size: Examples per vmapped gradient call, or per forward / backward pass under the ``kronecker``
-            projector (memory vs. speed; the numbers are equal up to float rounding); a loop takes one example at a
-            time.
-        per_example: How per-example gradients are taken: ``"vmap"`` (``vmap`` over ``torch.func.grad``,
-            fastest for small models), ``"loop"`` (plain autograd one example at a time: its K timesteps
-            still form one batch; faster and far leaner for models of about 300k parameters and more on a
-            CPU, see ``benchmarks/bench_trak.py``) or ``"auto"`` (``"loop"`` from 300k selected parameters, and
-            for a text-to-image model also above 8x8 latents, :data:`VMAP_MAX_LATENT_PIXELS`).
+        batch_size: Examples per forward / backward pass under ``per_example="hooks"`` and the ``kronecker``
+            projector, or per vmapped gradient call (memory vs. speed; the numbers are equal up to float rounding); a
+            loop takes one example at a time. When ``"auto"`` picks the hooks, a pass takes ``batch_size`` examples
+            or fewer: at most :data:`HOOKS_MAX_VALUES` values of per-example gradients and hooked layer outputs
+            (measured once by a no-grad forward pass of one example).
+        per_example: How per-example gradients are taken: ``"hooks"`` (the exact per-example gradients from ONE
+            forward and ONE backward pass of the batch's ``b x K`` rows with module hooks,
+            :func:`~genprov.attribution.data.kronecker.per_example_gradients`: it covers the weights and biases of
+            ``nn.Linear``, ``nn.Conv2d``, ``nn.GroupNorm`` and ``nn.LayerNorm`` layers (peft LoRA's ``lora_A`` /
+            ``lora_B`` are such layers) and refuses a selection with any other parameter (embeddings, raw
+            parameters, tied weights), naming them: exclude them or loop; a per-example fallback for them would
+            cost the loop it avoids), ``"vmap"`` (``vmap`` over ``torch.func.grad``), ``"loop"`` (plain autograd
+            one example at a time: its K timesteps still form one batch) or ``"auto"``: ``"hooks"`` where they
+            cover every selected parameter and no layer mixes the rows of a batch (BatchNorm without running
+            statistics), else ``"loop"`` from 300k selected parameters (and for a text-to-image model also above
+            8x8 latents, :data:`VMAP_MAX_LATENT_PIXELS`) and ``"vmap"`` below; a model whose hooked layers are
+            not batch-first falls back from ``"hooks"`` to that rule (``benchmarks/bench_trak.py``).
         shard_size: Examples per store shard (the unit of resumption).
         dtype: Storage dtype of the features, ``"float32"`` or ``"float64"``.
     """
@@ -417,6 +445,25 @@ def _score_file(
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _differentiating(model: nn.Module, names: Sequence[str]) -> Iterator[list[Tensor]]:
+    """Only the parameters ``names`` of ``model`` require a gradient while inside (yielded in that order): autograd
+    then records and computes nothing for the others, which are constants of the graph, and the model runs as it is
+    (no ``functional_call``). Every parameter's ``requires_grad`` is restored after; like eval mode while
+    featurizing, the flags are the model's own: do not train the same model from another thread meanwhile.
+    """
+    by_name = dict(model.named_parameters())
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        chosen = [by_name[n].requires_grad_(True) for n in names]
+        yield chosen
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
 class TRAKAttributor(DataAttributor, Pretrained):
     """TRAK / D-TRAK data attribution for a noise-prediction diffusion model.
 
@@ -497,8 +544,20 @@ class TRAKAttributor(DataAttributor, Pretrained):
         params = dict(self.model.named_parameters())
         self._kronecker: list[KroneckerLayer] | None = None
         self._coverage = 1.0
+        self._hooks_failed = False
+        self._hooks_per_pass: int | None = None  # auto: examples per hooked pass (_size_hooked_passes)
         if isinstance(self._projector, KroneckerProjector):
             self._setup_kronecker(params)
+        self._hook_layers, covered = gradient_layers(self.model, self._param_names)
+        self._hooks_uncovered = [n for n in self._param_names if n not in set(covered)]
+        if cfg.per_example == "hooks" and self._hooks_uncovered and self._kronecker is None:
+            left = self._hooks_uncovered
+            raise ConfigError(
+                f"per_example='hooks' takes per-example gradients of nn.Linear, nn.Conv2d, nn.GroupNorm and "
+                f"nn.LayerNorm weights and biases from one batched pass, and {len(left)} selected parameters are "
+                f"none of these (or are shared by several modules): {left[:5]}{' ...' if len(left) > 5 else ''}; "
+                "leave them out (exclude=...), or use per_example='loop' (or 'auto')."
+            )
         self._sizes = {n: params[n].numel() for n in self._param_names}
         self._feature_dim = self._projector.output_dim(self._sizes)
         self._ready = True
@@ -588,13 +647,28 @@ class TRAKAttributor(DataAttributor, Pretrained):
     def _example_output(
         self, params: dict[str, Tensor], x0: Tensor, noise: Tensor, context: Tensor | None = None
     ) -> Tensor:
-        """``mean_t f(eps_theta(x_t, t[, context]))`` for one example x0 (C, H, W), its noise (K, C, H, W) and,
-        for a conditional model, its context (L, D), the same at every timestep."""
-        t = self._t
-        x_t = self._noisy(x0.unsqueeze(0), noise)
-        args = (x_t, t) if context is None else (x_t, t, context.unsqueeze(0).expand(len(t), *context.shape))
-        eps_pred = functional_call(self.model, params, args)
-        return self._output_fn(eps_pred, noise, t, self._schedule_on).mean()
+        """``mean_t f(eps_theta(x_t, t[, context]))`` of the model with ``params`` (``functional_call``, for
+        ``torch.func``) for one example x0 (C, H, W), its noise (K, C, H, W) and, for a conditional model, its
+        context (L, D), the same at every timestep."""
+        return self._rows_loss(x0[None], noise[None], None if context is None else context[None], params)
+
+    def _rows_loss(
+        self, x0: Tensor, noise: Tensor, context: Tensor | None, params: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """``sum over the b x K rows of f / K`` for examples x0 (b, C, H, W), their noise (b, K, C, H, W) and
+        contexts (b, L, D) or ``None``: its gradient restricted to example ``i``'s rows (``i K`` to ``(i + 1) K - 1``)
+        is example ``i``'s gradient of ``mean_t f``. The model runs as it is, or with ``params`` by
+        ``functional_call``."""
+        b, k = len(x0), len(self._t)
+        t = self._t.repeat(b)
+        x_t = self._noisy(x0.unsqueeze(1), noise).flatten(0, 1)
+        args = (
+            (x_t, t)
+            if context is None
+            else (x_t, t, context.unsqueeze(1).expand(b, k, *context.shape[1:]).flatten(0, 1))
+        )
+        eps_pred = self.model(*args) if params is None else functional_call(self.model, params, args)
+        return self._output_fn(eps_pred, noise.flatten(0, 1), t, self._schedule_on).sum() / k
 
     def _noisy(self, x0: Tensor, noise: Tensor) -> Tensor:
         """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` for noise (..., K, C, H, W) of the K timesteps and
@@ -603,16 +677,27 @@ class TRAKAttributor(DataAttributor, Pretrained):
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     @property
-    def uses_vmap(self) -> bool:
-        """Whether per-example gradients are vmapped (else taken one example at a time)."""
+    def per_example_mode(self) -> str:
+        """How :meth:`gradients` takes per-example gradients: ``"hooks"``, ``"vmap"`` or ``"loop"`` (the config's
+        ``per_example``, with ``"auto"`` resolved as :class:`TRAKConfig` says)."""
         self._setup()
-        if self.config.per_example == "auto":
-            small = sum(self._sizes.values()) < LOOP_FROM_PARAMETERS
-            if self.requires_context:
-                side = getattr(getattr(self.model, "config", None), "image_size", None)
-                small = small and side is not None and side * side <= VMAP_MAX_LATENT_PIXELS
-            return small
-        return self.config.per_example == "vmap"
+        mode = self.config.per_example
+        if mode != "auto":
+            return mode
+        if not self._hooks_uncovered and not self._hooks_failed:
+            with self._evaluating():  # as the gradients are taken
+                if rows_mixing_layer(self.model) is None:
+                    return "hooks"
+        small = sum(self._sizes.values()) < LOOP_FROM_PARAMETERS
+        if self.requires_context:
+            side = getattr(getattr(self.model, "config", None), "image_size", None)
+            small = small and side is not None and side * side <= VMAP_MAX_LATENT_PIXELS
+        return "vmap" if small else "loop"
+
+    @property
+    def uses_vmap(self) -> bool:
+        """Whether per-example gradients are vmapped (:attr:`per_example_mode` is ``"vmap"``)."""
+        return self.per_example_mode == "vmap"
 
     def gradients(self, batch: Examples, keys: Sequence[int | str]) -> dict[str, Tensor]:
         """Per-example gradients of ``mean_t f`` for the selected parameters.
@@ -625,17 +710,29 @@ class TRAKAttributor(DataAttributor, Pretrained):
             ``{parameter name: (b, *param_shape)}`` float32 gradients.
         """
         x0, noise, ctx = self._batch_inputs(batch, keys)
-        all_params = dict(self.model.named_parameters())
-        params = {n: all_params[n].detach() for n in self._param_names}
+        mode = self.per_example_mode
         with self._evaluating():
-            if self.uses_vmap:
+            if mode == "hooks":
+                try:
+                    return self._hook_gradients(x0, noise, ctx)
+                except HookLayoutError as err:
+                    if self.config.per_example == "hooks":
+                        raise
+                    self._hooks_failed = True  # auto: the model's layers do not split by example
+                    mode = self.per_example_mode
+                    logger.warning(
+                        "per_example='auto' takes per-example gradients by %s instead of hooks: %s", mode, err
+                    )
+            if mode == "vmap":
+                all_params = dict(self.model.named_parameters())
+                params = {n: all_params[n].detach() for n in self._param_names}
                 fn = vmap(grad(self._example_output), in_dims=(None, 0, 0) if ctx is None else (None, 0, 0, 0))
                 with torch.no_grad(), warnings.catch_warnings():  # grad ignores no_grad; it stops autograd recording
                     # SDPA attention has no vmap batching rule: torch's per-example fallback is expected (and on a
                     # CPU no slower than the plain processor, see models.t2i.denoiser.LatentDenoiser)
                     warnings.filterwarnings("ignore", message="There is a performance drop")
                     return dict(fn(params, x0, noise) if ctx is None else fn(params, x0, noise, ctx))
-            return self._loop_gradients(params, x0, noise, ctx)
+            return self._loop_gradients(x0, noise, ctx)
 
     def _batch_inputs(self, batch: Examples, keys: Sequence[int | str]) -> tuple[Tensor, Tensor, Tensor | None]:
         """The checked examples (b, C, H, W), their noise (b, K, C, H, W) and contexts (b, L, D) or ``None``, on the
@@ -680,49 +777,78 @@ class TRAKAttributor(DataAttributor, Pretrained):
             )
         x0, noise, ctx = self._batch_inputs(batch, keys)
         b, k = len(x0), len(self._t)
-        t = self._t.repeat(b)
-        x_t = self._noisy(x0.unsqueeze(1), noise).flatten(0, 1)
-        eps = noise.flatten(0, 1)
-        args = (x_t, t) if ctx is None else (x_t, t, ctx.unsqueeze(1).expand(b, k, *ctx.shape[1:]).flatten(0, 1))
-        params = {n: p.detach() for n, p in self.model.named_parameters()}
-
-        def loss() -> Tensor:
-            eps_pred = functional_call(self.model, params, args)
-            return self._output_fn(eps_pred, eps, t, self._schedule_on).sum() / k
-
         assert isinstance(self._projector, KroneckerProjector)
-        with self._evaluating():
-            return kronecker_features(self.model, self._kronecker, self._projector, loss, n_examples=b, rows=b * k)
+        with self._evaluating(), _differentiating(self.model, ()):  # autograd skips the summed weight gradients
+            return kronecker_features(
+                self.model,
+                self._kronecker,
+                self._projector,
+                lambda: self._rows_loss(x0, noise, ctx),
+                n_examples=b,
+                rows=b * k,
+            )
 
-    def _loop_gradients(
-        self, params: dict[str, Tensor], x0: Tensor, noise: Tensor, context: Tensor | None
-    ) -> dict[str, Tensor]:
+    def _hook_gradients(self, x0: Tensor, noise: Tensor, context: Tensor | None) -> dict[str, Tensor]:
+        """Per-example gradients of the ``b`` examples from one forward and one backward pass of their ``b x K``
+        rows with hooks (:func:`~genprov.attribution.data.kronecker.per_example_gradients`); no parameter requires
+        a gradient meanwhile, so autograd computes the layers' output gradients only."""
+        b, k = len(x0), len(self._t)
+        with _differentiating(self.model, ()):
+            grads = per_example_gradients(
+                self.model, self._hook_layers, lambda: self._rows_loss(x0, noise, context), n_examples=b, rows=b * k
+            )
+        return {n: grads[n] for n in self._param_names}
+
+    def _size_hooked_passes(self, batch: Examples, keys: Sequence[int | str]) -> None:
+        """Under ``"auto"``'s hooks, before the first pass: the examples per hooked pass, from one no-grad forward pass
+        of the first example's K rows (the values of its per-example gradients plus its rows' hooked outputs, against
+        :data:`HOOKS_MAX_VALUES`). It depends on the model and the examples' shape only, so every call (and every
+        shard) groups its examples alike. A model whose layers are not batch-first leaves the hooks here."""
+        x0, noise, ctx = self._batch_inputs(batch[:1], keys[:1])
+        try:
+            with self._evaluating():
+                outputs = hooked_output_values(
+                    self._hook_layers, lambda: self._rows_loss(x0, noise, ctx), rows=len(self._t)
+                )
+        except HookLayoutError as err:
+            self._hooks_failed = True
+            logger.warning(
+                "per_example='auto' takes per-example gradients by %s instead of hooks: %s", self.per_example_mode, err
+            )
+            return
+        self._hooks_per_pass = max(1, HOOKS_MAX_VALUES // (sum(self._sizes.values()) + outputs))
+
+    def _loop_gradients(self, x0: Tensor, noise: Tensor, context: Tensor | None) -> dict[str, Tensor]:
         """Per-example gradients one example at a time with plain reverse-mode autograd.
 
-        Only the selected parameters are leaves that require a gradient, so autograd computes nothing else
-        (the frozen weights are constants of the graph). Plain autograd skips ``torch.func``'s wrapper
+        Only the selected parameters require a gradient while the model runs (:func:`_differentiating`), so
+        autograd computes nothing else (the other weights are constants of the graph), and the model runs as it is
+        (no ``functional_call`` re-parametrisation per example). Plain autograd skips ``torch.func``'s wrapper
         tensors: about 25% faster per example than ``grad`` on the 1M-parameter benchmark DDPM.
         """
-        leaves = {n: p.requires_grad_(True) for n, p in params.items()}
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in leaves}
         rows: dict[str, list[Tensor]] = {n: [] for n in self._param_names}
-        with torch.enable_grad():
+        with _differentiating(self.model, self._param_names) as leaves, torch.enable_grad():
             for i in range(len(x0)):
-                ctx = None if context is None else context[i]
-                out = self._example_output({**frozen, **leaves}, x0[i], noise[i], ctx)
-                grads = torch.autograd.grad(out, list(leaves.values()), allow_unused=True)
-                for (n, p), g in zip(leaves.items(), grads, strict=True):
+                ctx = None if context is None else context[i : i + 1]
+                out = self._rows_loss(x0[i : i + 1], noise[i : i + 1], ctx)
+                grads = torch.autograd.grad(out, leaves, allow_unused=True)
+                for n, p, g in zip(self._param_names, leaves, grads, strict=True):
                     rows[n].append(torch.zeros_like(p) if g is None else g)
         return {n: torch.stack(rows[n]) for n in self._param_names}
 
     def _features(self, batch: Examples, keys: Sequence[int | str]) -> Tensor:
         self._setup()
         out = []
-        hooks = self._kronecker is not None  # one batched pass of batch_size examples, no per-example gradients
-        step = self.config.batch_size if hooks or self.uses_vmap else 1  # a loop projects each gradient as it comes
-        for start in range(0, len(batch), step):
+        kronecker = self._kronecker is not None  # one batched pass of batch_size examples, no per-example gradients
+        auto_hooks = not kronecker and self.config.per_example == "auto" and self.per_example_mode == "hooks"
+        if auto_hooks and self._hooks_per_pass is None and len(batch):
+            self._size_hooked_passes(batch, keys)
+        start = 0
+        while start < len(batch):
+            step = self._examples_per_call(kronecker)
             part, part_keys = batch[start : start + step], keys[start : start + step]
-            if hooks:
+            start += step
+            if kronecker:
                 features = self.kronecker_features(part, part_keys)
             else:
                 features = self._projector.project(self.gradients(part, part_keys))
@@ -730,6 +856,17 @@ class TRAKAttributor(DataAttributor, Pretrained):
         if not out:
             return torch.empty(0, self.feature_dim)
         return torch.cat(out)
+
+    def _examples_per_call(self, kronecker: bool) -> int:
+        """Examples featurized at once: ``batch_size`` in one batched pass (``kronecker``, ``hooks``) or vmapped
+        call, 1 for a loop (which projects each gradient as it comes); under ``"auto"``'s hooks at most as many as
+        :data:`HOOKS_MAX_VALUES` allows (:meth:`_size_hooked_passes`)."""
+        mode = "hooks" if kronecker else self.per_example_mode
+        if mode == "loop":
+            return 1
+        if mode == "hooks" and not kronecker and self.config.per_example == "auto":
+            return min(self.config.batch_size, self._hooks_per_pass or 1)
+        return self.config.batch_size
 
     def featurize(self, batch: Examples, indices: Tensor | Sequence[int]) -> Tensor:
         """Projected gradient features of training examples.

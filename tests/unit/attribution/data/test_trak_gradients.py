@@ -54,9 +54,11 @@ def _reference_gradients(
     return out
 
 
+@pytest.mark.parametrize("per_example", ["vmap", "hooks"])
 @pytest.mark.parametrize("output_function", ["loss", "squared-l2-norm", "l1-norm", "weighted-mse"])
-def test_vmap_gradients_equal_a_float64_autograd_loop(model, images, output_function) -> None:
-    attributor = TRAKAttributor(model, config=TRAKConfig(output_function=output_function, n_timesteps=3, seed=1))
+def test_gradients_equal_a_float64_autograd_loop(model, images, output_function, per_example) -> None:
+    config = TRAKConfig(output_function=output_function, n_timesteps=3, seed=1, per_example=per_example)
+    attributor = TRAKAttributor(model, config=config)
     grads = attributor.gradients(images[:3], [0, 1, 2])
     reference = _reference_gradients(model, attributor, images[:3], [0, 1, 2])
     assert set(grads) == {n for n, _ in model.named_parameters()}
@@ -173,16 +175,18 @@ class _CountBackward(torch.autograd.Function):
         return grad_out
 
 
-def test_the_filter_restricts_the_backward_pass_itself(images) -> None:
+@pytest.mark.parametrize("per_example", ["vmap", "loop", "hooks"])
+def test_the_filter_restricts_the_backward_pass_itself(images, per_example) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(3)
         model = DDPM(TINY).eval()
-    model.unet.conv_in.register_forward_hook(lambda mod, inp, out: _CountBackward.apply(out))
-    for include, expected in ((("unet.conv_out.*",), 0), ((), 1)):
+    model.unet.conv_norm_out.register_forward_hook(lambda mod, inp, out: _CountBackward.apply(out))
+    passes = 2 if per_example == "loop" else 1  # one backward pass per example, or one for the batch
+    for include, expected in ((("unet.conv_out.*",), 0), ((), passes)):
         _CountBackward.calls = 0
-        config = TRAKConfig(include=include, n_timesteps=2, proj_dim=16)
+        config = TRAKConfig(include=include, n_timesteps=2, proj_dim=16, per_example=per_example)
         TRAKAttributor(model, config=config).featurize(images[:2], torch.arange(2))
-        assert _CountBackward.calls == expected, include  # the first layer is never back-propagated through
+        assert _CountBackward.calls == expected, include  # the last layer's input is never back-propagated through
 
 
 def test_frozen_models_such_as_ema_copies_are_attributed(model, images) -> None:
@@ -192,15 +196,17 @@ def test_frozen_models_such_as_ema_copies_are_attributed(model, images) -> None:
     torch.testing.assert_close(a, b)
 
 
-def test_loop_and_vmap_give_the_same_features(model, images) -> None:
+def test_loop_vmap_and_hooks_give_the_same_features(model, images) -> None:
     base = TRAKConfig(n_timesteps=2, proj_dim=32, batch_size=3)
     vmapped = TRAKAttributor(model, config=base.replace(per_example="vmap"))
     looped = TRAKAttributor(model, config=base.replace(per_example="loop"))
-    assert TRAKAttributor(model, config=base).uses_vmap  # auto: the tiny model is vmapped
-    assert not looped.uses_vmap
-    torch.testing.assert_close(
-        looped.featurize(images, torch.arange(5)), vmapped.featurize(images, torch.arange(5)), rtol=1e-4, atol=1e-6
-    )
+    hooked = TRAKAttributor(model, config=base.replace(per_example="hooks"))
+    assert TRAKAttributor(model, config=base).per_example_mode == "hooks"  # auto: every parameter is covered
+    assert not looped.uses_vmap and vmapped.uses_vmap and looped.per_example_mode == "loop"
+    reference = looped.featurize(images, torch.arange(5))
+    for other in (vmapped, hooked):
+        torch.testing.assert_close(other.featurize(images, torch.arange(5)), reference, rtol=1e-4, atol=1e-6)
     grads = looped.gradients(images[:2], [0, 1])
-    for name, value in vmapped.gradients(images[:2], [0, 1]).items():
-        torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)
+    for other in (vmapped, hooked):
+        for name, value in other.gradients(images[:2], [0, 1]).items():
+            torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-6)

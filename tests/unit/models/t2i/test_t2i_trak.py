@@ -88,7 +88,7 @@ def _reference(pipe: Any, attributor: TRAKAttributor, ex: ConditionedExamples, k
     return out
 
 
-@pytest.mark.parametrize("per_example", ["vmap", "loop"])
+@pytest.mark.parametrize("per_example", ["vmap", "loop", "hooks"])
 @pytest.mark.parametrize("output_function", ["loss", "squared-l2-norm"])
 def test_lora_gradients_equal_a_float64_loop(lora_pipeline, examples, per_example, output_function) -> None:
     config = TRAKConfig(
@@ -148,8 +148,10 @@ def test_v_prediction_pipelines_are_refused(t2i_pipeline) -> None:
         LatentDenoiser(t2i_pipeline.unet, scheduler)
 
 
-def test_auto_vmaps_lora_gradients_on_small_latents_only(lora_pipeline) -> None:
+def test_auto_hooks_lora_gradients_else_vmaps_on_small_latents_only(lora_pipeline) -> None:
     lora = TRAKAttributor.for_pipeline(lora_pipeline, TRAKConfig(include=LORA_PARAMETER_GLOBS))
+    assert lora.per_example_mode == "hooks"  # peft's lora_A / lora_B are plain nn.Linear layers: all covered
+    lora._hooks_failed = True  # as after a layer that is not batch-first: the rule without hooks
     assert lora.uses_vmap  # 4x4 latents, a few thousand LoRA values
     lora.model.config.image_size = 16  # 16x16 latents: the loop (benchmarks/bench_trak_t2i.py)
-    assert not lora.uses_vmap
+    assert not lora.uses_vmap and lora.per_example_mode == "loop"
