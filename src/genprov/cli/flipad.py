@@ -249,7 +249,7 @@ def score_cmd(
         "and reopen the detector; needs genprov's 'ray' extra). The scores are the same either way.",
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards scored at once."),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards scored at once."),
     store: Path | None = typer.Option(
         None,
         "--store",

@@ -139,7 +139,7 @@ def index_cmd(
         "rebuild the extractor; needs genprov's 'ray' extra). The features are the same either way.",
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards embedded at once."),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards embedded at once."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,

@@ -224,7 +224,7 @@ def featurize_cmd(
         "genprov's 'ray' extra). The features are the same either way.",
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: shards computed at once."),
+    workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards computed at once."),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -632,7 +632,9 @@ def lds_benchmark_cmd(
         "extra). The benchmark is the same either way.",
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend ray: models trained at once (one CPU each)."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="--backend processes or ray: models trained at once (one CPU each)."
+    ),
     sets: list[str] = typer.Option(
         [],
         "--set",

@@ -6,8 +6,9 @@ computes the rows of one shard from the example indices alone (seeds derive from
 every shard gives the same numbers in whichever process, on whichever worker and in whatever order it runs.
 
 * :class:`Shard`: a shard's index, its rows and the store it goes to.
-* :class:`Backend`: where shards run. :class:`InProcessBackend` (the default: one after the other, here) and
-  :class:`RayBackend` (Ray tasks on a local or existing cluster, ``genprov[ray]``).
+* :class:`Backend`: where shards run. :class:`InProcessBackend` (the default: one after the other, here),
+  :class:`ProcessBackend` (spawned processes on this machine, no extra) and :class:`RayBackend` (Ray tasks on a
+  local or existing cluster, ``genprov[ray]``).
 * :func:`run_shards`: the driver. Under the store's :func:`driver_lock` it runs the missing shards on a backend
   and writes each finished one with :meth:`FeatureStore.write_shard` (rows flushed, then the manifest marks it
   done). Workers only compute and return their rows; the driver is the store's only writer, so a worker that
@@ -29,10 +30,12 @@ import dataclasses
 import datetime
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -48,6 +51,7 @@ __all__ = [
     "DRIVER_LOCK_FILE",
     "Backend",
     "InProcessBackend",
+    "ProcessBackend",
     "RayBackend",
     "ResultHook",
     "Shard",
@@ -64,7 +68,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Backend names the CLI accepts (``--backend``).
-BACKENDS = ("inprocess", "ray")
+BACKENDS = ("inprocess", "processes", "ray")
 #: The driver lock file in a store folder: empty when free, else the holder's JSON record.
 DRIVER_LOCK_FILE = ".driver.lock"
 
@@ -146,6 +150,36 @@ class InProcessBackend:
         """Compute the shards in order, here."""
         for shard in shards:
             yield shard, task(shard.start, shard.stop)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessBackend:
+    """Shards in ``workers`` spawned processes on this machine, one torch thread each (no Ray needed); the task
+    must be picklable, as for Ray. A worker's error is raised on the driver, after which the finished shards stay
+    written (run again to resume)."""
+
+    workers: int = 2
+    name: str = "processes"
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1; got {self.workers}.")
+
+    def run(self, task: ShardTask, shards: Sequence[Shard]) -> Iterator[tuple[Shard, Mapping[str, np.ndarray]]]:
+        """Compute the shards in the pool; yield each as it finishes."""
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+            pending: dict[Future[dict[str, np.ndarray]], Shard] = {
+                pool.submit(_run_on_worker, task, shard.start, shard.stop, 1): shard for shard in shards
+            }
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield pending.pop(future), future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
 
 
 def import_ray() -> Any:
@@ -260,17 +294,21 @@ class RayBackend:
 
 
 def make_backend(name: str, *, address: str | None = None, workers: int = 1) -> Backend:
-    """The backend called ``name`` (``"inprocess"`` or ``"ray"``) with the CLI's options.
+    """The backend called ``name`` (``"inprocess"``, ``"processes"`` or ``"ray"``) with the CLI's options.
 
     Raises:
         ConfigError: An unknown name, or ``--address`` / ``--workers`` given to the in-process backend.
     """
     if name == "ray":
         return RayBackend(address=address, workers=workers)
-    if name != "inprocess":
+    if name not in BACKENDS:
         raise ConfigError(f"--backend must be one of {list(BACKENDS)}; got {name!r}.")
-    if address is not None or workers != 1:
-        raise ConfigError("--address and --workers are for --backend ray; drop them or add --backend ray.")
+    if address is not None:
+        raise ConfigError("--address is for --backend ray (a cluster); drop it or add --backend ray.")
+    if name == "processes":
+        return ProcessBackend(workers=workers)
+    if workers != 1:
+        raise ConfigError("--workers is for --backend processes or ray; drop it or add one of them.")
     return InProcessBackend()
 
 

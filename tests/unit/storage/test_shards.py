@@ -19,6 +19,7 @@ from genprov.storage import FeatureStore
 from genprov.storage.shards import (
     DRIVER_LOCK_FILE,
     InProcessBackend,
+    ProcessBackend,
     RayBackend,
     StoreLockedError,
     driver_lock,
@@ -110,7 +111,12 @@ def test_backend_options_are_checked(tmp_path) -> None:
     assert make_backend("ray", address="auto", workers=3) == RayBackend(address="auto", workers=3)
     with pytest.raises(ConfigError, match="--backend must be one of"):
         make_backend("dask")
-    with pytest.raises(ConfigError, match="--backend ray"):
+    with pytest.raises(ConfigError, match="--workers is for --backend processes or ray"):
         make_backend("inprocess", workers=2)
+    assert make_backend("processes", workers=2) == ProcessBackend(workers=2)
+    with pytest.raises(ConfigError, match="--address is for --backend ray"):
+        make_backend("processes", address="auto")
+    with pytest.raises(ConfigError, match="--workers must be at least 1"):
+        ProcessBackend(workers=0)
     with pytest.raises(ConfigError, match="workers must be a positive integer"):
         RayBackend(workers=0)

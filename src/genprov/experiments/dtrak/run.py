@@ -9,8 +9,8 @@ import dataclasses
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from genprov.models.classifiers import ClassifierConfig, CNNClassifier
 from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_sample
 from genprov.models.train_config import TrainConfig
 from genprov.models.training import default_train_config, train_classifier, train_ddpm
-from genprov.storage.shards import Backend, InProcessBackend, Shard, ShardTask
+from genprov.storage.shards import Backend, InProcessBackend, ProcessBackend
 from genprov.utils.progress import progress
 from genprov.utils.seeding import numpy_rng
 
@@ -136,33 +136,9 @@ def _run_jobs(jobs: Sequence[_Job], n_workers: int, desc: str, show: bool | None
         return list(progress(pool.map(_run_job, jobs), desc=desc, total=len(jobs), show=show))
 
 
-@dataclasses.dataclass(frozen=True)
-class _ProcessPool:
-    """A shard backend of ``workers`` spawned processes (the run's ``n_workers``, as :func:`_run_jobs`; no Ray)."""
-
-    workers: int
-    name: str = "processes"
-
-    def run(self, task: ShardTask, shards: Sequence[Shard]) -> Iterator[tuple[Shard, Mapping[str, np.ndarray]]]:
-        """Compute the shards in the pool; yield each as it finishes."""
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
-            pending: dict[Future[Mapping[str, np.ndarray]], Shard] = {
-                pool.submit(task, shard.start, shard.stop): shard for shard in shards
-            }
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield pending.pop(future), future.result()
-            finally:
-                for future in pending:
-                    future.cancel()
-
-
 def _backend(n_workers: int) -> Backend:
     """Where the LDS models train: here with one worker, else in ``n_workers`` spawned processes."""
-    return InProcessBackend() if n_workers <= 1 else _ProcessPool(n_workers)
+    return InProcessBackend() if n_workers <= 1 else ProcessBackend(n_workers)
 
 
 # ------------------------------------------------------------------------------------------ the run

@@ -19,7 +19,7 @@ from genprov.exceptions import StoreMismatchError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM, DDPMConfig
 from genprov.storage import FeatureStore, read_manifest
-from genprov.storage.shards import DRIVER_LOCK_FILE, StoreLockedError, driver_lock
+from genprov.storage.shards import DRIVER_LOCK_FILE, ProcessBackend, StoreLockedError, driver_lock
 
 
 def test_the_driver_fills_the_store_fit_fills_bit_identically(checkpoint, train, reference, tmp_path) -> None:
@@ -86,3 +86,9 @@ def test_fit_takes_the_driver_lock_only_while_it_writes(checkpoint, train, refer
     with driver_lock(tmp_path):  # a finished store is read without the lock
         done = TRAKAttributor(model, config=CONFIG).fit(train, store=tmp_path)
     np.testing.assert_array_equal(np.asarray(done.train_features_), reference)
+
+
+def test_spawned_processes_fill_the_store_bit_identically(checkpoint, train, reference, tmp_path) -> None:
+    attributor = TRAKAttributor(load_checkpoint(checkpoint).model, config=CONFIG)
+    featurize_sharded(attributor, train, tmp_path, ProcessBackend(workers=2))
+    np.testing.assert_array_equal(np.asarray(attributor.train_features_), reference)
