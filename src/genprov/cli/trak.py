@@ -7,6 +7,10 @@ or on Ray, resumable per model); ``lds`` measures a store's attribution against 
 ``genprov reproduce dtrak`` writes). Method settings come from ``genprov.attribution.data.TRAKConfig``:
 the flags set the common ones, ``--set KEY=VALUE`` any other.
 
+``featurize --backend processes|ray`` (or tar shards / parquet files as ``--data``) reads the training set as an
+image collection (``genprov.data.collections``): each shard task reads its own images, so this process never holds
+them; the store records the collection, and ``score`` reads only the training images its gallery shows.
+
 The model is a DDPM checkpoint, or a text-to-image pipeline folder (with ``--lora DIR``, a LoRA on it) whose
 training images each come with a caption (``--captions labels|FILE``): images are encoded once (VAE latents
 and text embeddings, ``genprov.models.t2i.encode_examples``) and the queries come with their prompts
@@ -23,8 +27,15 @@ import numpy as np
 import torch
 import typer
 
+from genprov.attribution.data.base import TopK
 from genprov.attribution.data.trak import DAMPING_GRID, TRAKAttributor, TRAKConfig
-from genprov.attribution.data.trak_shards import ModelSource, featurize_sharded
+from genprov.attribution.data.trak_shards import (
+    ModelSource,
+    featurize_collection,
+    featurize_sharded,
+    fit_collection_store,
+    started_from_collection,
+)
 from genprov.cli.common import (
     ADDRESS_OPTION,
     DATA_ROOT_OPTION,
@@ -38,6 +49,13 @@ from genprov.cli.common import (
     parse_sets,
 )
 from genprov.data import ImageDataset, load_dataset, load_images
+from genprov.data.collections import (
+    CollectionSpec,
+    ImageCollection,
+    collection_spec,
+    is_collection_only,
+    resolve_collection,
+)
 from genprov.data.conditioned import ConditionedExamples
 from genprov.data.images import IMAGE_EXTENSIONS
 from genprov.eval.lds import LDSBenchmark, evaluate_lds, pixel_similarity
@@ -50,7 +68,7 @@ from genprov.models.t2i.captions import read_captions_file
 from genprov.models.train_config import TrainConfig
 from genprov.models.training import default_train_config
 from genprov.report import Figure, Gallery, Report, Section, Table
-from genprov.report.blocks import INFLUENCE_LABELS
+from genprov.report.blocks import INFLUENCE_LABELS, GalleryRow, Tone
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
 from genprov.storage.shards import BACKENDS, make_backend
@@ -113,12 +131,11 @@ def _is_pipeline(model: Path, lora: Path | None, captions: str | None) -> bool:
     return False
 
 
-def _training_set(
-    data: str, split: str | None, n: int | None, seed: int, data_root: Path | None, size: int, channels: int
-) -> tuple[dict[str, Any], ImageDataset]:
-    """The training images at the model's size (and the ``load_dataset`` arguments a store records), checked
-    against the model's channels."""
-    data_spec = {
+def _data_spec(
+    data: str, split: str | None, n: int | None, seed: int, data_root: Path | None, size: int
+) -> dict[str, Any]:
+    """The ``load_dataset`` arguments of the training set at the model's size (what a store records)."""
+    return {
         "name": data,
         "split": split,
         "n": n,
@@ -126,10 +143,49 @@ def _training_set(
         "resize": size,
         "data_root": str(data_root) if data_root is not None else None,
     }
-    train = load_dataset(**data_spec)  # type: ignore[arg-type]
-    if train.n_channels != channels:
-        raise DataError(f"{data} has {train.n_channels}-channel images but the model takes {channels}.")
+
+
+def _check_channels(data: str, found: int, channels: int) -> None:
+    if found != channels:
+        raise DataError(f"{data} has {found}-channel images but the model takes {channels}.")
+
+
+def _training_set(
+    data: str, split: str | None, n: int | None, seed: int, data_root: Path | None, size: int, channels: int
+) -> tuple[dict[str, Any], ImageDataset]:
+    """The training images at the model's size (and the ``load_dataset`` arguments a store records), checked
+    against the model's channels."""
+    data_spec = _data_spec(data, split, n, seed, data_root, size)
+    train = load_dataset(**data_spec)
+    _check_channels(data, train.n_channels, channels)
     return data_spec, train
+
+
+def _training_collection(data_spec: dict[str, Any], channels: int) -> CollectionSpec:
+    """The training set of ``_data_spec`` as a resolved image collection (one image read), checked against the
+    model's channels."""
+    spec = collection_spec(
+        data_spec["name"],
+        split=data_spec["split"] or "train",
+        n=data_spec["n"],
+        seed=data_spec["seed"],
+        size=data_spec["resize"],
+        data_root=data_spec["data_root"],
+    )
+    resolved = resolve_collection(spec)
+    assert resolved.shape is not None
+    _check_channels(data_spec["name"], resolved.shape[0], channels)
+    return resolved
+
+
+def _reads_collection(store: Path, data: str, backend: str) -> bool:
+    """Whether ``featurize`` reads ``--data`` as a collection, shard by shard (``featurize_collection``): on
+    another backend than this process or for tar shards / parquet files, or to resume a store started so; a store
+    started from images in memory is resumed as it was started."""
+    started = started_from_collection(store)
+    if started is None:
+        return backend != "inprocess" or is_collection_only(data)
+    return started or is_collection_only(data)
 
 
 def _encode_train(pipe: Any, train: ImageDataset, captions: str) -> ConditionedExamples:
@@ -143,23 +199,47 @@ class _Opened:
 
     Attributes:
         attributor: The fitted attributor.
-        train: The training images.
+        loaded: The training images, loaded (``None`` for a store of a collection: see :attr:`train`).
         info: The store's recorded facts.
         pipeline: The text-to-image pipeline (with its LoRA) that encodes queries; ``None`` for a DDPM.
+        collection: The collection a store of ``featurize_collection`` was featurized from, else ``None``.
     """
 
     attributor: TRAKAttributor
-    train: ImageDataset
+    loaded: ImageDataset | None
     info: dict[str, Any]
     pipeline: Any
+    collection: ImageCollection | None = None
+
+    @property
+    def train(self) -> ImageDataset:
+        """All the training images: a collection's are read whole here (``lds`` needs them all; ``score`` reads
+        only those it shows, with :meth:`training_images`)."""
+        if self.loaded is not None:
+            return self.loaded
+        assert self.collection is not None
+        return ImageDataset(self.collection.read(0, len(self.collection)), None, self.collection.spec.source)
+
+    def training_images(self, indices: np.ndarray) -> torch.Tensor:
+        """Training images ``indices`` (n, C, H, W), in order: a collection's read one by one."""
+        if self.loaded is not None:
+            return self.loaded.images[torch.as_tensor(indices, dtype=torch.long)]
+        assert self.collection is not None and self.collection.spec.shape is not None
+        if not len(indices):
+            return torch.empty(0, *self.collection.spec.shape)
+        return torch.cat([self.collection.read(int(i), int(i) + 1) for i in indices])
 
 
 def _attributor(store: Path, sets: list[str]) -> _Opened:
-    """Rebuild the attributor of a store (checking model, data and config against it)."""
+    """Rebuild the attributor of a store (checking model, data and config against it); a store of a collection
+    reads none of its images (``_Opened.train`` / ``training_images`` read them when asked)."""
     _, info = _open_store(store)
-    train = load_dataset(**info["data"])
     config = TRAKConfig.from_dict({**info["trak_config"], **parse_sets(sets)})
     t2i = info.get("t2i")
+    if t2i is None and started_from_collection(store):
+        attributor = TRAKAttributor(_ddpm(Path(info["model"])), config=config)
+        return _Opened(attributor, None, info, None, fit_collection_store(attributor, store))
+    train = load_dataset(**info["data"])
     if t2i is None:
         attributor = TRAKAttributor(_ddpm(Path(info["model"])), config=config)
         attributor.fit(train, store=store, show_progress=False)
@@ -168,6 +248,23 @@ def _attributor(store: Path, sets: list[str]) -> _Opened:
     attributor = TRAKAttributor.for_pipeline(pipe, config)
     attributor.fit(_encode_train(pipe, train, str(t2i["captions"])), store=store, show_progress=False)
     return _Opened(attributor, train, info, pipe)
+
+
+def _influence_gallery(opened: _Opened, query: torch.Tensor, best: TopK, q: int, *, caption: str) -> Gallery:
+    """Query ``q``'s gallery of its most positive and negative influencers, laid out as ``Gallery.top_k`` does,
+    reading only the training images it shows."""
+    groups: list[tuple[str, np.ndarray, np.ndarray, Tone]] = [
+        (INFLUENCE_LABELS[0], best.indices[q], best.scores[q], "positive")
+    ]
+    if best.negative_indices is not None and best.negative_scores is not None:
+        groups.append((INFLUENCE_LABELS[1], best.negative_indices[q], best.negative_scores[q], "negative"))
+    rows = []
+    for label, indices, scores, tone in groups:
+        shown = np.asarray(indices).reshape(-1)
+        images = opened.training_images(shown)
+        captions = [f"#{int(i)}" for i in shown]
+        rows.append(GalleryRow.from_tensors(label, images, scores=scores, captions=captions, tone=tone))
+    return Gallery(rows, query=query, query_caption=f"query {q}", caption=caption)
 
 
 @app.command("featurize")
@@ -179,7 +276,12 @@ def featurize_cmd(
         help="DDPM checkpoint folder (genprov train ddpm), or a text-to-image pipeline folder (genprov train t2i; "
         "then --captions).",
     ),
-    data: str = typer.Option(..., "--data", help="Training images: dataset name (digits, mnist, ...) or path."),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Training images: dataset name (digits, mnist, ...) or path (image folder, .npz, LMDB folder, tar shards "
+        "as 'a-{000..009}.tar' or a .txt list of them, parquet files with an image-bytes column).",
+    ),
     store: Path = typer.Option(..., "--store", help="Feature store folder (created; an unfinished one is resumed)."),
     lora: Path | None = typer.Option(
         None,
@@ -221,7 +323,8 @@ def featurize_cmd(
         "inprocess",
         "--backend",
         help=f"Where the shards are computed: {' or '.join(BACKENDS)} (Ray tasks that reopen --model; needs "
-        "genprov's 'ray' extra). The features are the same either way.",
+        "genprov's 'ray' extra). With processes or ray each shard task reads its own images of --data. The features "
+        "are the same either way.",
     ),
     address: str | None = ADDRESS_OPTION,
     workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards computed at once."),
@@ -237,18 +340,27 @@ def featurize_cmd(
     Text-to-image: genprov trak featurize --model runs/t2i --lora runs/lora --data cifar2 --captions labels
     --store runs/dtrak-lora --output-function squared-l2-norm
 
-    On Ray: add --backend ray --workers 8 (a local Ray), or --address auto on a cluster's node.
+    On Ray: add --backend ray --workers 8 (a local Ray), or --address auto on a cluster's node; each task reads
+    its own images of --data (e.g. tar shards 'laion/part-{0000..0099}.tar'), which the workers must reach at the
+    same path.
     """
     check_output_folder(store, accept={"feature store", INCOMPLETE_STORE}, option="--store")
     runner = make_backend(backend, address=address, workers=workers)
     pipe: Any = None
     if _is_pipeline(model, lora, captions):
+        if is_collection_only(data):
+            raise ConfigError(
+                f"--data {data} names tar shards or parquet files, which are read only shard by shard, but a "
+                "text-to-image pipeline's training images are encoded with their --captions in this process first: "
+                "give them as an image folder, an .npz or a data set name (the gradients are still computed shard by "
+                "shard on --backend), or featurize a DDPM from the collection."
+            )
         pipe = open_pipeline(model, lora)
         size, channels = int(pipe.vae.config.sample_size), int(pipe.vae.config.in_channels)
     else:
         ddpm = _ddpm(model)
         size, channels = ddpm.config.image_size, ddpm.config.channels
-    data_spec, train = _training_set(data, split, n, seed, data_root, size, channels)
+    data_spec = _data_spec(data, split, n, seed, data_root, size)
     base = {
         "output_function": output_function,
         "n_timesteps": n_timesteps,
@@ -260,9 +372,14 @@ def featurize_cmd(
     }
     config = TRAKConfig.from_dict({**base, **parse_sets(sets)})
     facts: dict[str, Any] = {}
-    if pipe is None:
+    if pipe is None and _reads_collection(store, data, backend):
+        collection = _training_collection(data_spec, channels)
+        attributor = featurize_collection(TRAKAttributor(ddpm, config=config), collection, store, runner)
+    elif pipe is None:
+        _, train = _training_set(data, split, n, seed, data_root, size, channels)
         attributor = featurize_sharded(TRAKAttributor(ddpm, config=config), train, store, runner)
     else:
+        _, train = _training_set(data, split, n, seed, data_root, size, channels)
         examples = _encode_train(pipe, train, str(captions))
         attributor = TRAKAttributor.for_pipeline(pipe, config)
         featurize_sharded(attributor, examples, store, runner, source=ModelSource.pipeline(model, lora))
@@ -280,7 +397,7 @@ def featurize_cmd(
     summary = {
         "store": str(store),
         "method": attributor.method,
-        "n_train": len(train),
+        "n_train": attributor.n_train_,
         "feature_dim": attributor.feature_dim,
         "timesteps": list(attributor.timesteps),
         "parameters": len(attributor.parameter_names),
@@ -390,8 +507,9 @@ def score_cmd(
     """
     check_output_folder(out)
     _check_prompt_options(store, _open_store(store)[1], prompt, prompts)
-    opened = _attributor(store, sets)
-    attributor, train, info = opened.attributor, opened.train, opened.info
+    opened = _attributor(store, sets)  # a collection's images: only those the gallery shows are read
+    attributor, info = opened.attributor, opened.info
+    n_train = int(attributor.n_train_ or 0)
     x, names = _query_images(
         queries,
         size=int(info["image_size"]),
@@ -411,8 +529,8 @@ def score_cmd(
     # block-wise over the store: the float32 scores 'scores' returns, ranked exactly (gradients computed once)
     best = attributor.top_k_scores(
         phi_q,
-        min(top_k, len(train)),
-        negative=min(negatives, len(train)),
+        min(top_k, n_train),
+        negative=min(negatives, n_train),
         dtype="float32",
         out=out / "scores.npy" if save_scores else None,
     )
@@ -422,7 +540,7 @@ def score_cmd(
     report = Report(
         f"{attributor.method}: top influencers",
         subtitle=f"store {store}",
-        meta={"method": attributor.method, "training images": len(train), "queries": len(x)},
+        meta={"method": attributor.method, "training images": n_train, "queries": len(x)},
     )
     section = Section(
         "influencers",
@@ -432,27 +550,14 @@ def score_cmd(
     for q, name in enumerate(names):
         top = [{"index": int(i), "score": float(s)} for i, s in zip(result.indices[q], result.scores[q], strict=True)]
         rows.append({"query": name, **({"prompt": texts[q]} if texts is not None else {}), "top": top})
-        section.add(
-            Gallery.top_k(
-                x[q],
-                train.images,
-                best.indices[q],
-                best.scores[q],
-                negative_indices=best.negative_indices[q] if best.negative_indices is not None else None,
-                negative_scores=best.negative_scores[q] if best.negative_scores is not None else None,
-                caption=name if texts is None else f"{name}: {texts[q]}",
-                query_caption=f"query {q}",
-                positive_label=INFLUENCE_LABELS[0],  # as Gallery.influence labels a full row's
-                negative_label=INFLUENCE_LABELS[1],
-            )
-        )
+        section.add(_influence_gallery(opened, x[q], best, q, caption=name if texts is None else f"{name}: {texts[q]}"))
     report.add(section)
     report.write(out, filename="report.html")
     summary = {
         "command": "trak score",
         "method": attributor.method,
         "store": str(store),
-        "n_train": len(train),
+        "n_train": n_train,
         "queries": rows,
     }
     atomic_write_json(out / "results.json", summary)

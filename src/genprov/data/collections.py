@@ -757,9 +757,14 @@ def _cache(spec: CollectionSpec, collection: ImageCollection) -> ImageCollection
     return collection
 
 
-def open_collection(spec: CollectionSpec | str | os.PathLike[str]) -> ImageCollection:
+def open_collection(spec: CollectionSpec | str | os.PathLike[str], *, refresh: bool = False) -> ImageCollection:
     """The collection ``spec`` describes (a string is passed to :func:`collection_spec` first). A resolved spec's is
     opened once per process (a worker lists a folder or reads a shard's index once); any other is opened afresh.
+
+    Args:
+        spec: The collection.
+        refresh: Open a resolved spec's afresh too (list its files again, and check its length), replacing the one
+            this process kept: to check that a recorded collection has not changed since it was opened here.
 
     Raises:
         DataError: Missing or unreadable files, or a resolved spec whose collection has changed (its length).
@@ -769,9 +774,10 @@ def open_collection(spec: CollectionSpec | str | os.PathLike[str]) -> ImageColle
         spec = collection_spec(spec)
     if not spec.resolved:
         return _KINDS[spec.kind](spec)
-    found = _OPEN.get(spec)
+    found = None if refresh else _OPEN.get(spec)
     if found is not None:
         return found
+    _OPEN.pop(spec, None)
     return _cache(spec, _KINDS[spec.kind](spec))
 
 

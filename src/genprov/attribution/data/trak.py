@@ -67,7 +67,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -925,14 +925,23 @@ class TRAKAttributor(DataAttributor, Pretrained):
 
     # ------------------------------------------------------------------------------------ fitting
 
-    def store_spec(self, images: Examples) -> dict[str, Any]:
+    def store_spec(self, images: Examples, *, data_fingerprint: str | None = None) -> dict[str, Any]:
         """What a feature store of ``images`` must match: config, timesteps, parameters, fingerprints (of the
-        latents and their contexts, for a conditional model)."""
+        latents and their contexts, for a conditional model).
+
+        Args:
+            images: The training examples.
+            data_fingerprint: The data fingerprint to record instead of the pixels' (an image collection's key,
+                ``trak_shards.featurize_collection``); ``images`` is then only checked for its shape (one example
+                suffices).
+        """
         self._setup()
         x, context = self._check_examples(images, "train")
-        arrays = [x.detach().cpu().contiguous().numpy()]
-        if context is not None:
-            arrays.append(context.detach().cpu().contiguous().numpy())
+        if data_fingerprint is None:
+            arrays = [x.detach().cpu().contiguous().numpy()]
+            if context is not None:
+                arrays.append(context.detach().cpu().contiguous().numpy())
+            data_fingerprint = fingerprint_arrays(*arrays)
         return {
             "format": _FEATURE_FORMAT,
             "method": "trak-features",
@@ -945,7 +954,7 @@ class TRAKAttributor(DataAttributor, Pretrained):
             },
             "feature_dim": self.feature_dim,
             "model_fingerprint": fingerprint_state(self.model),
-            "data_fingerprint": fingerprint_arrays(*arrays),
+            "data_fingerprint": data_fingerprint,
         }
 
     def fit(self, train: TrainingSet, store: StoreLike = None, *, show_progress: bool | None = None) -> TRAKAttributor:
@@ -996,23 +1005,38 @@ class TRAKAttributor(DataAttributor, Pretrained):
         return self.fit_features(features, write_cache=self.store_ is not None)
 
     def create_store(
-        self, store: FeatureStore | str | os.PathLike[str], images: Examples, spec: dict[str, Any]
+        self,
+        store: FeatureStore | str | os.PathLike[str],
+        images: Examples,
+        spec: dict[str, Any],
+        *,
+        n_rows: int | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> FeatureStore:
         """The feature store of ``images`` at ``store`` (created, or an unfinished one with ``spec`` resumed): the
         one :meth:`fit` fills, also filled shard by shard on a backend by ``trak_shards.featurize_sharded``.
+
+        Args:
+            store: The store folder (or store).
+            images: The training examples (their number is the store's rows).
+            spec: :meth:`store_spec`'s.
+            n_rows: The number of training examples when ``images`` are not all of them (an image collection's
+                first image, ``trak_shards.featurize_collection``).
+            info: More facts for the manifest (e.g. the collection read).
 
         Raises:
             StoreMismatchError: ``store`` holds features of another config, model or data (names the fields).
         """
         path = store.path if isinstance(store, FeatureStore) else store
+        n = len(images) if n_rows is None else int(n_rows)
         return FeatureStore.create(
             path,
-            n_rows=len(images),
+            n_rows=n,
             arrays={"features": self.feature_dim},
             spec=spec,
             dtype=self.config.dtype,
             shard_size=self.config.shard_size,
-            info={"method": self.method, "n_train": len(images)},
+            info={"method": self.method, "n_train": n, **dict(info or {})},
         )
 
     def fit_features(self, features: np.ndarray | Tensor, *, write_cache: bool = False) -> TRAKAttributor:

@@ -91,7 +91,7 @@ def test_cli_index_of_tar_shards_in_process(digits_tars, reference, tmp_path) ->
     assert json.loads(result.stdout)["n_train"] == 30
     torch.testing.assert_close(_features(tmp_path / "index"), reference, rtol=0, atol=0)
     result = CliRunner().invoke(app, [*args, "--workers", "2"])
-    assert result.exit_code != 0 and "--backend ray" in result.output
+    assert result.exit_code != 0 and "--workers is for --backend processes or ray" in result.output
 
 
 def test_a_trak_task_reads_its_range_of_a_collection(digits_folder) -> None:
