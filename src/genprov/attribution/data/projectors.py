@@ -373,7 +373,7 @@ class KroneckerProjector(Projector):
     ``(seed, block name, d_in)``, entries i.i.d. N(0, 1/k) as :class:`GaussianProjector`'s (so
     ``E ||P_out G P_in^T||^2 = ||G||^2``). A weight with its bias is thus the Kronecker projection of the
     augmented matrix ``[G_W, g_b]`` (the bias is the weight of a constant input 1, as dattri's LoGra appends a
-    column of ones to a Linear layer's input: ``dattri/algorithm/logra/utils/projector.py``,
+    column of ones to a Linear layer's input: ``dattri/algorithm/block_projected_if/core/compressor.py`` (dattri 0.3.0),
     ``_setup_linear_projector``; its factors are seeded per module, not per name). The features of the
     layers are concatenated in sorted layer order: dimension ``n_layers * k_out * k_in``, with
     ``k_out = k_in = ceil(sqrt(dim / n_layers))`` unless :class:`KroneckerConfig` fixes them (so at least
