@@ -167,7 +167,7 @@ def test_cli_refuses_a_second_driver_and_bad_options(checkpoint, tmp_path) -> No
     assert not (out / BENCHMARK_FILE).exists()
     for bad, message in (
         (["--model", str(tmp_path / "missing.json")], "expected a DDPM checkpoint folder"),
-        (["--model", str(checkpoint), "--workers", "2"], "--backend ray"),
+        (["--model", str(checkpoint), "--workers", "2"], "--workers is for"),
         (["--model", str(checkpoint), "--set", "n_subset=3"], "Did you mean 'n_subsets'"),
     ):
         result = CliRunner().invoke(app, ["lds-benchmark", *bad, *CLI_ARGS, "--out", str(tmp_path / "other")])
