@@ -75,11 +75,11 @@ def lds_comparison(settings: dict[str, Any], workers: int = 1) -> dict[str, Any]
     from genprov.data import load_train_test
     from genprov.eval.data_attribution import linear_datamodeling_score
     from genprov.eval.lds import evaluate_lds
-    from genprov.eval.lds_benchmark import LDSBenchmarkConfig, LDSPlan, build_lds_benchmark
+    from genprov.eval.lds_benchmark import LDSPlan, build_lds_benchmark
     from genprov.eval.stats import paired_difference_ci
     from genprov.experiments.dtrak import DTRAKExperimentConfig
     from genprov.experiments.dtrak.config import train_config_values
-    from genprov.experiments.dtrak.run import METHODS, featurize_and_score
+    from genprov.experiments.dtrak.run import METHODS, featurize_and_score, lds_benchmark_config
     from genprov.models.diffusion import DDPM, DDPMConfig, ddpm_sample
     from genprov.models.train_config import TrainConfig
     from genprov.models.training import train_ddpm
@@ -103,16 +103,7 @@ def lds_comparison(settings: dict[str, Any], workers: int = 1) -> dict[str, Any]
         generated = ddpm_sample(model, cfg.n_gen_queries, seed=cfg.seed, show_progress=False)
         queries = torch.cat([test.images, generated])
         kinds = ["real"] * len(test) + ["generated"] * len(generated)
-        config = LDSBenchmarkConfig(
-            n_subsets=cfg.n_subsets,
-            n_seeds=cfg.n_seeds,
-            subset_fraction=cfg.subset_fraction,
-            train_epochs=cfg.train_epochs,
-            train_steps=cfg.train_steps,
-            eval_draws=cfg.eval_draws,
-            seed=cfg.seed,
-            training=recipe,
-        )
+        config = lds_benchmark_config(cfg, recipe)
         plan = LDSPlan.make(config, model_cfg, train.images, queries, kinds=kinds)
         bench = build_lds_benchmark(plan, folder / "losses", backend, show_progress=False)
         for label, output_function in METHODS:

@@ -155,6 +155,21 @@ def _train_recipe(
     return model_cfg, train_cfg.to_dict()
 
 
+def lds_benchmark_config(cfg: DTRAKExperimentConfig, recipe: TrainConfig) -> LDSBenchmarkConfig:
+    """The LDS benchmark of a run's config: its subsets, seeds, epochs (or steps), draws and seed, every model
+    trained with ``recipe``."""
+    return LDSBenchmarkConfig(
+        n_subsets=cfg.n_subsets,
+        n_seeds=cfg.n_seeds,
+        subset_fraction=cfg.subset_fraction,
+        train_epochs=cfg.train_epochs,
+        train_steps=cfg.train_steps,
+        eval_draws=cfg.eval_draws,
+        seed=cfg.seed,
+        training=recipe,
+    )
+
+
 def _lds_benchmark(
     cfg: DTRAKExperimentConfig,
     train: ImageDataset,
@@ -169,16 +184,7 @@ def _lds_benchmark(
     in ``models/subset-SSS-seed-J`` (:func:`~genprov.eval.lds_benchmark.model_name`), their losses in a store of
     ``stores`` named after the plan (so runs of other settings in the same ``--out`` keep theirs)."""
     model_cfg, recipe = _train_recipe(cfg, train.n_channels, cfg.seed, len(train))
-    config = LDSBenchmarkConfig(
-        n_subsets=cfg.n_subsets,
-        n_seeds=cfg.n_seeds,
-        subset_fraction=cfg.subset_fraction,
-        train_epochs=cfg.train_epochs,
-        train_steps=cfg.train_steps,
-        eval_draws=cfg.eval_draws,
-        seed=cfg.seed,
-        training=TrainConfig.from_dict(recipe),
-    )
+    config = lds_benchmark_config(cfg, TrainConfig.from_dict(recipe))
     plan = LDSPlan.make(config, model_cfg, train.images, queries, kinds=kinds)
     return build_lds_benchmark(
         plan, stores / f"lds-losses-{plan.fingerprint()}", _backend(cfg.n_workers), train_dir=models, show_progress=show

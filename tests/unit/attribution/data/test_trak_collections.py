@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from collection_fixtures import digits_folder, digits_tars  # noqa: F401 (fixtures, used by name)
-from shard_fixtures import CONFIG, checkpoint  # noqa: F401 (fixtures, used by name)
+from shard_fixtures import CONFIG, checkpoint, kill_driver_on_call  # noqa: F401 (fixtures, used by name)
 from typer.testing import CliRunner
 
 from genprov.attribution.data.trak import TRAKAttributor
@@ -109,16 +109,8 @@ def test_a_killed_run_resumes_on_the_same_collection_and_a_changed_one_is_refuse
 ) -> None:
     copy = tmp_path / "copy"
     save_images(load_dataset(str(digits_folder)).images, copy)
-    calls: list[int] = []
     real = TRAKShardTask.__call__
-
-    def dies_on_third(self: TRAKShardTask, start: int, stop: int) -> dict[str, np.ndarray]:
-        calls.append(start)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real(self, start, stop)
-
-    monkeypatch.setattr(TRAKShardTask, "__call__", dies_on_third)
+    calls = kill_driver_on_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         featurize_collection(_attributor(checkpoint), str(copy), tmp_path / "store")
     with pytest.raises(DataError, match="is unfinished"):

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from shard_fixtures import CONFIG, checkpoint, reference, train  # noqa: F401 (fixtures, used by name)
+from shard_fixtures import CONFIG, checkpoint, kill_driver_on_call, reference, train  # noqa: F401 (fixtures, used by name)
 
 from genprov.attribution.data.trak import TRAKAttributor
 from genprov.attribution.data.trak_shards import ModelSource, TRAKShardTask, featurize_sharded
@@ -31,16 +31,8 @@ def test_the_driver_fills_the_store_fit_fills_bit_identically(checkpoint, train,
 
 
 def test_a_killed_driver_is_resumed_by_the_next_one(checkpoint, train, reference, tmp_path, monkeypatch) -> None:
-    calls: list[int] = []
     real = TRAKShardTask.__call__
-
-    def dies_on_third(self: TRAKShardTask, start: int, stop: int) -> dict[str, np.ndarray]:
-        calls.append(start)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real(self, start, stop)
-
-    monkeypatch.setattr(TRAKShardTask, "__call__", dies_on_third)
+    calls = kill_driver_on_call(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         featurize_sharded(TRAKAttributor(load_checkpoint(checkpoint).model, config=CONFIG), train, tmp_path)
     assert read_manifest(tmp_path).shards == ["done", "done", "pending", "pending"]
