@@ -49,7 +49,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.memory import reset_peak, status_mb
 from benchmarks.peers import traker_run
-from benchmarks.timing import in_child, interleaved
+from benchmarks.timing import in_child, spawned_trials
 
 N_TIMESTEPS = 10
 BATCH = 16
@@ -282,11 +282,7 @@ def run(quick: bool) -> str:
     damping, n_lora, n_unet = _damping(n_train, n_queries)
     exact = in_child(_measure, "exact LoRA", n_train, n_queries, k, damping)["scores"]
     timed = [m for m in _METHODS if m != "exact LoRA"]
-    trials = interleaved(
-        {m: lambda _, m=m: in_child(_measure, m, n_train, n_queries, k, damping) for m in timed}, warm_up=False
-    )
-    results = {m: trials.last(m) for m in timed}
-    times = {m: trials.timing(m, key="seconds_per_example") for m in timed if "error" not in results[m]}
+    trials, results, times = spawned_trials(_measure, timed, n_train, n_queries, k, damping)
     floor, reference = times["floor (all parameters)"], times["genprov LoRA, auto"]
     lines = [
         "### D-TRAK featurization of a text-to-image pipeline on CPU (bench_trak_t2i)",

@@ -185,3 +185,19 @@ def in_child(function: Callable[..., Any], *args: Any) -> Any:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(function, *args).result()
+
+
+def spawned_trials(
+    measure: Callable[..., Mapping[str, Any]], names: list[str], *args: Any
+) -> tuple[Trials[Mapping[str, Any]], dict[str, Mapping[str, Any]], dict[str, Timing]]:
+    """:func:`interleaved` runs of ``measure(name, *args)`` for every name, each in its own spawned process (so each
+    run warms up on its own and its peaks are its own).
+
+    Returns:
+        The trials, each name's last output, and the :class:`Timing` of every name whose output has no ``"error"``
+        (from its own ``"seconds_per_example"``).
+    """
+    trials = interleaved({m: lambda _, m=m: in_child(measure, m, *args) for m in names}, warm_up=False)
+    results = {m: trials.last(m) for m in names}
+    times = {m: trials.timing(m, key="seconds_per_example") for m in names if "error" not in results[m]}
+    return trials, results, times

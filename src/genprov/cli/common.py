@@ -27,12 +27,14 @@ from rich.table import Table
 
 from genprov.config import Config
 from genprov.exceptions import ConfigError, GenprovError
+from genprov.storage.shards import BACKENDS
 
 __all__ = [
     "ADDRESS_OPTION",
     "DATA_ROOT_OPTION",
     "JSON_OPTION",
     "SEED_OPTION",
+    "backend_option",
     "config_default",
     "config_field_help",
     "config_option",
@@ -44,6 +46,7 @@ __all__ = [
     "os_error_message",
     "parse_sets",
     "print_table",
+    "workers_option",
 ]
 
 console = Console(stderr=True)
@@ -51,6 +54,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SEED_OPTION = typer.Option(0, "--seed", help="Seed for every random choice; the same seed gives the same numbers.")
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout instead of a table.")
+
+
+def backend_option(work: str, detail: str, same: str) -> Any:
+    """``--backend`` of a sharded command (``storage.shards.make_backend``): "Where ``work``: inprocess, processes or
+    ray (``detail``; ray needs genprov's 'ray' extra). ``same`` are the same either way."."""
+    return typer.Option(
+        "inprocess",
+        "--backend",
+        help=f"Where {work}: {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]} ({detail}; ray needs genprov's 'ray' extra). {same} are the "
+        "same either way.",
+    )
+
+
+def workers_option(unit: str) -> Any:
+    """``--workers`` of a sharded command: ``unit`` computed at once."""
+    return typer.Option(1, "--workers", min=1, help=f"--backend processes or ray: {unit} at once.")
+
+
 #: ``--address`` of every command with ``--backend ray`` (``storage.shards.make_backend``).
 ADDRESS_OPTION = typer.Option(
     None,

@@ -37,11 +37,13 @@ from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
     SEED_OPTION,
+    backend_option,
     console,
     emit,
     handle_errors,
     merge_dicts,
     parse_sets,
+    workers_option,
 )
 from genprov.config import Config
 from genprov.data import expand_image_paths, load_dataset, load_images, png_roundtrip
@@ -51,7 +53,7 @@ from genprov.models.gans import GANConfig
 from genprov.models.sampling import sample
 from genprov.models.t2i import is_pipeline_folder, load_pipeline, sample_pipeline
 from genprov.results import ModelAttributionResult
-from genprov.storage.shards import BACKENDS, make_backend
+from genprov.storage.shards import make_backend
 from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder, identify_artifact
 from genprov.utils.io import read_json
 
@@ -242,14 +244,11 @@ def score_cmd(
         help="The pipeline folder a detector of a text-to-image pipeline was fitted on (or a GAN checkpoint, "
         "overriding the recorded one); its weights must be those the detector was fitted on.",
     ),
-    backend: str = typer.Option(
-        "inprocess",
-        "--backend",
-        help=f"Where the images are scored: {' or '.join(BACKENDS)} (Ray tasks that read a range of the collection "
-        "and reopen the detector; needs genprov's 'ray' extra). The scores are the same either way.",
+    backend: str = backend_option(
+        "the images are scored", "tasks that read a range of the collection and reopen the detector", "The scores"
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards scored at once."),
+    workers: int = workers_option("shards scored"),
     store: Path | None = typer.Option(
         None,
         "--store",

@@ -42,11 +42,13 @@ from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
     SEED_OPTION,
+    backend_option,
     config_option,
     console,
     emit,
     handle_errors,
     parse_sets,
+    workers_option,
 )
 from genprov.data import load_images, save_images
 from genprov.data.collections import is_collection_only
@@ -56,7 +58,7 @@ from genprov.exceptions import ConfigError, DataError
 from genprov.models.t2i import open_pipeline, sample_pipeline
 from genprov.report import Gallery, GalleryRow, Report, Section, Text
 from genprov.report.figures import to_png_bytes
-from genprov.storage.shards import BACKENDS, make_backend
+from genprov.storage.shards import make_backend
 from genprov.utils.artifacts import INCOMPLETE_INDEX, check_output_file, check_output_folder
 from genprov.utils.io import atomic_write_json, atomic_write_text
 
@@ -132,14 +134,11 @@ def index_cmd(
         "Default: exact.",
     ),
     n_probe: int | None = config_option(SimilarityConfig, "n_probe", "--nprobe", default=None, min=1),
-    backend: str = typer.Option(
-        "inprocess",
-        "--backend",
-        help=f"Where the shards are embedded: {' or '.join(BACKENDS)} (Ray tasks that read their range of --data and "
-        "rebuild the extractor; needs genprov's 'ray' extra). The features are the same either way.",
+    backend: str = backend_option(
+        "the shards are embedded", "tasks that read their range of --data and rebuild the extractor", "The features"
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards embedded at once."),
+    workers: int = workers_option("shards embedded"),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,

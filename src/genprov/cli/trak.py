@@ -41,12 +41,14 @@ from genprov.cli.common import (
     DATA_ROOT_OPTION,
     JSON_OPTION,
     SEED_OPTION,
+    backend_option,
     config_option,
     console,
     emit,
     handle_errors,
     merge_dicts,
     parse_sets,
+    workers_option,
 )
 from genprov.data import ImageDataset, load_dataset, load_images
 from genprov.data.collections import (
@@ -71,7 +73,7 @@ from genprov.report import Figure, Gallery, Report, Section, Table
 from genprov.report.blocks import INFLUENCE_LABELS, GalleryRow, Tone
 from genprov.report.figures import metric_bars
 from genprov.storage import FeatureStore
-from genprov.storage.shards import BACKENDS, make_backend
+from genprov.storage.shards import make_backend
 from genprov.utils.artifacts import INCOMPLETE_STORE, check_output_folder
 from genprov.utils.io import atomic_write_json, read_json
 
@@ -319,15 +321,13 @@ def featurize_cmd(
         help="sjlt (fast on CPU), gaussian, rademacher, identity, kronecker (one batched pass; Linear / Conv2d layers only).",
     ),
     proj_dim: int = config_option(TRAKConfig, "proj_dim", "--proj-dim", min=1, help="Feature dimension k."),
-    backend: str = typer.Option(
-        "inprocess",
-        "--backend",
-        help=f"Where the shards are computed: {' or '.join(BACKENDS)} (Ray tasks that reopen --model; needs "
-        "genprov's 'ray' extra). With processes or ray each shard task reads its own images of --data. The features "
-        "are the same either way.",
+    backend: str = backend_option(
+        "the shards are computed",
+        "tasks that reopen --model; with processes or ray each shard task reads its own images of --data",
+        "The features",
     ),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(1, "--workers", min=1, help="--backend processes or ray: shards computed at once."),
+    workers: int = workers_option("shards computed"),
     sets: list[str] = SETS_OPTION,
     seed: int = SEED_OPTION,
     data_root: Path | None = DATA_ROOT_OPTION,
@@ -730,16 +730,9 @@ def lds_benchmark_cmd(
         help="Also keep each model trained by this run as a checkpoint folder in --out/models/ (written by the "
         "driver from what its task returns, so Ray workers need no shared file system).",
     ),
-    backend: str = typer.Option(
-        "inprocess",
-        "--backend",
-        help=f"Where the models train: {' or '.join(BACKENDS)} (one Ray task per model; needs genprov's 'ray' "
-        "extra). The benchmark is the same either way.",
-    ),
+    backend: str = backend_option("the models train", "one task per model", "The benchmark and its models"),
     address: str | None = ADDRESS_OPTION,
-    workers: int = typer.Option(
-        1, "--workers", min=1, help="--backend processes or ray: models trained at once (one CPU each)."
-    ),
+    workers: int = workers_option("models trained (one CPU each)"),
     sets: list[str] = typer.Option(
         [],
         "--set",
