@@ -34,15 +34,17 @@ from PIL import Image
 
 from genprov.app.workspace import MANIFEST, Entry, Workspace
 from genprov.attribution.data import TRAKAttributor, TRAKConfig
-from genprov.attribution.data.index_folder import from_collection
 from genprov.attribution.data.similarity import PARTS, SimilarityAttributor
+from genprov.attribution.data.trak_shards import fit_recorded_store
 from genprov.attribution.model import NONE, KeyedGenerators, ModelAttributor
 from genprov.data import image_to_tensor, min_image_size, png_roundtrip
+from genprov.data.collections import is_collection_key
 from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.models.diffusion import DDPM
 from genprov.models.t2i import check_prompts, encode_examples, load_pipeline
 from genprov.models.t2i.source import open_pipeline
+from genprov.storage import FeatureStore
 
 __all__ = [
     "ANALYZERS",
@@ -268,7 +270,13 @@ def _load_trak(ws: Workspace, entry: Entry) -> Analyzer:
     model = load_checkpoint(base / "model").model
     if not isinstance(model, DDPM):
         raise CheckpointError(f"Entry {entry.name!r}: its model is not a DDPM; re-add it with the store's model.")
-    attributor = TRAKAttributor(model, config=config).fit(images, store=base / "store")
+    attributor = TRAKAttributor(model, config=config)
+    if is_collection_key(FeatureStore.open(base / "store").spec.get("data_fingerprint")):
+        n_train = fit_recorded_store(attributor, base / "store").length  # images checked when the entry was added
+        if n_train != len(images):
+            raise DataError(f"entry {entry.name!r} featurized {n_train} images but holds {len(images)}; add it again.")
+    else:
+        attributor.fit(images, store=base / "store")  # checks the training images
     return _TRAKAnalyzer(entry, attributor)
 
 
@@ -282,7 +290,7 @@ def _load_similarity(ws: Workspace, entry: Entry) -> Analyzer:
     }
     attributor = SimilarityAttributor.from_pretrained(base / "index", moved)
     train = ws.train_images(entry.name)
-    if from_collection(attributor.data_fingerprint_):  # its files were checked when the entry was added
+    if is_collection_key(attributor.data_fingerprint_):  # its files were checked when the entry was added
         if len(train) != attributor.n_train_:
             raise DataError(
                 f"entry {entry.name!r} indexes {attributor.n_train_} images but holds {len(train)}; add it again."

@@ -15,10 +15,12 @@ import torch
 
 from genprov.app.engine import ANALYZERS
 from genprov.app.workspace import TRAIN_CAPTIONS, TRAIN_IMAGES, Entry, Workspace
-from genprov.attribution.data.index_folder import from_collection, open_similarity_index, read_index_info
+from genprov.attribution.data.index_folder import open_similarity_index, read_index_info
 from genprov.attribution.data.similarity import recorded_parts
+from genprov.attribution.data.trak_shards import open_recorded_collection, recorded_collection
 from genprov.attribution.model import KeyedGenerators, ModelAttributor
 from genprov.data import ImageDataset, load_dataset
+from genprov.data.collections import is_collection_key
 from genprov.exceptions import CheckpointError, ConfigError, DataError, GenprovError
 from genprov.models.artifact import module_fingerprint, read_artifact
 from genprov.models.checkpoints import load_checkpoint
@@ -191,7 +193,9 @@ def add_trak(
         store: The feature store folder.
         model: The DDPM checkpoint or pipeline folder (default: the one the store recorded).
         lora: The LoRA folder of a pipeline store (default: the one the store recorded).
-        train: The training images (default: reloaded from the data the store recorded).
+        train: The training images (default: reloaded from the data the store recorded, or read from the image
+            collection a store of ``genprov trak featurize --data COLLECTION`` recorded, checked unchanged; the
+            entry holds them, for the galleries).
         captions: A pipeline store's training captions, one per image of ``train`` (default: read as the store
             recorded, from the class names or its captions file; required with ``train``).
         data_root: Folder of dataset files, when the recorded training data is not built in.
@@ -217,6 +221,9 @@ def add_trak(
             raise ConfigError(
                 f"{store} attributes a DDPM: a LoRA and captions are for text-to-image stores; drop them."
             )
+        if train is None and recorded_collection(store) is not None:
+            collection = open_recorded_collection(store)
+            train = collection.read(0, len(collection))
         return _add_with_images(ws, name, "trak", parts, facts, train, data_root, store)
     lora_path = Path(lora) if lora is not None else (Path(t2i["lora"]) if t2i.get("lora") else None)
     if lora_path is not None:
@@ -262,6 +269,6 @@ def add_similarity(
         else:
             parts[part] = source
             info[part] = part
-    if train is None and from_collection(record.state.get("data_fingerprint")):
+    if train is None and is_collection_key(record.state.get("data_fingerprint")):
         train = open_similarity_index(store)[1].images  # read from the collection, checked against the index
     return _add_with_images(ws, name, "similarity", parts, info, train, data_root, store)

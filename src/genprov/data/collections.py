@@ -14,6 +14,9 @@ interface for every format:
   images per file of a shard list, the channels and image shape (from the first image when not given) and a
   cheap content fingerprint (names and byte sizes of the files, never their pixels), recorded by stores and index
   folders so a resumed run is refused on another collection.
+* :func:`collection_key`: the data fingerprint a store or index of a collection records in its spec (the pixels'
+  fingerprint for a built-in data set, as an in-memory fit records, else ``collection:`` and the cheap fingerprint);
+  :func:`is_collection_key` tells such a key from a pixels' fingerprint.
 
 Kinds (:data:`COLLECTION_KINDS`):
 
@@ -63,16 +66,21 @@ from genprov.data.sources import _SAMPLES_FILE, _read_array_file, image_folder_f
 from genprov.exceptions import ConfigError, DataError, MissingDependencyError
 
 __all__ = [
+    "COLLECTION_KEY_PREFIX",
     "COLLECTION_KINDS",
     "CollectionSpec",
     "ImageCollection",
+    "collection_key",
     "collection_spec",
     "expand_braces",
+    "is_collection_key",
     "is_collection_only",
     "open_collection",
     "resolve_collection",
 ]
 
+#: Prefix of the data fingerprint of a store or index of a collection other than a built-in data set.
+COLLECTION_KEY_PREFIX = "collection:"
 #: The formats :func:`open_collection` reads.
 COLLECTION_KINDS = ("dataset", "folder", "tar", "parquet", "npz", "lmdb")
 #: Suffixes of tar shards and of list files (one shard or parquet file per line).
@@ -313,6 +321,25 @@ def is_collection_only(source: str | os.PathLike[str]) -> bool:
         return _files_of(text) is not None
     except (ConfigError, DataError):
         return "{" in text
+
+
+def collection_key(spec: CollectionSpec) -> str:
+    """The data fingerprint a store or index of the resolved collection ``spec`` records: the pixels' fingerprint
+    for a built-in data set (the key an in-memory fit records, so such a store is the one ``fit`` writes), else
+    :data:`COLLECTION_KEY_PREFIX` and the collection's cheap fingerprint.
+
+    Raises:
+        ConfigError: ``spec`` is not resolved (:func:`resolve_collection`).
+    """
+    if spec.fingerprint is None:
+        raise ConfigError(f"The collection {spec.source} is not resolved; pass resolve_collection(spec).")
+    return spec.fingerprint if spec.kind == "dataset" else f"{COLLECTION_KEY_PREFIX}{spec.fingerprint}"
+
+
+def is_collection_key(data_fingerprint: str | None) -> bool:
+    """Whether a store or index with this recorded data fingerprint was built from an image collection (its key
+    names the collection's files, not the pixels: a fit over images in memory cannot check it)."""
+    return str(data_fingerprint or "").startswith(COLLECTION_KEY_PREFIX)
 
 
 # ============================================================================================ collections

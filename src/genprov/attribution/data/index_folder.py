@@ -16,7 +16,7 @@ data set, an image folder, tar shards, parquet, an ``.npz``, an LMDB) shard by s
 or Ray tasks, :mod:`genprov.storage.shards`): the shard tasks read their images themselves, so this process never
 holds them; the features are bit-identical to :func:`build_similarity_index`'s. The index records the
 ``load_dataset``-style arguments of the collection and, as its data fingerprint, the collection's key
-(:func:`~genprov.attribution.data.similarity_shards.collection_key`), which a resumed build and
+(:func:`~genprov.data.collections.collection_key`), which a resumed build and
 :func:`open_similarity_index` check.
 """
 
@@ -40,9 +40,16 @@ from genprov.attribution.data.similarity import (
     extractor_from_spec,
     legacy_index_layout,
 )
-from genprov.attribution.data.similarity_shards import COLLECTION_KEY_PREFIX, SimilarityShardTask, collection_key
+from genprov.attribution.data.similarity_shards import SimilarityShardTask
 from genprov.data import ImageDataset, load_dataset
-from genprov.data.collections import ImageCollection, collection_spec, open_collection, resolve_collection
+from genprov.data.collections import (
+    ImageCollection,
+    collection_key,
+    collection_spec,
+    is_collection_key,
+    open_collection,
+    resolve_collection,
+)
 from genprov.exceptions import DataError, StoreMismatchError
 from genprov.models.artifact import CONFIG_FILE, ArtifactRecord, read_artifact
 from genprov.storage import FAISS_KINDS, FeatureIndex
@@ -334,7 +341,7 @@ def open_similarity_index(
         raise DataError(
             f"{store} does not record its training data; reopen it with SimilarityAttributor.from_pretrained."
         )
-    if from_collection(attributor.data_fingerprint_):
+    if is_collection_key(attributor.data_fingerprint_):
         return attributor, _collection_training_data(store, data, attributor), record
     train = _load_training_data(data)
     if attributor.n_train_ != len(train):
@@ -344,12 +351,6 @@ def open_similarity_index(
         )
     attributor.fit(train, store=attributor.index_, show_progress=False)  # reuses the index; checks spec and data
     return attributor, train, record
-
-
-def from_collection(data_fingerprint: str | None) -> bool:
-    """Whether an index with this recorded data fingerprint was built from an image collection
-    (:func:`index_collection`: its fingerprint names the collection's files, not the pixels)."""
-    return str(data_fingerprint or "").startswith(COLLECTION_KEY_PREFIX)
 
 
 def _collection_training_data(

@@ -11,8 +11,8 @@ index was created with, so weights changed since the driver opened them are refu
 process, whatever the backend, the number of workers and the order in which shards finish (given the same torch
 threads per worker as the driver).
 
-The index's segment key (its data fingerprint) is :func:`collection_key`: the pixels' fingerprint for a built-in
-data set (the key an in-memory fit records, so such an index is the one ``fit`` builds), else ``collection:`` and
+The index's segment key (its data fingerprint) is :func:`~genprov.data.collections.collection_key`: the pixels' fingerprint for a
+built-in data set (the key an in-memory fit records, so such an index is the one ``fit`` builds), else ``collection:`` and
 the collection's cheap fingerprint (names and byte sizes of its files, its length and reading settings).
 """
 
@@ -27,27 +27,13 @@ import numpy as np
 from genprov.attribution.data.mapper import FeatureMapper
 from genprov.attribution.data.similarity import SimilarityAttributor, SimilarityConfig, extractor_from_spec
 from genprov.data.collections import CollectionSpec, open_collection
-from genprov.exceptions import ConfigError, StoreMismatchError
+from genprov.exceptions import StoreMismatchError
 from genprov.storage import spec_differences
 
-__all__ = ["COLLECTION_KEY_PREFIX", "SimilarityShardTask", "collection_key"]
-
-#: Prefix of the data fingerprint of an index built from a collection other than a built-in data set.
-COLLECTION_KEY_PREFIX = "collection:"
+__all__ = ["SimilarityShardTask"]
 
 #: Attributors rebuilt in this (worker) process, keyed by the task's rebuild settings.
 _WORKER_ATTRIBUTORS: dict[str, SimilarityAttributor] = {}
-
-
-def collection_key(spec: CollectionSpec) -> str:
-    """The data fingerprint an index of the resolved collection ``spec`` records (see the module docstring).
-
-    Raises:
-        ConfigError: ``spec`` is not resolved (:func:`~genprov.data.collections.resolve_collection`).
-    """
-    if spec.fingerprint is None:
-        raise ConfigError(f"The collection {spec.source} is not resolved; pass resolve_collection(spec).")
-    return spec.fingerprint if spec.kind == "dataset" else f"{COLLECTION_KEY_PREFIX}{spec.fingerprint}"
 
 
 @dataclasses.dataclass

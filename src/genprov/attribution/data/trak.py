@@ -99,14 +99,15 @@ from genprov.attribution.data.kronecker import (
 from genprov.attribution.data.output_functions import OUTPUT_FUNCTIONS, NoiseSchedule, OutputFunction
 from genprov.attribution.data.projectors import PROJECTORS, KroneckerProjector, Projector
 from genprov.config import Config, is_int, require
+from genprov.data.collections import is_collection_key
 from genprov.data.conditioned import ConditionedExamples
 from genprov.data.dataset import fingerprint_arrays
-from genprov.exceptions import CheckpointError, ConfigError, DataError
+from genprov.exceptions import CheckpointError, ConfigError, DataError, StoreMismatchError
 from genprov.models.artifact import ArtifactPayload, ArtifactRecord, Pretrained
 from genprov.models.diffusion import build_scheduler
 from genprov.models.t2i.source import pipeline_record, reopen_pipeline
 from genprov.results import DataAttributionResult
-from genprov.storage import FeatureStore, fingerprint_state
+from genprov.storage import MANIFEST_FILE, FeatureStore, fingerprint_state, read_manifest
 from genprov.storage.feature_store import allocate_npy
 from genprov.storage.shards import driver_lock
 from genprov.utils.artifacts import ensure_free_space, storage_error
@@ -1025,9 +1026,19 @@ class TRAKAttributor(DataAttributor, Pretrained):
             info: More facts for the manifest (e.g. the collection read).
 
         Raises:
-            StoreMismatchError: ``store`` holds features of another config, model or data (names the fields).
+            StoreMismatchError: ``store`` holds features of another config, model or data (names the fields), or of
+                an image collection asked for with images in memory (names the way to reopen it).
         """
         path = store.path if isinstance(store, FeatureStore) else store
+        if (Path(path) / MANIFEST_FILE).is_file():
+            stored = read_manifest(Path(path)).spec.get("data_fingerprint")
+            if is_collection_key(stored) and not is_collection_key(spec.get("data_fingerprint")):
+                raise StoreMismatchError(
+                    f"{path} holds features of an image collection (data fingerprint {stored}), which images in "
+                    "memory cannot be checked against. Reopen it without the images: "
+                    f"trak_shards.fit_collection_store(attributor, {str(path)!r}), or 'genprov trak score --store "
+                    f"{path} ...'; or fit the images into another store folder."
+                )
         n = len(images) if n_rows is None else int(n_rows)
         return FeatureStore.create(
             path,

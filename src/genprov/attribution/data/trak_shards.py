@@ -16,7 +16,7 @@ fingerprint against the store's, so a checkpoint changed since the driver opened
 shards, parquet, an ``.npz``, an LMDB, a built-in data set) without holding it: each task reads its own range of
 images (the task's examples are the resolved :class:`~genprov.data.collections.CollectionSpec`), and the driver
 reads one image, for the shape. The store records the collection: its key
-(:func:`~genprov.attribution.data.similarity_shards.collection_key`: the pixels' fingerprint for a built-in data set,
+(:func:`~genprov.data.collections.collection_key`: the pixels' fingerprint for a built-in data set,
 as :meth:`TRAKAttributor.fit` records, else ``collection:`` and the cheap fingerprint of the files) as the spec's
 ``data_fingerprint``, and the resolved spec (paths, length, fingerprint) as ``info["collection"]``; a resumed run on
 another or a changed collection is refused. :func:`fit_collection_store` reopens such a store without featurizing
@@ -43,9 +43,14 @@ import torch
 from torch import nn
 
 from genprov.attribution.data.base import StoreLike, TrainingSet, training_images
-from genprov.attribution.data.similarity_shards import collection_key
 from genprov.attribution.data.trak import Examples, TRAKAttributor, TRAKConfig
-from genprov.data.collections import CollectionSpec, ImageCollection, open_collection, resolve_collection
+from genprov.data.collections import (
+    CollectionSpec,
+    ImageCollection,
+    collection_key,
+    open_collection,
+    resolve_collection,
+)
 from genprov.data.conditioned import ConditionedExamples
 from genprov.exceptions import ConfigError, DataError, StoreMismatchError
 from genprov.models.checkpoints import checkpoint_source, load_checkpoint
@@ -59,6 +64,8 @@ __all__ = [
     "featurize_collection",
     "featurize_sharded",
     "fit_collection_store",
+    "fit_recorded_store",
+    "open_recorded_collection",
     "recorded_collection",
     "started_from_collection",
 ]
@@ -348,6 +355,65 @@ def recorded_collection(store: StoreLike) -> CollectionSpec | None:
     return _spec_or_none(fs.info.get(COLLECTION_INFO))
 
 
+def _finished_collection_store(store: StoreLike) -> tuple[FeatureStore, CollectionSpec]:
+    """The finished store of :func:`featurize_collection` at ``store`` and the collection it records."""
+    fs = store if isinstance(store, FeatureStore) else FeatureStore.open(Path(str(store)))
+    recorded = recorded_collection(fs)
+    if recorded is None or recorded.shape is None or recorded.length is None:
+        raise DataError(
+            f"{fs.path} records no image collection (it was featurized from images in memory); reopen it with "
+            "TRAKAttributor.fit(train, store=...)."
+        )
+    if not fs.is_complete:
+        raise DataError(
+            f"{fs.path} is unfinished ({fs.n_done} of {fs.n_shards} shards); finish it first: run the same "
+            "'genprov trak featurize' command again (or featurize_collection)."
+        )
+    return fs, recorded
+
+
+def open_recorded_collection(store: StoreLike) -> ImageCollection:
+    """The image collection a finished store of :func:`featurize_collection` was featurized from, opened and checked
+    unchanged (its length and cheap fingerprint); read the images a report shows with ``read(i, i + 1)``.
+
+    Raises:
+        DataError: No store there, one without a recorded collection or unfinished, or a collection that moved or
+            changed since.
+    """
+    fs, recorded = _finished_collection_store(store)
+    images = open_collection(recorded, refresh=True)  # listed again: refuses another length
+    found = images.fingerprint()
+    if found != recorded.fingerprint:
+        raise DataError(
+            f"{fs.path} was featurized from the collection {recorded.source} (fingerprint {recorded.fingerprint}) but "
+            f"its files now have fingerprint {found}: they changed since. Restore them, or featurize again into "
+            "another store."
+        )
+    return images
+
+
+def fit_recorded_store(attributor: TRAKAttributor, store: StoreLike) -> CollectionSpec:
+    """Fit ``attributor`` on a finished store of :func:`featurize_collection` without opening its collection: for a
+    store whose images were checked when they were copied beside it (a service workspace entry); elsewhere use
+    :func:`fit_collection_store`, which checks the collection.
+
+    Returns:
+        The collection the store records (its ``length`` is the number of training images).
+
+    Raises:
+        DataError: No store there, one without a recorded collection, or unfinished.
+        StoreMismatchError: The store holds features of another config or model.
+    """
+    fs, recorded = _finished_collection_store(store)
+    assert recorded.shape is not None and recorded.length is not None  # checked by _finished_collection_store
+    probe = torch.zeros(1, *recorded.shape)
+    spec = attributor.store_spec(probe, data_fingerprint=collection_key(recorded))
+    info = {COLLECTION_INFO: recorded.to_dict()}
+    checked = attributor.create_store(fs.path, probe, spec, n_rows=recorded.length, info=info)  # no write
+    _fit_on(attributor, checked)
+    return recorded
+
+
 def fit_collection_store(attributor: TRAKAttributor, store: StoreLike) -> ImageCollection:
     """Fit ``attributor`` on a finished store of :func:`featurize_collection` without featurizing or reading its
     images; the recorded collection must still be there, unchanged (its length and cheap fingerprint).
@@ -364,31 +430,8 @@ def fit_collection_store(attributor: TRAKAttributor, store: StoreLike) -> ImageC
             changed since.
         StoreMismatchError: The store holds features of another config or model.
     """
-    fs = store if isinstance(store, FeatureStore) else FeatureStore.open(Path(str(store)))
-    recorded = recorded_collection(fs)
-    if recorded is None or recorded.shape is None or recorded.length is None:
-        raise DataError(
-            f"{fs.path} records no image collection (it was featurized from images in memory); reopen it with "
-            "TRAKAttributor.fit(train, store=...)."
-        )
-    if not fs.is_complete:
-        raise DataError(
-            f"{fs.path} is unfinished ({fs.n_done} of {fs.n_shards} shards); finish it first: run the same "
-            "'genprov trak featurize' command again (or featurize_collection)."
-        )
-    images = open_collection(recorded, refresh=True)  # listed again: refuses another length
-    found = images.fingerprint()
-    if found != recorded.fingerprint:
-        raise DataError(
-            f"{fs.path} was featurized from the collection {recorded.source} (fingerprint {recorded.fingerprint}) but "
-            f"its files now have fingerprint {found}: they changed since. Restore them, or featurize again into "
-            "another store."
-        )
-    probe = torch.zeros(1, *recorded.shape)
-    spec = attributor.store_spec(probe, data_fingerprint=collection_key(recorded))
-    info = {COLLECTION_INFO: recorded.to_dict()}
-    checked = attributor.create_store(fs.path, probe, spec, n_rows=recorded.length, info=info)  # no write
-    _fit_on(attributor, checked)
+    images = open_recorded_collection(store)
+    fit_recorded_store(attributor, store)
     return images
 
 

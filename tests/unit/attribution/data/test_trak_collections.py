@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 from collection_fixtures import digits_folder, digits_tars  # noqa: F401 (fixtures, used by name)
+from PIL import Image
 from shard_fixtures import CONFIG, checkpoint, kill_driver_on_call  # noqa: F401 (fixtures, used by name)
 from typer.testing import CliRunner
 
+from genprov.app.engine import ProvenanceEngine
+from genprov.app.register import add_trak
+from genprov.app.workspace import Workspace
 from genprov.attribution.data.trak import TRAKAttributor
 from genprov.attribution.data.trak_shards import (
     COLLECTION_INFO,
@@ -27,6 +31,7 @@ from genprov.cli.trak import _attributor as _opened_store
 from genprov.cli.trak import app
 from genprov.data import load_dataset, save_images
 from genprov.data.collections import ImageCollection, collection_spec
+from genprov.data.images import to_uint8
 from genprov.exceptions import DataError, StoreMismatchError
 from genprov.models.checkpoints import load_checkpoint
 from genprov.storage import FeatureStore
@@ -86,8 +91,8 @@ def test_two_processes_featurize_a_folder_and_tar_shards_as_the_in_process_fit(
     again.save_pretrained(tmp_path / "artefact")
     reopened = TRAKAttributor.from_pretrained(tmp_path / "artefact")
     torch.testing.assert_close(reopened.scores(queries), again.scores(queries), rtol=0, atol=0)
-    # fit with pixels cannot check a collection's cheap key: refused, naming the data fingerprint
-    with pytest.raises(StoreMismatchError, match="data_fingerprint"):
+    # fit with pixels cannot check a collection's cheap key: refused, naming the way to reopen the store
+    with pytest.raises(StoreMismatchError, match=r"holds features of an image collection .*fit_collection_store"):
         _attributor(checkpoint).fit(load_dataset(str(digits_folder)).images, store=tmp_path / "tars")
 
 
@@ -173,6 +178,17 @@ def test_cli_featurizes_tar_shards_on_processes_and_scores_reading_only_the_imag
     # 'trak lds' (which needs every training image for its pixel baseline) reads the collection whole
     opened = _opened_store(stores["tars"], [])
     torch.testing.assert_close(opened.train.images, load_dataset(str(digits_folder)).images, rtol=0, atol=0)
+    # the service takes the collection's store (the images read from the shards when it is added, checked
+    # unchanged) and answers as the store of the same images loaded in one process
+    ws = Workspace.create(tmp_path / "ws")
+    for name, store in stores.items():
+        add_trak(ws, name, store)
+    engine = ProvenanceEngine.load(ws)
+    assert engine.errors == {}
+    query = Image.fromarray(to_uint8(load_dataset("digits", split="test", n=1).images)[0, ..., 0])
+    answers = {name: engine.analyzers[name].analyze(query) for name in stores}
+    ranked = {name: [(p["index"], p["score"]) for p in a["positive"]] for name, a in answers.items()}
+    assert ranked["tars"] and ranked["tars"] == ranked["folder"]
 
 
 def test_cli_refuses_tar_shards_with_captions_before_opening_anything(digits_tars, tmp_path) -> None:
