@@ -4,8 +4,12 @@ Each timed method of a table is first called once as a warm-up (not timed into t
 are called in interleaved rounds, ``A B C A B C ...``, at least :data:`MIN_REPEATS` times each, so a change of
 the machine's load during the table touches every method alike instead of one. A table reports, per method,
 the **median** of its repetitions and their **range** (min-max), ratios as **ratios of medians**, and the
-1-minute load average read before the first warm-up and after the last round; :func:`load_note` flags a
-table whose load changed by more than :data:`LOAD_TOLERANCE` while it ran.
+1-minute load average read before the first warm-up and at the end of every round; :func:`load_note` flags a
+table whose load changed by more than :data:`LOAD_TOLERANCE` while it ran. With the round readings the flag
+compares them with one another, not with the reading before the first call: that one does not yet count the
+table's own work (one process: about one unit on this machine, which the 1-minute average takes a minute to
+show), so comparing it with the end would flag every table started on an idle machine and miss nothing
+the rounds do not show.
 
 Methods that must run in their own process (clean peak-memory readings) are interleaved the same way: each
 call of the method spawns one process (see :func:`in_child`), which times its own work after its own
@@ -47,15 +51,23 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def load_note(before: float, after: float) -> str:
+def load_note(before: float, after: float, rounds: tuple[float, ...] = ()) -> str:
     """One sentence for under a table: the load before and after it, flagged if it moved by more than 0.5.
 
     Args:
         before: 1-minute load average read before the table's first call.
         after: 1-minute load average read after its last call.
+        rounds: The readings at the end of each interleaved round (the last is ``after``); when given, the flag
+            is on their spread (see the module docstring).
     """
-    note = f"1-minute load average {before:.1f} before this table, {after:.1f} after."
-    if abs(after - before) > LOAD_TOLERANCE:
+    note = f"1-minute load average {before:.1f} before this table, {after:.1f} after"
+    if rounds:
+        note += f" ({', '.join(f'{r:.1f}' for r in rounds)} at the end of each round)"
+        moved = max(rounds) - min(rounds)
+    else:
+        moved = abs(after - before)
+    note += "."
+    if moved > LOAD_TOLERANCE:
         note += (
             f" **Load changed by more than {LOAD_TOLERANCE} during this table: its timings are not the product's "
             "speed; rerun it on a quiet machine.**"
@@ -112,6 +124,7 @@ class Trials(Generic[R]):
     load_before: float
     load_after: float
     repeats: int = field(default=MIN_REPEATS)
+    load_rounds: list[float] = field(default_factory=list)
 
     def timing(self, name: str, *, per: float = 1.0, key: str | int | None = None) -> Timing:
         """Timing of ``name``: its wall seconds per call divided by ``per`` (e.g. the examples of a call).
@@ -131,7 +144,8 @@ class Trials(Generic[R]):
         warm = "one warm-up call" if self.warm_up_seconds else "a warm-up before the timed part of each run"
         return (
             f"Each method: {warm}, then {self.repeats} interleaved runs (A B C A B C ...); cells are median "
-            f"[min-max], ratios are ratios of medians. {load_note(self.load_before, self.load_after)}"
+            f"[min-max], ratios are ratios of medians. "
+            f"{load_note(self.load_before, self.load_after, tuple(self.load_rounds))}"
         )
 
 
@@ -176,7 +190,8 @@ def interleaved(
             out = method(index)
             trials.seconds[name].append(clock() - start)
             trials.outputs[name].append(out)
-    trials.load_after = load()
+        trials.load_rounds.append(load())
+    trials.load_after = trials.load_rounds[-1]
     return trials
 
 

@@ -107,10 +107,15 @@ def test_timing_from_the_outputs() -> None:
     assert t.samples == pytest.approx((1.0, 3.0, 2.0)) and t.median == pytest.approx(2.0)
 
 
-def test_load_is_read_before_and_after_and_flagged_above_half() -> None:
-    readings = iter([1.0, 1.6])
+def test_load_is_read_before_and_after_every_round_and_flagged_above_half() -> None:
+    # the table's own work raises the load from 1.0 to 2.0 by the end of the first round: not a change
+    readings = iter([1.0, 2.0, 2.1, 2.0])
     trials = timing.interleaved({"a": lambda i: i}, load=lambda: next(readings))
-    assert (trials.load_before, trials.load_after) == (1.0, 1.6)
+    assert (trials.load_before, trials.load_after, trials.load_rounds) == (1.0, 2.0, [2.0, 2.1, 2.0])
+    assert "(2.0, 2.1, 2.0 at the end of each round)" in trials.note() and "Load changed" not in trials.note()
+    # another job ending during the rounds is flagged
+    readings = iter([1.0, 2.0, 1.6, 1.4])
+    trials = timing.interleaved({"a": lambda i: i}, load=lambda: next(readings))
     assert "Load changed by more than 0.5" in trials.note()
     assert "Load changed" not in timing.load_note(1.0, 1.5)
     assert "Load changed" in timing.load_note(4.1, 0.9)  # a falling load is flagged too
