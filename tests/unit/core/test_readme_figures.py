@@ -79,7 +79,6 @@ def test_generated_tables_equal_their_results_files() -> None:
     assert render_readme(text, ROOT) == text, "README tables differ from results/: python -m genprov.experiments.readme"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: tables whose runs are not yet re-measured and committed")
 def test_every_table_of_figures_is_generated_or_a_benchmark() -> None:
     text = TABLE.sub("", README.read_text(encoding="utf-8"))  # generated tables are checked above
     text = re.sub(r"<!-- benchmark -->\n(\|.*\n)+", "", text)
