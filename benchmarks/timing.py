@@ -122,9 +122,13 @@ class Trials(Generic[R]):
     warm_up_seconds: dict[str, float]
     order: list[str]
     load_before: float
-    load_after: float
     repeats: int = field(default=MIN_REPEATS)
     load_rounds: list[float] = field(default_factory=list)
+
+    @property
+    def load_after(self) -> float:
+        """The 1-minute load average after the last round."""
+        return self.load_rounds[-1]
 
     def timing(self, name: str, *, per: float = 1.0, key: str | int | None = None) -> Timing:
         """Timing of ``name``: its wall seconds per call divided by ``per`` (e.g. the examples of a call).
@@ -173,7 +177,7 @@ def interleaved(
     """
     if repeats < MIN_REPEATS:
         raise ValueError(f"repeats={repeats}: the protocol times each method at least {MIN_REPEATS} times")
-    trials: Trials[R] = Trials({n: [] for n in methods}, {n: [] for n in methods}, {}, [], load(), 0.0, repeats)
+    trials: Trials[R] = Trials({n: [] for n in methods}, {n: [] for n in methods}, {}, [], load(), repeats)
     if warm_up is not False:
         cheaper = warm_up if isinstance(warm_up, Mapping) else {}
         for name, method in methods.items():
@@ -191,7 +195,6 @@ def interleaved(
             trials.seconds[name].append(clock() - start)
             trials.outputs[name].append(out)
         trials.load_rounds.append(load())
-    trials.load_after = trials.load_rounds[-1]
     return trials
 
 

@@ -271,8 +271,9 @@ def _load_trak(ws: Workspace, entry: Entry) -> Analyzer:
     if not isinstance(model, DDPM):
         raise CheckpointError(f"Entry {entry.name!r}: its model is not a DDPM; re-add it with the store's model.")
     attributor = TRAKAttributor(model, config=config)
-    if is_collection_key(FeatureStore.open(base / "store").spec.get("data_fingerprint")):
-        n_train = fit_recorded_store(attributor, base / "store").length  # images checked when the entry was added
+    store = FeatureStore.open(base / "store")
+    if is_collection_key(store.spec.get("data_fingerprint")):
+        n_train = fit_recorded_store(attributor, store).length  # images checked when the entry was added
         if n_train != len(images):
             raise DataError(f"entry {entry.name!r} featurized {n_train} images but holds {len(images)}; add it again.")
     else:

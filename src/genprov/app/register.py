@@ -204,7 +204,8 @@ def add_trak(
         DataError: Not a store of ``genprov trak featurize``, or a model of another kind than the store's.
         ConfigError: ``lora`` or ``captions`` for a DDPM store, or ``train`` without ``captions`` for a pipeline.
     """
-    info = FeatureStore.open(store).info
+    fs = FeatureStore.open(store)
+    info = fs.info
     if "trak_config" not in info or ("model" not in info and model is None):
         raise DataError(f"{store} was not written by 'genprov trak featurize'; it lacks the model and config it used.")
     model_path = Path(model) if model is not None else Path(info["model"])
@@ -221,8 +222,8 @@ def add_trak(
             raise ConfigError(
                 f"{store} attributes a DDPM: a LoRA and captions are for text-to-image stores; drop them."
             )
-        if train is None and recorded_collection(store) is not None:
-            collection = open_recorded_collection(store)
+        if train is None and recorded_collection(fs) is not None:
+            collection = open_recorded_collection(fs)
             train = collection.read(0, len(collection))
         return _add_with_images(ws, name, "trak", parts, facts, train, data_root, store)
     lora_path = Path(lora) if lora is not None else (Path(t2i["lora"]) if t2i.get("lora") else None)
