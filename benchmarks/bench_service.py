@@ -14,8 +14,8 @@ distinct uploads at once: the 503s with ``Retry-After`` there are expected (back
 request the service admitted must succeed.
 
 A load test is one run by nature (its figures are percentiles over the requests of that run), so it is not
-repeated; the 1-minute load average before and after the two phases is reported and a change above 0.5 flags
-the table (:func:`benchmarks.timing.load_note`).
+repeated; the 1-minute load average is read before the first phase and after each, and a spread above 0.5
+between the readings after the phases flags the table (:func:`benchmarks.timing.load_note`).
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ def run(quick: bool) -> str:
         with _Server(ws, workers=1, queue_size=128) as base:
             warm = asyncio.run(_load(base, [pngs[N_REQUESTS]]))  # not among the timed uploads
             main = asyncio.run(_load(base, [*pngs[:N_REQUESTS], corrupt]))
+        load_between = load_average()
         bytes_after = _folder_bytes(ws)
         results_bytes = _folder_bytes(ws / "results")
         flipped = []
@@ -239,7 +240,7 @@ def run(quick: bool) -> str:
             f"Workspace bytes: {bytes_before:,} before, {bytes_after:,} after phase 1 ({results_bytes:,} in "
             f"results/: {N_REQUESTS + 1} answers with their query image stored at the analysed size).",
             "",
-            load_note(load_before, load_after),
+            load_note(load_before, load_after, (load_between, load_after)),
             "",
         ]
     )
