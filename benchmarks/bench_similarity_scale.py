@@ -15,12 +15,12 @@ exactly from the memmap, so returned scores are exact; only recall can be lost.
 Reported: writing the store, build time, the index's bytes (its ``faiss.write_index`` file) against the
 features' (a query process holds the index in memory, the features stay on disk), latency of one query and the
 per-query time of a batch of queries for several ``n_probe`` (lists visited) at ``n_candidates = 10 k``
-(and at ``n_candidates = k``: the PQ ranking alone, no extra re-ranking), and recall@10 against exact search
+(and at ``100 k``, deeper re-ranking, and ``k``: the PQ ranking alone; :data:`SETTINGS`), and recall@10 against exact search
 on a sample of queries (the exact top-10 of the sample from one chunked pass over the memmap, whose time per
 query is the exact reference). FAISS and torch use the same thread count. Timing (:mod:`benchmarks.timing`):
 single queries interleaved across the settings query by query, batches (and the exact pass) interleaved three
 times, each after one warm-up call; cells are median [min-max], speed-ups ratios of medians, and the load
-average before and after flags the table when it moved by more than 0.5.
+average read at the end of every round flags the table when its readings spread by more than 0.5.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from benchmarks.timing import interleaved, load_note
 
 K = 10
 MAX_LISTS = 4096
-N_PROBES = (8, 32, 128)
+#: ``(n_probe, n_candidates)`` searched: lists visited, candidates re-scored exactly per query (10 k at every
+#: ``n_probe``; 100 k where the lists hold enough true neighbours; k: the PQ ranking alone).
+SETTINGS = ((8, 10 * K), (32, 10 * K), (32, 100 * K), (128, 10 * K), (128, 100 * K), (128, K))
 SEED = 0
 
 
@@ -100,9 +102,7 @@ def run(quick: bool) -> str:
         sample, batch = q[: size["sample"]], q[: size["batch"]]
         settings = {
             f"{n_probe}/{candidates}": {"backend": "faiss", "n_probe": n_probe, "n_candidates": candidates}
-            for n_probe in N_PROBES
-            for candidates in (10 * K, K)
-            if candidates == 10 * K or n_probe == N_PROBES[-1]
+            for n_probe, candidates in SETTINGS
         }
         single = interleaved(
             {name: lambda i, st=st: searcher.search(q[i : i + 1], K, **st) for name, st in settings.items()},
@@ -147,7 +147,7 @@ def run(quick: bool) -> str:
         f"one chunked pass over the memmap); recall@{K} is against it. Single-query latency includes reading the "
         f"re-ranked rows from the memmap (page cache or disk); median [min-max] over {size['single']} queries. "
         f"Batches: median [min-max] of {batches.repeats} interleaved runs after a warm-up each. "
-        + load_note(single.load_before, batches.load_after)
+        + load_note(single.load_before, batches.load_after, (*single.load_rounds, *batches.load_rounds))
     )
     return "\n".join(lines) + "\n"
 

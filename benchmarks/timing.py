@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "LOAD_TOLERANCE",
+    "MAX_LISTED_ROUNDS",
     "MIN_REPEATS",
     "Timing",
     "Trials",
@@ -51,6 +52,10 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+#: Round readings listed one by one under a table; more are summarised as their range.
+MAX_LISTED_ROUNDS = 12
+
+
 def load_note(before: float, after: float, rounds: tuple[float, ...] = ()) -> str:
     """One sentence for under a table: the load before and after it, flagged if it moved by more than 0.5.
 
@@ -62,7 +67,10 @@ def load_note(before: float, after: float, rounds: tuple[float, ...] = ()) -> st
     """
     note = f"1-minute load average {before:.1f} before this table, {after:.1f} after"
     if rounds:
-        note += f" ({', '.join(f'{r:.1f}' for r in rounds)} at the end of each round)"
+        if len(rounds) <= MAX_LISTED_ROUNDS:
+            note += f" ({', '.join(f'{r:.1f}' for r in rounds)} at the end of each round)"
+        else:
+            note += f" ({min(rounds):.1f}-{max(rounds):.1f} at the end of each of {len(rounds)} rounds)"
         moved = max(rounds) - min(rounds)
     else:
         moved = abs(after - before)

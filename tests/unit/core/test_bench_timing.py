@@ -118,6 +118,9 @@ def test_load_is_read_before_and_after_every_round_and_flagged_above_half() -> N
     trials = timing.interleaved({"a": lambda i: i}, load=lambda: next(readings))
     assert "Load changed by more than 0.5" in trials.note()
     assert "Load changed" not in timing.load_note(1.0, 1.5)
+    many = timing.load_note(2.0, 2.1, (2.0,) * 29 + (2.1,))
+    assert "(2.0-2.1 at the end of each of 30 rounds)" in many and "Load changed" not in many
+    assert "Load changed" in timing.load_note(2.0, 2.1, (2.0,) * 29 + (2.6,))
     assert "Load changed" in timing.load_note(4.1, 0.9)  # a falling load is flagged too
     assert timing.load_note(1.0, 1.2).startswith("1-minute load average 1.0 before this table, 1.2 after.")
 
