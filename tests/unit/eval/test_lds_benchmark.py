@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def test_kept_models_are_the_measured_checkpoints(built, plan) -> None:
     assert not (folder / "models" / plan.name(0) / "state").exists()  # the checkpoint only, not the training state
 
 
-def test_a_killed_driver_resumes_with_the_missing_models_only(plan, reference, tmp_path, monkeypatch) -> None:
+def test_a_killed_driver_resumes_with_the_missing_models_only_from_a_carried_store(
+    plan, reference, tmp_path, monkeypatch
+) -> None:
     store = tmp_path / "losses"
     with pytest.raises(KeyboardInterrupt):
         build_lds_benchmark(plan, store, Interrupted(after=2))
@@ -100,10 +103,16 @@ def test_a_killed_driver_resumes_with_the_missing_models_only(plan, reference, t
         return real(model, recipe, data, folder, **kwargs)
 
     monkeypatch.setattr(lds_benchmark, "train_ddpm", counting)
-    bench = build_lds_benchmark(plan, store)
+    # carried to another folder (or machine) without its lock files, as results/in-progress/ carries a long run
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for file in store.iterdir():
+        if not file.name.startswith("."):
+            shutil.copy(file, carried / file.name)
+    bench = build_lds_benchmark(plan, carried)
     assert len(trained) == 4
     np.testing.assert_array_equal(bench.losses, reference)
-    assert build_lds_benchmark(plan, store).losses.tobytes() == bench.losses.tobytes() and len(trained) == 4
+    assert build_lds_benchmark(plan, carried).losses.tobytes() == bench.losses.tobytes() and len(trained) == 4
 
 
 def test_a_second_driver_and_another_plan_are_refused(plan, images, queries, tmp_path) -> None:
