@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_flipad import PROTOCOL, compare
-from benchmarks.timing import load_average, load_note
+from benchmarks.bench_flipad import PROTOCOL, compare, rows_load_note
+from benchmarks.timing import load_average
 from genprov.attribution.model import FinalLayerInversionAttributor, FinalLayerInversionAttributorConfig
 from genprov.attribution.model.inversion import LinearOperator, operator_for
 from genprov.data import load_dataset, png_roundtrip
@@ -82,8 +82,7 @@ def run(quick: bool) -> str:
             f"| {r['fista_iters']} | {r['fista_s'].cell('.3f')} | {r['n'] / r['fista_s'].median:.1f} "
             f"| **{r['ratio']:.0f}x** | {r['gap_mean']:+.1e} / {r['gap_max']:+.1e} |"
         )
-    rounds = tuple(reading for r in rows for reading in r["load_rounds"])
-    lines += ["", load_note(load_before, load_after, rounds), ""]
+    lines += ["", rows_load_note(load_before, load_after, rows), ""]
     return "\n".join(lines) + "\n"
 
 

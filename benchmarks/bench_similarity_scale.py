@@ -14,9 +14,9 @@ exactly from the memmap, so returned scores are exact; only recall can be lost.
 
 Reported: writing the store, build time, the index's bytes (its ``faiss.write_index`` file) against the
 features' (a query process holds the index in memory, the features stay on disk), latency of one query and the
-per-query time of a batch of queries for several ``n_probe`` (lists visited) at ``n_candidates = 10 k``
-(and at ``100 k``, deeper re-ranking, and ``k``: the PQ ranking alone; :data:`SETTINGS`), and recall@10 against exact search
-on a sample of queries (the exact top-10 of the sample from one chunked pass over the memmap, whose time per
+per-query time of a batch of queries for several ``n_probe`` (lists visited) at ``n_candidates = 10 k`` (and
+at ``100 k``, deeper re-ranking, and ``k``: the PQ ranking alone; :data:`SETTINGS`), and recall@10 against exact
+search on a sample of queries (the exact top-10 of the sample from one chunked pass over the memmap, whose time per
 query is the exact reference). FAISS and torch use the same thread count. Timing (:mod:`benchmarks.timing`):
 single queries interleaved across the settings query by query, batches (and the exact pass) interleaved three
 times, each after one warm-up call; cells are median [min-max], speed-ups ratios of medians, and the load
