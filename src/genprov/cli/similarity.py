@@ -397,7 +397,7 @@ def query_cmd(
         "--rerank",
         min=1,
         help="FAISS candidates per query re-scored exactly from the stored features (more: higher recall, slower). "
-        "Default: max(4 x top-k, 64).",
+        "Default: max(4 x top-k, 64); for ivfpq max(100 x top-k, 1000).",
     ),
     pipeline: Path | None = typer.Option(
         None,

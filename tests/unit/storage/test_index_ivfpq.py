@@ -127,3 +127,43 @@ def test_bad_ivfpq_settings_are_named(tmp_path: Path, data: tuple[np.ndarray, np
     small = _index(tmp_path / "small", rows[:100])
     with pytest.raises(ConfigError, match=r"needs at least 256 rows.*holds 100"):
         small.build_faiss("ivfpq")
+
+
+@pytest.mark.parametrize(
+    ("kind", "k", "expected"), [("ivfpq", 10, 1000), ("ivfpq", 20, 2000), ("hnsw", 10, 64), ("ivf", 20, 80)]
+)
+def test_default_rerank_depth_is_deeper_for_compressed_codes(
+    tmp_path: Path,
+    data: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    k: int,
+    expected: int,
+) -> None:
+    """Without n_candidates, IVF-PQ re-ranks max(100 k, 1000) FAISS candidates (PQ codes cannot order near-ties),
+    the uncompressed kinds max(4 k, 64)."""
+    rows, queries = data
+    index = _index(tmp_path / "idx", rows)
+    index.build_faiss(kind, seed=0)
+    asked: list[int] = []
+    original = FeatureIndex._faiss_index
+
+    class Recording:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def search(self, x: np.ndarray, m: int, params: object = None) -> tuple[np.ndarray, np.ndarray]:
+            asked.append(m)
+            return self.inner.search(x, m, params=params)  # type: ignore[attr-defined]
+
+    def recording(self: FeatureIndex, kind: str | None) -> tuple[object, str]:
+        found, resolved = original(self, kind)
+        return Recording(found), resolved
+
+    monkeypatch.setattr(FeatureIndex, "_faiss_index", recording)
+    reopened = FeatureIndex.open(tmp_path / "idx")
+    found, _ = reopened.search(queries, k, backend="faiss")
+    assert asked == [expected] and found.shape == (len(queries), k)
+    asked.clear()
+    reopened.search(queries, k, backend="faiss", n_candidates=100)  # an explicit depth wins
+    assert asked == [100]

@@ -353,7 +353,7 @@ class SimilarityConfig(Config):
         search: ``"exact"`` (chunked matmul), or FAISS candidates re-ranked exactly (needs a store and
             ``genprov[faiss]``): ``"faiss"`` (the store's saved FAISS index, HNSW when none), ``"hnsw"``, or
             ``"ivfpq"`` (compressed IVF-PQ codes: a small fraction of the features' memory).
-        n_candidates: FAISS candidates re-ranked exactly per query (``None``: ``max(4 k, 64)``).
+        n_candidates: FAISS candidates re-ranked exactly per query (``None``: :func:`genprov.storage.index.default_candidates`).
         n_probe: IVF lists visited per query by ``"ivfpq"`` search (``None``: the saved index's, 16).
         chunk_rows: Training rows multiplied at once by exact search / scoring.
         shard_size: Training images per index shard (the unit of resumption).
