@@ -60,13 +60,17 @@ def _split(data: bytes) -> tuple[dict[str, Any], memoryview] | None:
 def sign_safetensors(data: bytes) -> bytes:
     """``data`` (a serialised safetensors file) with the SHA-256 of its tensor data added to its metadata.
 
-    The tensor data is unchanged; the header is re-encoded and padded to 8 bytes as safetensors does.
+    The tensor data is unchanged; the header is re-encoded (metadata keys sorted, the checksum last, so the bytes
+    do not depend on the process that wrote them) and padded to 8 bytes as safetensors does.
     """
     parts = _split(data)
     if parts is None:
         raise ValueError("sign_safetensors needs a serialised safetensors file (safetensors.torch.save output).")
     header, payload = parts
-    metadata = dict(header.get("__metadata__") or {})
+    # the writer's metadata keys sorted (safetensors writes them in hash-map order, which differs between
+    # processes), the checksum last: the same tensors and metadata always give the same bytes
+    metadata = dict(sorted((header.get("__metadata__") or {}).items()))
+    metadata.pop(SAFETENSORS_SHA256_KEY, None)
     metadata[SAFETENSORS_SHA256_KEY] = sha256_hex(payload)
     header["__metadata__"] = metadata
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -95,3 +96,31 @@ def test_json_safe_nulls_undefined_numbers_and_unwraps_numpy() -> None:
     raw = {1: [float("nan"), np.float32(0.5), (np.int64(3), float("inf"))], "ok": np.float64(np.nan), "s": "x"}
     assert json_safe(raw) == {"1": [None, 0.5, [3, None]], "ok": None, "s": "x"}
     assert type(json_safe(np.float32(0.5))) is float
+
+
+def test_signed_safetensors_bytes_do_not_depend_on_metadata_order() -> None:
+    """safetensors writes metadata in hash-map order (it differs between processes): signing sorts the keys and
+    puts the checksum last, so equal tensors and metadata give equal bytes, and the file still loads."""
+    from safetensors.torch import load, save
+
+    from genprov.utils.checksums import SAFETENSORS_SHA256_KEY, sign_safetensors, verify_safetensors
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    data = save(tensors, metadata={"format": "pt", "lora_adapter_metadata": "{}"})
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    reordered = dict(reversed(list(header["__metadata__"].items())))
+    encoded = json.dumps({**header, "__metadata__": reordered}, separators=(",", ":")).encode()
+    encoded += b" " * (-(8 + len(encoded)) % 8)
+    other = len(encoded).to_bytes(8, "little") + encoded + data[8 + length :]
+    assert other != data  # the same file with its metadata keys in the other order
+    signed = sign_safetensors(data)
+    assert sign_safetensors(other) == signed
+    assert list(json.loads(signed[8 : 8 + int.from_bytes(signed[:8], "little")])["__metadata__"]) == [
+        "format",
+        "lora_adapter_metadata",
+        SAFETENSORS_SHA256_KEY,
+    ]
+    verify_safetensors(signed, "x.safetensors")
+    loaded = load(signed)
+    assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)

@@ -384,7 +384,12 @@ def save_lora(
     check_output_folder(out, accept={LORA_ARTIFACT_KIND, INCOMPLETE_CHECKPOINT}, option="--out")
     out.mkdir(parents=True, exist_ok=True)
     unet = pipeline.unet
-    metadata = unet.peft_config[next(iter(unet.peft_config))].to_dict()
+    # peft keeps target_modules as a set, which diffusers writes in iteration order (string hashing: it differs
+    # between processes); sorted, the file's bytes depend on the adapter only
+    metadata = {
+        key: sorted(value) if isinstance(value, set) else value
+        for key, value in unet.peft_config[next(iter(unet.peft_config))].to_dict().items()
+    }
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=out) as tmp, quiet_hub():
         type(pipeline).save_lora_weights(
             tmp,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,3 +198,36 @@ def test_a_cosine_schedule_warms_up_then_decays_and_cannot_grow_on_resume(tmp_pa
     assert any(not torch.equal(a[k], b[k]) for k in a)  # step 0 of the warm-up updates nothing
     with pytest.raises(StoreMismatchError, match="steps: saved 2, now 3"):
         train_lora(tiny_pipeline(tmp_path / "d"), _images(), CAPTIONS, cosine.replace(steps=3), tmp_path / "c")
+
+
+_SAVE_SCRIPT = """
+import hashlib, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from lora_fixtures import tiny_pipeline
+from genprov.models.t2i.lora import LORA_WEIGHTS, LoRAConfig, add_lora, save_lora
+folder = Path(sys.argv[1])
+pipe = tiny_pipeline(folder / "base")
+add_lora(pipe.unet, LoRAConfig(rank=2))
+print(hashlib.sha256((save_lora(pipe, folder / "lora", config=LoRAConfig(rank=2)) / LORA_WEIGHTS).read_bytes()).hexdigest())
+"""
+
+
+def test_saved_lora_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    """The adapter file is byte-identical across processes with different string hashing (peft's target_modules
+    set is written sorted, the safetensors metadata keys too), so fingerprints of LoRA folders are stable. Hash seeds
+    1 and 2 wrote the metadata keys in different orders before."""
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", _SAVE_SCRIPT, str(tmp_path / hash_seed), str(Path(__file__).parent)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.add(out.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1
